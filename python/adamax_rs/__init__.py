@@ -1,0 +1,31 @@
+"""adamax_rs: the Adamax optimizer for numpy arrays, with its update in Rust.
+
+Examples
+--------
+>>> import numpy as np
+>>> from adamax_rs import Adamax, Parameter
+>>> w = Parameter(np.random.randn(784, 10).astype(np.float32))
+>>> opt = Adamax([w], lr=2e-3)
+>>> w.grad = np.ones_like(w.data)
+>>> opt.step()
+"""
+
+from __future__ import annotations
+
+from . import functional
+from ._core import __version__, get_num_threads, set_num_threads, simd_level
+from .adamax import Adamax
+from .optimizer import Optimizer, ParameterState
+from .parameter import Parameter
+
+__all__ = [
+    "Adamax",
+    "Optimizer",
+    "Parameter",
+    "ParameterState",
+    "__version__",
+    "functional",
+    "get_num_threads",
+    "set_num_threads",
+    "simd_level",
+]

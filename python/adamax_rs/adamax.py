@@ -1,0 +1,239 @@
+"""`Adamax`: the optimizer class, a torch-style front for the Rust update."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import _core
+from ._hyperparameters import HYPERPARAMETER_KEYS, checked_hyperparameters
+from .optimizer import Optimizer, ParamGroup
+
+__all__ = ["Adamax"]
+
+
+def _split_betas(group: ParamGroup, where: str) -> None:
+    """Replace a ``"betas": (b1, b2)`` entry by ``"beta1"`` and ``"beta2"``."""
+    if "betas" not in group:
+        return
+    betas = group.pop("betas")
+    if "beta1" in group or "beta2" in group:
+        raise ValueError(f"{where}give either 'betas' or 'beta1'/'beta2', not both")
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}")
+    group["beta1"], group["beta2"] = betas
+
+
+class Adamax(Optimizer):
+    r"""The Adamax optimizer (Kingma & Ba, 2015), a variant of Adam based on the infinity norm.
+
+    For each parameter with a gradient, at its step ``t`` (counted per parameter)::
+
+        g     = -grad if maximize else grad
+        g     = g + weight_decay * param                 (coupled, the default)
+        param = param * (1 - lr * weight_decay)          (with decoupled_weight_decay)
+        m     = beta1 * m + (1 - beta1) * g
+        u     = max(beta2 * u, |g|)                      (|g| + eps with eps_inside_max)
+        param = param - lr / (1 - beta1**t) * m / (u + eps)   (m / u with eps_inside_max)
+
+    The update runs in Rust, in place on the parameters' own arrays, in one pass over memory,
+    on all cores for large parameters, with the GIL released.
+
+    Parameters
+    ----------
+    params : iterable of Parameter or iterable of dict
+        Parameters to optimise, or parameter-group dicts (which may give ``"betas"`` or
+        ``"beta1"``/``"beta2"``, and any hyperparameter below).
+    lr : float, default 0.002
+        Learning rate.
+    betas : tuple of float, default (0.9, 0.999)
+        Decay rates of the first moment and of the infinity norm, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator for numerical stability.
+    weight_decay : float, default 0
+        L2 penalty added to the gradient (or AdamW-style decay, see
+        ``decoupled_weight_decay``).
+    maximize : bool, default False
+        Maximise the objective instead of minimising it.
+    eps_inside_max : bool, default False
+        Put ``eps`` inside the max, as ``torch.optim.Adamax`` and optax do, instead of in the
+        denominator, as the Adamax paper, lucid and Keras do.
+    decoupled_weight_decay : bool, default False
+        Decay the parameter directly (``param *= 1 - lr * weight_decay``) instead of adding
+        the L2 gradient.
+
+    Attributes
+    ----------
+    param_groups : list of dict
+        Each with the keys ``"params"``, ``"lr"``, ``"beta1"``, ``"beta2"``, ``"eps"``,
+        ``"weight_decay"``, ``"maximize"``, ``"eps_inside_max"``,
+        ``"decoupled_weight_decay"`` and any extra keys the caller gave. Every value is read
+        again at every step.
+    state : ParameterState
+        For each parameter that has been stepped: ``{"step": int, "exp_avg": ndarray,
+        "exp_inf": ndarray}``, the arrays with the parameter's dtype and memory layout.
+
+    Raises
+    ------
+    ValueError
+        For an empty parameter list, a parameter given twice, or a hyperparameter out of
+        range (``lr``, ``eps``, ``weight_decay`` negative or not finite; a beta outside
+        ``[0, 1)``).
+    TypeError
+        For a single parameter instead of an iterable, a bare ndarray, an unsupported dtype,
+        or a hyperparameter of the wrong type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from adamax_rs import Adamax, Parameter
+    >>> w = Parameter(np.ones(3, dtype=np.float32))
+    >>> opt = Adamax([w], lr=0.1)
+    >>> w.grad = np.array([1.0, -1.0, 0.0], dtype=np.float32)
+    >>> opt.step()
+    >>> w.data
+    array([0.9, 1.1, 1. ], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.002,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-08,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        eps_inside_max: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults: dict[str, Any] = {"lr": lr, "betas": betas}
+        _split_betas(defaults, "")
+        defaults.update(
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            eps_inside_max=eps_inside_max,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        checked_hyperparameters(defaults)
+        super().__init__(params, defaults)
+
+    def _normalize_group(self, group: ParamGroup, where: str) -> ParamGroup:
+        _split_betas(group, where)
+        for key in HYPERPARAMETER_KEYS:
+            group.setdefault(key, self.defaults[key])
+        checked_hyperparameters(group, where)
+        ordered = {key: group[key] for key in HYPERPARAMETER_KEYS}
+        ordered.update((key, value) for key, value in group.items() if key not in ordered)
+        return ordered
+
+    def _check_state(self, param: Any, state: Mapping[str, Any], where: str) -> dict[str, Any]:
+        missing = [key for key in ("step", "exp_avg", "exp_inf") if key not in state]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
+        step = state["step"]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"{where}: 'step' must be an int, got {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"{where}: 'step' must be >= 0, got {step}")
+        data = param.data
+        kept: dict[str, Any] = {"step": int(step)}
+        for key in ("exp_avg", "exp_inf"):
+            value = state[key]
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{where}: {key!r} must be a numpy.ndarray, got {type(value).__name__}")
+            if value.shape != data.shape:
+                raise ValueError(
+                    f"{where}: {key!r} has shape {value.shape}, the parameter has shape {data.shape}"
+                )
+            if value.dtype != data.dtype and not np.can_cast(value.dtype, data.dtype, "safe"):
+                raise TypeError(
+                    f"{where}: {key!r} has dtype {value.dtype}, which does not convert exactly "
+                    f"to the parameter's dtype {data.dtype}"
+                )
+            # A fresh array in the parameter's own memory layout, so the step stays on the
+            # flat fast path.
+            copy = np.empty_like(data)
+            copy[...] = value
+            kept[key] = copy
+        extra = sorted(set(state) - set(kept))
+        if extra:
+            raise ValueError(f"{where}: unexpected keys {extra}")
+        return kept
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Perform a single Adamax step over every parameter that has a gradient.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Called once before the update (typically: zero the gradients, compute the loss,
+            set the gradients); its return value is returned. If it raises, nothing is
+            updated.
+
+        Returns
+        -------
+        object
+            What ``closure`` returned, or ``None``.
+
+        Raises
+        ------
+        TypeError
+            A gradient or state array with the wrong dtype, or a hyperparameter of the wrong
+            type.
+        ValueError
+            A gradient with the wrong shape, a read-only parameter, a gradient sharing memory
+            with its parameter, or a hyperparameter out of range. Messages name the group and
+            the parameter's index in it. Every check runs before any array is written: after
+            an error, all parameters and all state are exactly as before.
+        """
+        with self._lock:
+            loss = closure() if closure is not None else None
+            batch = []
+            created: list[tuple[Any, dict[str, Any]]] = []
+            stepped: list[tuple[dict[str, Any], int]] = []
+            entries = self.state._entries
+            for g, group in enumerate(self.param_groups):
+                hyper = checked_hyperparameters(group, f"group {g}: ", check_ranges=False)
+                params = group["params"]
+                datas, grads, exp_avgs, exp_infs, steps = [], [], [], [], []
+                for index, param in enumerate(params):
+                    grad = param.grad
+                    data = param.data
+                    datas.append(data)
+                    grads.append(grad)
+                    if grad is None:
+                        exp_avgs.append(None)
+                        exp_infs.append(None)
+                        steps.append(0)
+                        continue
+                    entry = entries.get(id(param))
+                    state = entry[1] if entry is not None else None
+                    if not state:
+                        state = self._new_state(data, g, index)
+                        created.append((param, state))
+                    exp_avgs.append(state["exp_avg"])
+                    exp_infs.append(state["exp_inf"])
+                    t = state["step"] + 1
+                    steps.append(t)
+                    stepped.append((state, t))
+                batch.append((datas, grads, exp_avgs, exp_infs, steps, hyper))
+            _core.adamax_step(batch)
+            for param, state in created:
+                self.state[param] = state
+            for state, t in stepped:
+                state["step"] = t
+            return loss
+
+    @staticmethod
+    def _new_state(data: Any, group: int, index: int) -> dict[str, Any]:
+        if not isinstance(data, np.ndarray):
+            raise TypeError(
+                f"group {group}, parameter {index}: .data must be a numpy.ndarray, "
+                f"got {type(data).__name__}"
+            )
+        return {"step": 0, "exp_avg": np.zeros_like(data), "exp_inf": np.zeros_like(data)}

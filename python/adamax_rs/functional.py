@@ -1,0 +1,75 @@
+"""The stateless form: one Adamax step over lists of arrays."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from ._hyperparameters import checked_hyperparameters
+
+__all__ = ["adamax"]
+
+
+def adamax(
+    params: Sequence[np.ndarray],
+    grads: Sequence[Optional[np.ndarray]],
+    exp_avgs: Sequence[np.ndarray],
+    exp_infs: Sequence[np.ndarray],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    eps_inside_max: bool = False,
+    decoupled_weight_decay: bool = False,
+) -> None:
+    """Apply one Adamax step in place to each array of ``params``.
+
+    This is the computation behind :meth:`adamax_rs.Adamax.step`, without the bookkeeping:
+    the caller owns the state arrays and the step counts.
+
+    Parameters
+    ----------
+    params : sequence of numpy.ndarray
+        float32 or float64 arrays, updated in place.
+    grads : sequence of numpy.ndarray or None
+        One gradient per parameter, same shape and dtype; ``None`` skips that parameter.
+    exp_avgs, exp_infs : sequence of numpy.ndarray
+        The first moment and the infinity norm of each parameter (zeros before the first
+        step), same shape and dtype, updated in place.
+    steps : sequence of int
+        The step number ``t`` (``>= 1``) to use for each array's bias correction.
+    lr, beta1, beta2, eps, weight_decay : float
+        The hyperparameters (see :class:`adamax_rs.Adamax`).
+    maximize, eps_inside_max, decoupled_weight_decay : bool
+        The options (see :class:`adamax_rs.Adamax`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :meth:`adamax_rs.Adamax.step`; nothing is written when anything is wrong.
+    """
+    hyper = checked_hyperparameters(
+        {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+            "eps_inside_max": eps_inside_max,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+    )
+    lists = [list(params), list(grads), list(exp_avgs), list(exp_infs), list(steps)]
+    for t in lists[4]:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"steps must be integers, got {type(t).__name__}")
+    _core.adamax_step([(*lists, hyper)])

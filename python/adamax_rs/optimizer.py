@@ -1,0 +1,371 @@
+"""`Optimizer`: parameter groups, per-parameter state, state dicts and locking.
+
+The base class knows nothing about Adamax. It owns what every torch-style optimizer shares:
+turning the user's ``params`` into parameter groups, refusing duplicates, keeping the state
+of each parameter, taking and restoring snapshots, and serialising calls with a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .parameter import SUPPORTED_DTYPES
+
+__all__ = ["Optimizer", "ParameterState"]
+
+ParamGroup = dict[str, Any]
+
+
+class ParameterState(MutableMapping[Any, dict[str, Any]]):
+    """The optimizer's state, keyed by parameter object identity.
+
+    Behaves like the ``defaultdict(dict)`` of ``torch.optim.Optimizer.state``: ``state[p]``
+    gives ``p``'s state dict, creating an empty one when ``p`` has none yet. Keys are compared
+    by identity, so parameter types that define ``__eq__`` element-wise (or are unhashable)
+    work as keys.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def __getitem__(self, param: Any) -> dict[str, Any]:
+        entry = self._entries.get(id(param))
+        if entry is None:
+            entry = (param, {})
+            self._entries[id(param)] = entry
+        return entry[1]
+
+    def __setitem__(self, param: Any, value: dict[str, Any]) -> None:
+        self._entries[id(param)] = (param, value)
+
+    def __delitem__(self, param: Any) -> None:
+        del self._entries[id(param)]
+
+    def __contains__(self, param: object) -> bool:
+        return id(param) in self._entries
+
+    def __iter__(self) -> Iterator[Any]:
+        return (param for param, _ in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, param: Any, default: Any = None) -> Any:
+        """The state of ``param``, or ``default`` if it has none (never creates an entry)."""
+        entry = self._entries.get(id(param))
+        return default if entry is None else entry[1]
+
+    def __repr__(self) -> str:
+        return f"ParameterState({len(self)} parameters)"
+
+
+def _describe(obj: object) -> str:
+    return type(obj).__name__
+
+
+def _check_parameter(param: Any, where: str) -> None:
+    """Raise unless ``param`` has a writeable float32/float64 ndarray in ``.data`` and a ``.grad``."""
+    if isinstance(param, np.ndarray):
+        raise TypeError(
+            f"{where}: got a bare numpy.ndarray; wrap it as adamax_rs.Parameter(array) so the "
+            "optimizer has somewhere to read its gradient from"
+        )
+    if not hasattr(param, "data") or not hasattr(param, "grad"):
+        raise TypeError(
+            f"{where}: expected a Parameter (an object with .data and .grad), "
+            f"got {_describe(param)}"
+        )
+    data = param.data
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"{where}: .data must be a numpy.ndarray, got {_describe(data)}")
+    if data.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{where}: dtype {data.dtype} is not supported (float32 or float64, native byte order)"
+        )
+    if not data.flags.writeable:
+        raise ValueError(f"{where}: .data is read-only (not writeable)")
+
+
+def _as_param_list(params: Any, where: str) -> list[Any]:
+    if isinstance(params, np.ndarray):
+        raise TypeError(
+            f"{where}: got a bare numpy.ndarray; wrap it as adamax_rs.Parameter(array)"
+        )
+    if hasattr(params, "data") and hasattr(params, "grad"):
+        return [params]
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            f"{where}: parameters must be in an ordered collection (a list), not a set: "
+            "a set's order changes between runs and state dicts would not line up"
+        )
+    if isinstance(params, Mapping) or not isinstance(params, Iterable):
+        raise TypeError(f"{where}: 'params' must be a list of parameters, got {_describe(params)}")
+    return list(params)
+
+
+class Optimizer:
+    """Base class of optimizers over numpy parameters, with the API of ``torch.optim.Optimizer``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter or iterable of dict
+        The parameters to optimise, or parameter groups: dicts with a ``"params"`` key holding
+        a list of parameters, and hyperparameters that override ``defaults`` for that group.
+        Any other keys in a group dict are kept.
+    defaults : dict
+        The hyperparameters a group gets when it does not set them.
+
+    Attributes
+    ----------
+    param_groups : list of dict
+        The parameter groups. Hyperparameters may be changed here between steps (a learning
+        rate schedule does exactly that); each step reads them again.
+    defaults : dict
+        The default hyperparameters.
+    state : ParameterState
+        Per-parameter state, keyed by parameter.
+
+    Notes
+    -----
+    Every public method takes the optimizer's lock, so one optimizer may be shared between
+    threads; different optimizers step in parallel.
+    """
+
+    def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
+        self.defaults: dict[str, Any] = dict(defaults)
+        self.state = ParameterState()
+        self.param_groups: list[ParamGroup] = []
+        self._lock = threading.RLock()
+
+        if isinstance(params, np.ndarray) or (hasattr(params, "data") and hasattr(params, "grad")):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of parameters "
+                f"or dicts, but got {_describe(params)}"
+                + ("; wrap arrays as adamax_rs.Parameter" if isinstance(params, np.ndarray) else "")
+            )
+        if isinstance(params, (set, frozenset)) or isinstance(params, Mapping):
+            raise TypeError(
+                "params argument given to the optimizer should be an ordered iterable "
+                f"(a list) of parameters or dicts, but got {_describe(params)}"
+            )
+        if not isinstance(params, Iterable):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of parameters "
+                f"or dicts, but got {_describe(params)}"
+            )
+        items = list(params)
+        if not items:
+            raise ValueError("optimizer got an empty parameter list")
+        groups = items if isinstance(items[0], Mapping) else [{"params": items}]
+        # Build every group before keeping any, so a bad one leaves no half-made optimizer.
+        built: list[ParamGroup] = []
+        for index, group in enumerate(groups):
+            if not isinstance(group, Mapping):
+                raise TypeError(
+                    f"param group {index}: expected a dict, got {_describe(group)} "
+                    "(do not mix parameters and group dicts in one list)"
+                )
+            built.append(self._build_group(group, index, built))
+        self.param_groups = built
+
+    # -- hooks for subclasses -------------------------------------------------------------
+
+    def _normalize_group(self, group: ParamGroup, where: str) -> ParamGroup:
+        """Fill defaults and check hyperparameters; return the group dict to keep."""
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        return group
+
+    def _check_state(self, param: Any, state: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Validate one parameter's loaded state; return the state to keep (owned copies)."""
+        return {
+            key: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+            for key, value in state.items()
+        }
+
+    # -- groups -----------------------------------------------------------------------------
+
+    def _build_group(
+        self, group: Mapping[str, Any], index: int, earlier: list[ParamGroup]
+    ) -> ParamGroup:
+        where = f"param group {index}"
+        if "params" not in group:
+            raise ValueError(f"{where}: a parameter group needs a 'params' key")
+        params = _as_param_list(group["params"], where)
+        seen: set[int] = set()
+        for position, param in enumerate(params):
+            _check_parameter(param, f"{where}, parameter {position}")
+            if id(param) in seen:
+                raise ValueError(
+                    f"{where}: parameter {position} appears more than once in the group"
+                )
+            seen.add(id(param))
+        for other in earlier:
+            if any(id(p) in seen for p in other["params"]):
+                raise ValueError("some parameters appear in more than one parameter group")
+        built = {key: value for key, value in group.items() if key != "params"}
+        built = self._normalize_group(built, f"{where}: ")
+        return {"params": params, **built}
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a parameter group (a dict with ``"params"`` and optional hyperparameters).
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": [...], "lr": ..., ...}``; missing hyperparameters come from
+            ``defaults``.
+
+        Raises
+        ------
+        TypeError
+            If it is not a dict, or a parameter is not a float32/float64 Parameter.
+        ValueError
+            If a hyperparameter is out of range, or a parameter is already in a group.
+        """
+        if not isinstance(param_group, Mapping):
+            raise TypeError(f"param group must be a dict, got {_describe(param_group)}")
+        with self._lock:
+            group = self._build_group(param_group, len(self.param_groups), self.param_groups)
+            self.param_groups.append(group)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Perform one optimisation step; subclasses implement it."""
+        raise NotImplementedError
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of all parameters.
+
+        Parameters
+        ----------
+        set_to_none : bool, default True
+            Set each ``grad`` to ``None`` (the optimizer then skips that parameter until it
+            gets a gradient again). With ``False``, fill existing gradients with zeros in
+            place instead.
+        """
+        with self._lock:
+            for group in self.param_groups:
+                for param in group["params"]:
+                    if set_to_none:
+                        param.grad = None
+                    elif param.grad is not None:
+                        param.grad[...] = 0
+
+    # -- state dicts ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return a snapshot of the state and hyperparameters.
+
+        Returns
+        -------
+        dict
+            ``{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}``
+            with parameters numbered from 0 in order across groups. Arrays are copies: later
+            steps do not change the snapshot.
+        """
+        with self._lock:
+            groups: list[dict[str, Any]] = []
+            state: dict[int, dict[str, Any]] = {}
+            index = 0
+            for group in self.param_groups:
+                packed = {key: value for key, value in group.items() if key != "params"}
+                indices = []
+                for param in group["params"]:
+                    entry = self.state.get(param)
+                    if entry:
+                        state[index] = {
+                            key: value.copy(order="K") if isinstance(value, np.ndarray) else value
+                            for key, value in entry.items()
+                        }
+                    indices.append(index)
+                    index += 1
+                packed["params"] = indices
+                groups.append(packed)
+            return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore state and hyperparameters saved by :meth:`state_dict`.
+
+        The optimizer must have the same number of groups, each with the same number of
+        parameters, as the one that was saved. Everything is checked before anything is
+        changed: on any error the optimizer is left exactly as it was.
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` or a part of it has the wrong type, or an array the wrong dtype.
+        ValueError
+            If the structure does not match this optimizer, or a value is out of range.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {_describe(state_dict)}")
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} key")
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise TypeError(f"state_dict['param_groups'] must be a list, got {_describe(saved_groups)}")
+        if not isinstance(saved_state, Mapping):
+            raise TypeError(f"state_dict['state'] must be a dict, got {_describe(saved_state)}")
+        with self._lock:
+            if len(saved_groups) != len(self.param_groups):
+                raise ValueError(
+                    f"loaded state dict has {len(saved_groups)} parameter groups, "
+                    f"this optimizer has {len(self.param_groups)}"
+                )
+            by_index: dict[int, Any] = {}
+            new_groups: list[ParamGroup] = []
+            for g, (mine, saved) in enumerate(zip(self.param_groups, saved_groups)):
+                where = f"param group {g}"
+                if not isinstance(saved, Mapping) or "params" not in saved:
+                    raise ValueError(f"{where}: a saved group must be a dict with a 'params' key")
+                saved_params = saved["params"]
+                if not isinstance(saved_params, (list, tuple)):
+                    raise TypeError(f"{where}: 'params' must be a list of indices")
+                if len(saved_params) != len(mine["params"]):
+                    raise ValueError(
+                        f"{where}: loaded state dict has {len(saved_params)} parameters in this "
+                        f"group, this optimizer has {len(mine['params'])}"
+                    )
+                for saved_index, param in zip(saved_params, mine["params"]):
+                    if isinstance(saved_index, bool) or not isinstance(saved_index, (int, np.integer)):
+                        raise TypeError(f"{where}: parameter indices must be integers")
+                    if int(saved_index) in by_index:
+                        raise ValueError(f"{where}: parameter index {saved_index} appears twice")
+                    by_index[int(saved_index)] = param
+                hyper = {key: value for key, value in saved.items() if key != "params"}
+                hyper = self._normalize_group(dict(hyper), f"{where}: ")
+                new_groups.append({"params": mine["params"], **hyper})
+            new_state = ParameterState()
+            for key, entry in saved_state.items():
+                if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+                    raise TypeError(f"state key {key!r} must be a parameter index (an int)")
+                if int(key) not in by_index:
+                    raise ValueError(f"state has an entry for parameter index {key}, which no group lists")
+                if not isinstance(entry, Mapping):
+                    raise TypeError(f"state of parameter {key} must be a dict, got {_describe(entry)}")
+                param = by_index[int(key)]
+                new_state[param] = self._check_state(param, entry, f"state of parameter {key}")
+            self.param_groups = new_groups
+            self.state = new_state
+
+    # -- display ----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for index, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {index}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
