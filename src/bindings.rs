@@ -14,10 +14,10 @@ use numpy::{
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::dispatch::{self, Isa};
+use crate::dispatch::{self, Isa, Op};
 use crate::kernel::{Coefficients, Float, Hyperparameters, TensorSlices};
 use crate::pool;
-use crate::schedule::{run_jobs, IntoJob, Job, STREAMS_PER_ELEMENT};
+use crate::schedule::{run_jobs_with, IntoJob, Job, STREAMS_PER_ELEMENT};
 use crate::strided::{adamax_update_strided, TensorViews};
 
 /// Below this many bytes moved, the step keeps the GIL: releasing and taking it back can
@@ -101,6 +101,13 @@ enum StridedJob<'a> {
 }
 
 impl StridedJob<'_> {
+    fn cost(&self) -> usize {
+        match self {
+            StridedJob::F32(v, _) => v.len() * 4 * STREAMS_PER_ELEMENT,
+            StridedJob::F64(v, _) => v.len() * 8 * STREAMS_PER_ELEMENT,
+        }
+    }
+
     fn run(self) {
         match self {
             StridedJob::F32(v, c) => adamax_update_strided(v, &c),
@@ -341,31 +348,26 @@ fn to_runtime(e: impl std::fmt::Display) -> PyErr {
     PyRuntimeError::new_err(format!("adamax_rs internal error: {e}"))
 }
 
-/// step(groups, /)
-/// --
-///
-/// One Adamax step over every parameter group of an optimizer, in place.
-#[pyfunction]
-fn adamax_step(py: Python<'_>, groups: Vec<GroupArgs<'_>>) -> PyResult<()> {
+/// Checks, borrows and runs one step of `op` over every group.
+fn run_step(py: Python<'_>, groups: Vec<GroupArgs<'_>>, op: Op) -> PyResult<()> {
     let mut borrows = borrow_step(&groups)?;
     let mut jobs = Vec::with_capacity(borrows.f32s.len() + borrows.f64s.len());
     let mut strided = Vec::new();
     plan(&mut borrows.f32s, &mut jobs, &mut strided, StridedJob::F32)?;
     plan(&mut borrows.f64s, &mut jobs, &mut strided, StridedJob::F64)?;
+    if op == Op::BandwidthProbe && !strided.is_empty() {
+        return Err(PyValueError::new_err(
+            "the bandwidth probe needs arrays that share one contiguous layout",
+        ));
+    }
     let cost: usize = jobs.iter().map(Job::cost).sum::<usize>()
-        + strided
-            .iter()
-            .map(|s| match s {
-                StridedJob::F32(v, _) => v.len() * 4 * STREAMS_PER_ELEMENT,
-                StridedJob::F64(v, _) => v.len() * 8 * STREAMS_PER_ELEMENT,
-            })
-            .sum::<usize>();
+        + strided.iter().map(StridedJob::cost).sum::<usize>();
     let work = move || {
         // The kernel has no panicking paths; this is the last line of defence so that a
         // bug shows up as a RuntimeError and never as pyo3's PanicException.
         catch_unwind(AssertUnwindSafe(|| {
             strided.into_iter().for_each(StridedJob::run);
-            run_jobs(jobs);
+            run_jobs_with(jobs, op);
         }))
         .map_err(|_| "a Rust panic during the update")
     };
@@ -375,6 +377,24 @@ fn adamax_step(py: Python<'_>, groups: Vec<GroupArgs<'_>>) -> PyResult<()> {
         py.detach(work)
     };
     outcome.map_err(to_runtime)
+}
+
+/// adamax_step(groups, /)
+/// --
+///
+/// One Adamax step over every parameter group of an optimizer, in place.
+#[pyfunction]
+fn adamax_step(py: Python<'_>, groups: Vec<GroupArgs<'_>>) -> PyResult<()> {
+    run_step(py, groups, Op::Adamax)
+}
+
+/// bandwidth_probe(groups, /)
+/// --
+///
+/// Moves exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks only).
+#[pyfunction]
+fn bandwidth_probe(py: Python<'_>, groups: Vec<GroupArgs<'_>>) -> PyResult<()> {
+    run_step(py, groups, Op::BandwidthProbe)
 }
 
 /// Checks hyperparameter ranges; raises ValueError naming the first bad one.
@@ -433,6 +453,7 @@ fn simd_level() -> &'static str {
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(adamax_step, m)?)?;
+    m.add_function(wrap_pyfunction!(bandwidth_probe, m)?)?;
     m.add_function(wrap_pyfunction!(check_hyperparameters, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

@@ -6,7 +6,16 @@
 //! picked at run time. None of these builds lets LLVM fuse a multiply and an add (Rust never
 //! contracts floating-point expressions), so every level gives bit-identical results.
 
-use crate::kernel::{update_run, Coefficients, Float, TensorSlices};
+use crate::kernel::{probe_run, update_run, Coefficients, Float, TensorSlices};
+
+/// What a run computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// The Adamax update.
+    Adamax,
+    /// The bandwidth probe: Adamax's memory traffic with trivial arithmetic.
+    BandwidthProbe,
+}
 
 /// An instruction-set level the kernel has a build for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,34 +81,47 @@ macro_rules! with_flags {
 }
 pub(crate) use with_flags;
 
-fn run_baseline<T: Float>(s: TensorSlices<'_, T>, c: &Coefficients<T>) {
-    with_flags!(update_run, s, c)
+#[inline(always)]
+fn run_op<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+    match op {
+        Op::Adamax => with_flags!(update_run, s, c),
+        Op::BandwidthProbe => probe_run(s),
+    }
+}
+
+fn run_baseline<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+    run_op(op, s, c)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2<T: Float>(s: TensorSlices<'_, T>, c: &Coefficients<T>) {
-    with_flags!(update_run, s, c)
+fn run_avx2<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+    run_op(op, s, c)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn run_avx512<T: Float>(s: TensorSlices<'_, T>, c: &Coefficients<T>) {
-    with_flags!(update_run, s, c)
+fn run_avx512<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+    run_op(op, s, c)
 }
 
 /// Runs the update with the given level. A level the CPU lacks falls back to the baseline.
 pub fn run<T: Float>(isa: Isa, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+    run_with(isa, Op::Adamax, s, c)
+}
+
+/// Runs `op` with the given level. A level the CPU lacks falls back to the baseline.
+pub fn run_with<T: Float>(isa: Isa, op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
     match isa {
-        Isa::Baseline => run_baseline(s, c),
+        Isa::Baseline => run_baseline(op, s, c),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: `run_avx2` only requires the avx2 and fma target features, and the
                 // line above just checked that this CPU has both.
-                unsafe { run_avx2(s, c) }
+                unsafe { run_avx2(op, s, c) }
             } else {
-                run_baseline(s, c)
+                run_baseline(op, s, c)
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -111,9 +133,9 @@ pub fn run<T: Float>(isa: Isa, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
             {
                 // SAFETY: `run_avx512` requires avx512f, avx512vl, avx2 and fma, all of which
                 // were just detected on this CPU.
-                unsafe { run_avx512(s, c) }
+                unsafe { run_avx512(op, s, c) }
             } else {
-                run_baseline(s, c)
+                run_baseline(op, s, c)
             }
         }
     }

@@ -343,6 +343,30 @@ pub(crate) fn update_run<
     }
 }
 
+/// The bandwidth probe: the same reads and writes as [`update_run`], trivial arithmetic.
+///
+/// Its time over a large tensor is the practical floor for any one-pass optimizer on this
+/// machine; the benchmarks report the Adamax kernel against it.
+#[inline(always)]
+pub(crate) fn probe_run<T: Float>(s: TensorSlices<'_, T>) {
+    let TensorSlices {
+        param,
+        grad,
+        exp_avg,
+        exp_inf,
+    } = s;
+    for (((p, &g), m), u) in param
+        .iter_mut()
+        .zip(grad)
+        .zip(exp_avg.iter_mut())
+        .zip(exp_inf.iter_mut())
+    {
+        *p = *p + g;
+        *m = *m + g;
+        *u = *u + g;
+    }
+}
+
 /// Updates one run of elements in place, with the widest vector unit this CPU has.
 pub fn adamax_update<T: Float>(slices: TensorSlices<'_, T>, coefficients: &Coefficients<T>) {
     dispatch::run(dispatch::detected(), slices, coefficients);

@@ -18,6 +18,7 @@ pub mod strided;
 #[cfg(feature = "python")]
 mod bindings;
 
+pub use dispatch::Op;
 pub use kernel::{adamax_update, Coefficients, Float, Hyperparameters, TensorSlices};
-pub use schedule::{run_jobs, Job};
+pub use schedule::{run_jobs, run_jobs_with, Job};
 pub use strided::{adamax_update_strided, TensorViews};

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::dispatch::{self, Isa};
+use crate::dispatch::{self, Isa, Op};
 use crate::kernel::{Coefficients, Float, TensorSlices};
 use crate::pool;
 
@@ -67,10 +67,10 @@ impl<'a> Job<'a> {
         }
     }
 
-    fn run(self, isa: Isa) {
+    fn run(self, isa: Isa, op: Op) {
         match self {
-            Job::F32(s, c) => dispatch::run(isa, s, &c),
-            Job::F64(s, c) => dispatch::run(isa, s, &c),
+            Job::F32(s, c) => dispatch::run_with(isa, op, s, &c),
+            Job::F64(s, c) => dispatch::run_with(isa, op, s, &c),
         }
     }
 }
@@ -151,8 +151,14 @@ fn partition(jobs: Vec<Job<'_>>, total: usize, tasks: usize) -> Vec<Vec<Job<'_>>
     out
 }
 
-/// Runs every job, on the calling thread or on the pool, and returns when all are done.
+/// Runs the Adamax update of every job, on the calling thread or on the pool, and returns
+/// when all are done.
 pub fn run_jobs(jobs: Vec<Job<'_>>) {
+    run_jobs_with(jobs, Op::Adamax)
+}
+
+/// Runs `op` over every job, scheduled exactly as [`run_jobs`] schedules the update.
+pub fn run_jobs_with(jobs: Vec<Job<'_>>, op: Op) {
     let isa = dispatch::detected();
     let total: usize = jobs.iter().map(Job::cost).sum();
     let threads = pool::num_threads();
@@ -162,7 +168,7 @@ pub fn run_jobs(jobs: Vec<Job<'_>>) {
         None
     };
     let Some(pool) = pool else {
-        jobs.into_iter().for_each(|job| job.run(isa));
+        jobs.into_iter().for_each(|job| job.run(isa, op));
         return;
     };
     let tasks = total.div_ceil(TASK_BYTES).max(pool.current_num_threads());
@@ -170,7 +176,7 @@ pub fn run_jobs(jobs: Vec<Job<'_>>) {
     pool.install(|| {
         tasks
             .into_par_iter()
-            .for_each(|task| task.into_iter().for_each(|job| job.run(isa)));
+            .for_each(|task| task.into_iter().for_each(|job| job.run(isa, op)));
     });
 }
 
@@ -235,7 +241,7 @@ mod tests {
             let mut expected = tensors(&sizes);
             jobs(&mut expected)
                 .into_iter()
-                .for_each(|j| j.run(Isa::Baseline));
+                .for_each(|j| j.run(Isa::Baseline, Op::Adamax));
             for tasks in [1, 2, 3, 7, 64] {
                 let mut got = tensors(&sizes);
                 let js = jobs(&mut got);
@@ -251,7 +257,7 @@ mod tests {
                 parts
                     .into_iter()
                     .flatten()
-                    .for_each(|j| j.run(dispatch::detected()));
+                    .for_each(|j| j.run(dispatch::detected(), Op::Adamax));
                 assert_eq!(
                     got,
                     expected,
@@ -281,7 +287,7 @@ mod tests {
         let mut expected = tensors(&sizes);
         jobs(&mut expected)
             .into_iter()
-            .for_each(|j| j.run(Isa::Baseline));
+            .for_each(|j| j.run(Isa::Baseline, Op::Adamax));
         let mut got = tensors(&sizes);
         run_jobs(jobs(&mut got));
         assert_eq!(got, expected);

@@ -34,3 +34,6 @@ def get_num_threads() -> int:
 
 def simd_level() -> str:
     """The vector instruction set in use: "avx512", "avx2" or "baseline"."""
+
+def bandwidth_probe(groups: Sequence[_Group], /) -> None:
+    """Move exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks)."""

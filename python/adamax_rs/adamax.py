@@ -122,10 +122,13 @@ class Adamax(Optimizer):
         checked_hyperparameters(defaults)
         super().__init__(params, defaults)
 
-    def _normalize_group(self, group: ParamGroup, where: str) -> ParamGroup:
+    def _normalize_group(
+        self, group: ParamGroup, where: str, *, fill_defaults: bool = True
+    ) -> ParamGroup:
         _split_betas(group, where)
-        for key in HYPERPARAMETER_KEYS:
-            group.setdefault(key, self.defaults[key])
+        if fill_defaults:
+            for key in HYPERPARAMETER_KEYS:
+                group.setdefault(key, self.defaults[key])
         checked_hyperparameters(group, where)
         ordered = {key: group[key] for key in HYPERPARAMETER_KEYS}
         ordered.update((key, value) for key, value in group.items() if key not in ordered)

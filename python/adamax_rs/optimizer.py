@@ -176,10 +176,14 @@ class Optimizer:
 
     # -- hooks for subclasses -------------------------------------------------------------
 
-    def _normalize_group(self, group: ParamGroup, where: str) -> ParamGroup:
-        """Fill defaults and check hyperparameters; return the group dict to keep."""
-        for key, value in self.defaults.items():
-            group.setdefault(key, value)
+    def _normalize_group(
+        self, group: ParamGroup, where: str, *, fill_defaults: bool = True
+    ) -> ParamGroup:
+        """Check a group's hyperparameters (filling missing ones from ``defaults`` when
+        ``fill_defaults``); return the group dict to keep, without ``"params"``."""
+        if fill_defaults:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         return group
 
     def _check_state(self, param: Any, state: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -343,7 +347,7 @@ class Optimizer:
                         raise ValueError(f"{where}: parameter index {saved_index} appears twice")
                     by_index[int(saved_index)] = param
                 hyper = {key: value for key, value in saved.items() if key != "params"}
-                hyper = self._normalize_group(dict(hyper), f"{where}: ")
+                hyper = self._normalize_group(dict(hyper), f"{where}: ", fill_defaults=False)
                 new_groups.append({"params": mine["params"], **hyper})
             new_state = ParameterState()
             for key, entry in saved_state.items():

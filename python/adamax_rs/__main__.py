@@ -1,0 +1,37 @@
+"""Command line: ``python -m adamax_rs {demo,bench} [options]`` and ``--version``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from . import __version__
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Parse ``argv`` and run the chosen command; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m adamax_rs", description="The adamax_rs optimizer: demo and benchmarks."
+    )
+    parser.add_argument("--version", action="version", version=f"adamax_rs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from . import demo
+
+    demo_parser = commands.add_parser("demo", help="train a small numpy network on two spirals")
+    demo.add_arguments(demo_parser)
+
+    from . import bench
+
+    bench_parser = commands.add_parser("bench", help="time a step against numpy and torch")
+    bench.add_arguments(bench_parser)
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.main(args)
+    return bench.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
