@@ -6,7 +6,7 @@
 //! data but none of its threads, so work sent to it would wait forever. A child therefore
 //! abandons the inherited pool (never touching its dead threads) and builds its own.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -35,8 +35,14 @@ fn settings() -> MutexGuard<'static, Settings> {
 }
 
 /// The count used when none was set: `RAYON_NUM_THREADS` if it is a positive integer,
-/// otherwise the number of cores available to this process.
+/// otherwise the number of cores available to this process. Read once, like rayon does:
+/// finding the cores reads cgroup files, which would cost ~10 us on every step.
 pub fn default_num_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(read_default_num_threads)
+}
+
+fn read_default_num_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())

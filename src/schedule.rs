@@ -161,8 +161,7 @@ pub fn run_jobs(jobs: Vec<Job<'_>>) {
 pub fn run_jobs_with(jobs: Vec<Job<'_>>, op: Op) {
     let isa = dispatch::detected();
     let total: usize = jobs.iter().map(Job::cost).sum();
-    let threads = pool::num_threads();
-    let pool = if total >= SERIAL_BELOW_BYTES && threads > 1 {
+    let pool = if total >= SERIAL_BELOW_BYTES && pool::num_threads() > 1 {
         pool::pool()
     } else {
         None

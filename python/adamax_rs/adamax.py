@@ -120,6 +120,7 @@ class Adamax(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         checked_hyperparameters(defaults)
+        self._plans: dict[int, tuple[Any, ...]] = {}
         super().__init__(params, defaults)
 
     def _normalize_group(
@@ -198,39 +199,61 @@ class Adamax(Optimizer):
             loss = closure() if closure is not None else None
             batch = []
             created: list[tuple[Any, dict[str, Any]]] = []
-            stepped: list[tuple[dict[str, Any], int]] = []
-            entries = self.state._entries
+            stepped = []
             for g, group in enumerate(self.param_groups):
                 hyper = checked_hyperparameters(group, f"group {g}: ", check_ranges=False)
-                params = group["params"]
-                datas, grads, exp_avgs, exp_infs, steps = [], [], [], [], []
-                for index, param in enumerate(params):
-                    grad = param.grad
-                    data = param.data
-                    datas.append(data)
-                    grads.append(grad)
-                    if grad is None:
-                        exp_avgs.append(None)
-                        exp_infs.append(None)
-                        steps.append(0)
-                        continue
-                    entry = entries.get(id(param))
-                    state = entry[1] if entry is not None else None
-                    if not state:
-                        state = self._new_state(data, g, index)
-                        created.append((param, state))
-                    exp_avgs.append(state["exp_avg"])
-                    exp_infs.append(state["exp_inf"])
-                    t = state["step"] + 1
-                    steps.append(t)
-                    stepped.append((state, t))
+                params, states = self._group_plan(g, group)
+                grads = [p.grad for p in params]
+                datas = [p.data for p in params]
+                if None in states:
+                    states = list(states)
+                    for index, (grad, state) in enumerate(zip(grads, states)):
+                        if state is None and grad is not None:
+                            states[index] = self._new_state(datas[index], g, index)
+                            created.append((params[index], states[index]))
+                exp_avgs = [state and state["exp_avg"] for state in states]
+                exp_infs = [state and state["exp_inf"] for state in states]
+                steps = [state["step"] + 1 if state else 0 for state in states]
                 batch.append((datas, grads, exp_avgs, exp_infs, steps, hyper))
+                stepped.append((states, grads, steps))
             _core.adamax_step(batch)
             for param, state in created:
                 self.state[param] = state
-            for state, t in stepped:
-                state["step"] = t
+            for states, grads, steps in stepped:
+                for state, grad, t in zip(states, grads, steps):
+                    if grad is not None:
+                        state["step"] = t
             return loss
+
+    def _group_plan(self, g: int, group: ParamGroup) -> tuple[list[Any], list[Any]]:
+        """The group's parameters and their state dicts (``None`` where there is none yet).
+
+        Cached between steps: rebuilt only when the group's parameter list or the state
+        mapping changed, so a step does not look up every parameter's state again.
+        """
+        params = group["params"]
+        state = self.state
+        cached = self._plans.get(id(group))
+        if (
+            cached is not None
+            and cached[0] is group
+            and cached[1] is state
+            and cached[2] == state.version
+            and cached[3] == params
+        ):
+            return cached[3], cached[4]
+        states = []
+        for index, param in enumerate(params):
+            entry = state.get(param)
+            if entry:
+                missing = [k for k in ("step", "exp_avg", "exp_inf") if k not in entry]
+                if missing:
+                    raise ValueError(f"group {g}, parameter {index}: state lacks {missing}")
+            states.append(entry or None)
+        if len(self._plans) > 4 * len(self.param_groups):
+            self._plans.clear()  # groups were replaced: drop plans of groups that are gone
+        self._plans[id(group)] = (group, state, state.version, list(params), states)
+        return list(params), states
 
     @staticmethod
     def _new_state(data: Any, group: int, index: int) -> dict[str, Any]:

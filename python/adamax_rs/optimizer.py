@@ -29,23 +29,28 @@ class ParameterState(MutableMapping[Any, dict[str, Any]]):
     work as keys.
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "version")
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Any, dict[str, Any]]] = {}
+        #: Bumped whenever an entry is added, replaced or removed (optimizers cache by it).
+        self.version = 0
 
     def __getitem__(self, param: Any) -> dict[str, Any]:
         entry = self._entries.get(id(param))
         if entry is None:
             entry = (param, {})
             self._entries[id(param)] = entry
+            self.version += 1
         return entry[1]
 
     def __setitem__(self, param: Any, value: dict[str, Any]) -> None:
         self._entries[id(param)] = (param, value)
+        self.version += 1
 
     def __delitem__(self, param: Any) -> None:
         del self._entries[id(param)]
+        self.version += 1
 
     def __contains__(self, param: object) -> bool:
         return id(param) in self._entries
