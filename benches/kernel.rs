@@ -135,7 +135,7 @@ fn many_tensors(c: &mut Criterion) {
 fn threshold(c: &mut Criterion) {
     let mut group = c.benchmark_group("threshold_f32");
     for &n in &[2 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K] {
-        let mut tensors = vec![Tensor::<f32>::new(n)];
+        let mut tensors = [Tensor::<f32>::new(n)];
         group.throughput(Throughput::Bytes((n * 4 * STREAMS_PER_ELEMENT) as u64));
         group.bench_function(BenchmarkId::new("calling_thread", label(n)), |b| {
             b.iter(|| {

@@ -1,19 +1,19 @@
 //! The Python module `adamax_rs._core`: conversion, validation, borrowing, GIL release.
 //!
 //! Nothing here decides what Adamax does; that is `kernel`. A step arrives as one call with
-//! every parameter group of the optimizer. All arrays of all groups are checked and borrowed
-//! first (rust-numpy's borrow table refuses overlapping writers), and only then does any
-//! arithmetic run, so an error always leaves every array untouched.
+//! every parameter group of the optimizer. Every array of every group is checked first
+//! (types, dtypes, shapes, flags, and with `claims`, that nothing written overlaps anything
+//! else in the step or in a step running on another thread); only then is any memory written,
+//! so an error always leaves every array untouched.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use numpy::{
-    Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
-    PyReadwriteArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::npyffi::NPY_ARRAY_WRITEABLE;
+use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::claims::{Claims, Conflict, Extent};
 use crate::dispatch::{self, Isa, Op};
 use crate::kernel::{Coefficients, Float, Hyperparameters, TensorSlices};
 use crate::pool;
@@ -29,7 +29,7 @@ const KEEP_GIL_BELOW_BYTES: usize = 64 * 1024;
 struct GroupArgs<'py>(
     Vec<Bound<'py, PyAny>>, // params: ndarrays
     Vec<Bound<'py, PyAny>>, // grads: ndarrays or None (skipped)
-    Vec<Bound<'py, PyAny>>, // exp_avgs: ndarrays (None where the grad is None)
+    Vec<Bound<'py, PyAny>>, // exp_avgs: ndarrays (anything where the grad is None)
     Vec<Bound<'py, PyAny>>, // exp_infs
     Vec<i64>,               // steps: the t of this step, >= 1 where the grad is not None
     HyperArgs,
@@ -78,20 +78,22 @@ impl Place {
     }
 }
 
-/// The four arrays of one tensor, borrowed, with its coefficients.
-struct Borrowed<'py, T: Element> {
-    param: PyReadwriteArrayDyn<'py, T>,
-    grad: PyReadonlyArrayDyn<'py, T>,
-    exp_avg: PyReadwriteArrayDyn<'py, T>,
-    exp_inf: PyReadwriteArrayDyn<'py, T>,
+/// The names of a tensor's four arrays, in claim-tag order (`tag = 4 * tensor + role`).
+const ROLES: [&str; 4] = ["the parameter", "the gradient", "exp_avg", "exp_inf"];
+
+/// The four checked arrays of one tensor. They are not yet borrowed: that needs the step's
+/// claims to be registered first.
+struct Tensor<'a, 'py, T> {
+    arrays: [&'a Bound<'py, PyArrayDyn<T>>; 4],
     coefficients: Coefficients<T>,
 }
 
-/// Every borrowed tensor of a step, by dtype.
-#[derive(Default)]
-struct StepBorrows<'py> {
-    f32s: Vec<Borrowed<'py, f32>>,
-    f64s: Vec<Borrowed<'py, f64>>,
+/// Every checked tensor of a step, by dtype, with the step's memory claims.
+struct CheckedStep<'a, 'py> {
+    f32s: Vec<Tensor<'a, 'py, f32>>,
+    f64s: Vec<Tensor<'a, 'py, f64>>,
+    places: Vec<Place>,
+    claims: Claims,
 }
 
 /// A tensor whose four arrays do not share one memory order.
@@ -131,78 +133,58 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn as_ndarray<'a, 'py>(
-    obj: &'a Bound<'py, PyAny>,
-    place: Place,
-    what: &str,
-) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
-    obj.cast::<PyUntypedArray>().map_err(|_| {
-        place.type_error(format_args!(
-            "{what} must be a numpy.ndarray, got {}",
-            type_name(obj)
-        ))
-    })
+fn is_writeable(array: &Bound<'_, PyUntypedArray>) -> bool {
+    // SAFETY: `as_array_ptr` points to the live PyArrayObject that `array` holds a reference
+    // to; reading its `flags` field is what numpy's own PyArray_FLAGS macro does.
+    unsafe { (*array.as_array_ptr()).flags & NPY_ARRAY_WRITEABLE != 0 }
 }
 
-/// The array as `PyArrayDyn<T>`; the dtype was already matched, so this only fails for a
-/// non-native byte order, which numpy reports as a different dtype.
-fn typed<'a, 'py, T: Element>(
-    array: &'a Bound<'py, PyUntypedArray>,
-    place: Place,
-    what: &str,
-) -> PyResult<&'a Bound<'py, PyArrayDyn<T>>> {
-    array.cast::<PyArrayDyn<T>>().map_err(|_| {
-        place.type_error(format_args!(
-            "{what} has dtype {} (non-native byte order is not supported)",
-            dtype_name(array)
-        ))
-    })
+fn extent<T>(array: &Bound<'_, PyArrayDyn<T>>) -> Option<Extent>
+where
+    T: numpy::Element,
+{
+    Extent::of_array(
+        array.data() as usize,
+        array.shape(),
+        array.strides(),
+        std::mem::size_of::<T>(),
+    )
 }
 
-fn borrow_error(place: Place, what: &str, err: numpy::BorrowError) -> PyErr {
-    match err {
-        numpy::BorrowError::NotWriteable => {
-            place.value_error(format_args!("{what} is read-only (not writeable)"))
-        }
-        _ => place.value_error(format_args!(
-            "{what} shares memory with another array of this step (a gradient that is a \
-             view of its parameter, or two parameters over one buffer), or is in use by \
-             another thread"
-        )),
-    }
-}
-
-/// Checks and borrows the four arrays of one tensor whose parameter has element type `T`.
-#[allow(clippy::too_many_arguments)]
-fn borrow_tensor<'py, T: Element + Float>(
+/// Checks the arrays of one tensor whose parameter has element type `T`.
+fn check_tensor<'a, 'py, T: numpy::Element + Float>(
     place: Place,
-    param: &Bound<'py, PyUntypedArray>,
-    grad: &Bound<'py, PyAny>,
-    exp_avg: &Bound<'py, PyAny>,
-    exp_inf: &Bound<'py, PyAny>,
+    param: &'a Bound<'py, PyArrayDyn<T>>,
+    others: [&'a Bound<'py, PyAny>; 3],
     coefficients: Coefficients<T>,
-) -> PyResult<Borrowed<'py, T>> {
-    let shape = param.shape();
-    let param_dtype = param.dtype();
-    let mut others = Vec::with_capacity(3);
-    for (obj, what) in [
-        (grad, "gradient"),
-        (exp_avg, "exp_avg"),
-        (exp_inf, "exp_inf"),
-    ] {
-        let array = as_ndarray(obj, place, what)?;
-        if !array.dtype().is_equiv_to(&param_dtype) {
-            return Err(place.type_error(format_args!(
-                "{what} has dtype {} but the parameter has dtype {}",
-                dtype_name(array),
-                dtype_name(param)
-            )));
-        }
-        if array.shape() != shape {
+) -> PyResult<Tensor<'a, 'py, T>> {
+    if others[0].is(param) {
+        return Err(place.value_error("the gradient is the parameter array itself"));
+    }
+    let mut arrays = [param; 4];
+    for (role, obj) in others.into_iter().enumerate() {
+        let what = ROLES[role + 1];
+        arrays[role + 1] =
+            obj.cast::<PyArrayDyn<T>>()
+                .map_err(|_| match obj.cast::<PyUntypedArray>() {
+                    Ok(array) => place.type_error(format_args!(
+                        "{what} has dtype {} but the parameter has dtype {}",
+                        dtype_name(array),
+                        dtype_name(param.as_untyped())
+                    )),
+                    Err(_) => place.type_error(format_args!(
+                        "{what} must be a numpy.ndarray, got {}",
+                        type_name(obj)
+                    )),
+                })?;
+    }
+    for (role, array) in arrays.iter().enumerate() {
+        let what = ROLES[role];
+        if array.shape() != param.shape() {
             return Err(place.value_error(format_args!(
                 "{what} has shape {:?} but the parameter has shape {:?}",
                 array.shape(),
-                shape
+                param.shape()
             )));
         }
         if !array.is_aligned() {
@@ -210,30 +192,12 @@ fn borrow_tensor<'py, T: Element + Float>(
                 "{what} is not aligned to its element size; make an aligned copy first"
             )));
         }
-        others.push(typed::<T>(array, place, what)?);
+        if role != 1 && !is_writeable(array.as_untyped()) {
+            return Err(place.value_error(format_args!("{what} is read-only (not writeable)")));
+        }
     }
-    if grad.is(param) {
-        return Err(place.value_error("the gradient is the parameter array itself"));
-    }
-    if !param.is_aligned() {
-        return Err(place.type_error(
-            "the parameter array is not aligned to its element size; make an aligned copy first",
-        ));
-    }
-    let param = typed::<T>(param, place, "the parameter")?;
-    Ok(Borrowed {
-        param: param
-            .try_readwrite()
-            .map_err(|e| borrow_error(place, "the parameter", e))?,
-        grad: others[0]
-            .try_readonly()
-            .map_err(|e| borrow_error(place, "the gradient", e))?,
-        exp_avg: others[1]
-            .try_readwrite()
-            .map_err(|e| borrow_error(place, "exp_avg", e))?,
-        exp_inf: others[2]
-            .try_readwrite()
-            .map_err(|e| borrow_error(place, "exp_inf", e))?,
+    Ok(Tensor {
+        arrays,
         coefficients,
     })
 }
@@ -260,9 +224,14 @@ fn check_group(group: usize, args: &GroupArgs<'_>) -> PyResult<Hyperparameters> 
     Ok(hyperparameters)
 }
 
-/// Checks and borrows everything in the step; nothing is written yet.
-fn borrow_step<'py>(groups: &[GroupArgs<'py>]) -> PyResult<StepBorrows<'py>> {
-    let mut borrows = StepBorrows::default();
+/// Checks everything in the step; nothing is borrowed or written yet.
+fn check_step<'a, 'py>(groups: &'a [GroupArgs<'py>]) -> PyResult<CheckedStep<'a, 'py>> {
+    let mut step = CheckedStep {
+        f32s: Vec::new(),
+        f64s: Vec::new(),
+        places: Vec::new(),
+        claims: Claims::with_capacity(groups.iter().map(|g| 3 * g.0.len()).sum()),
+    };
     for (g, args) in groups.iter().enumerate() {
         let hyperparameters = check_group(g, args)?;
         let GroupArgs(params, grads, exp_avgs, exp_infs, steps, ..) = args;
@@ -271,59 +240,114 @@ fn borrow_step<'py>(groups: &[GroupArgs<'py>]) -> PyResult<StepBorrows<'py>> {
                 continue;
             }
             let place = Place { group: g, index };
-            let step = steps[index];
-            if step < 1 {
-                return Err(place.value_error(format_args!("step must be >= 1, got {step}")));
+            let t = steps[index];
+            if t < 1 {
+                return Err(place.value_error(format_args!("step must be >= 1, got {t}")));
             }
-            let param = as_ndarray(&params[index], place, "the parameter")?;
-            let (exp_avg, exp_inf) = (&exp_avgs[index], &exp_infs[index]);
-            let dtype = param.dtype();
-            let py = param.py();
-            if dtype.is_equiv_to(&numpy::dtype::<f32>(py)) {
-                let c = hyperparameters.coefficients::<f32>(step as u64);
-                borrows
-                    .f32s
-                    .push(borrow_tensor(place, param, grad, exp_avg, exp_inf, c)?);
-            } else if dtype.is_equiv_to(&numpy::dtype::<f64>(py)) {
-                let c = hyperparameters.coefficients::<f64>(step as u64);
-                borrows
-                    .f64s
-                    .push(borrow_tensor(place, param, grad, exp_avg, exp_inf, c)?);
+            let others = [grad, &exp_avgs[index], &exp_infs[index]];
+            let param = &params[index];
+            let arrays = if let Ok(p) = param.cast::<PyArrayDyn<f32>>() {
+                let c = hyperparameters.coefficients::<f32>(t as u64);
+                let tensor = check_tensor(place, p, others, c)?;
+                let arrays = tensor.arrays.map(extent);
+                step.f32s.push(tensor);
+                arrays
+            } else if let Ok(p) = param.cast::<PyArrayDyn<f64>>() {
+                let c = hyperparameters.coefficients::<f64>(t as u64);
+                let tensor = check_tensor(place, p, others, c)?;
+                let arrays = tensor.arrays.map(extent);
+                step.f64s.push(tensor);
+                arrays
             } else {
-                return Err(place.type_error(format_args!(
-                    "parameter dtype {} is not supported (float32 or float64)",
-                    dtype_name(param)
-                )));
+                return Err(match param.cast::<PyUntypedArray>() {
+                    Ok(array) => place.type_error(format_args!(
+                        "parameter dtype {} is not supported (float32 or float64, native byte order)",
+                        dtype_name(array)
+                    )),
+                    Err(_) => place.type_error(format_args!(
+                        "the parameter must be a numpy.ndarray, got {}",
+                        type_name(param)
+                    )),
+                });
+            };
+            let tensor_tag = 4 * step.places.len();
+            step.places.push(place);
+            for (role, extent) in arrays.into_iter().enumerate() {
+                if let Some(extent) = extent {
+                    if role == 1 {
+                        step.claims.read(extent, tensor_tag + role);
+                    } else {
+                        step.claims.write(extent, tensor_tag + role);
+                    }
+                }
             }
         }
     }
-    Ok(borrows)
+    Ok(step)
 }
 
-/// Turns borrowed arrays into work: flat slices when the four share a memory order, views
+/// The error for a memory conflict, naming both arrays.
+fn conflict_error(places: &[Place], conflict: Conflict) -> PyErr {
+    let describe = |tag: usize| (places[tag / 4], ROLES[tag % 4]);
+    match conflict {
+        Conflict::WithinStep { first, second } => {
+            let ((p1, r1), (p2, r2)) = (describe(first), describe(second));
+            let (first, second) =
+                if (p1.group, p1.index, first % 4) <= (p2.group, p2.index, second % 4) {
+                    ((p1, r1), (p2, r2))
+                } else {
+                    ((p2, r2), (p1, r1))
+                };
+            let other = if (first.0.group, first.0.index) == (second.0.group, second.0.index) {
+                second.1.to_string()
+            } else {
+                format!(
+                    "{} of group {}, parameter {}",
+                    second.1, second.0.group, second.0.index
+                )
+            };
+            first.0.value_error(format_args!(
+                "{} shares memory with {other}; each parameter, gradient and state array \
+                 written in a step needs memory of its own",
+                first.1
+            ))
+        }
+        Conflict::OtherStep { tag } => {
+            let (place, role) = describe(tag);
+            place.value_error(format_args!("{role} is in use by a step on another thread"))
+        }
+    }
+}
+
+/// Turns checked arrays into work: flat slices when the four share a memory order, views
 /// otherwise.
-fn plan<'a, T: Element + Float + IntoJob<'a>>(
-    borrowed: &'a mut [Borrowed<'_, T>],
+///
+/// # Safety
+/// The caller must hold a registration of the step's claims (`claims::Registration`) for
+/// as long as the returned jobs exist: it guarantees that no array written here overlaps any
+/// other array of the step, and that no other step on any thread uses that memory.
+unsafe fn plan<'a, T: numpy::Element + Float + IntoJob<'a>>(
+    tensors: &'a [Tensor<'a, '_, T>],
     jobs: &mut Vec<Job<'a>>,
     strided: &mut Vec<StridedJob<'a>>,
     wrap: fn(TensorViews<'a, T>, Coefficients<T>) -> StridedJob<'a>,
 ) -> PyResult<()> {
-    for b in borrowed.iter_mut() {
-        let arrays: [&Bound<'_, PyUntypedArray>; 4] = [
-            b.param.as_untyped(),
-            b.grad.as_untyped(),
-            b.exp_avg.as_untyped(),
-            b.exp_inf.as_untyped(),
-        ];
-        let all_c = arrays.iter().all(|a| a.is_c_contiguous());
-        let all_f = arrays.iter().all(|a| a.is_fortran_contiguous());
-        let c = b.coefficients;
+    for tensor in tensors {
+        let [param, grad, exp_avg, exp_inf] = tensor.arrays;
+        let all_c = tensor.arrays.iter().all(|a| a.is_c_contiguous());
+        let all_f = tensor.arrays.iter().all(|a| a.is_fortran_contiguous());
+        let c = tensor.coefficients;
+        // SAFETY (all four `unsafe` calls below): the arrays are alive (the step's argument
+        // lists hold references to them until the step returns), have dtype `T` and are
+        // aligned (`check_tensor`), and the registered claims guarantee that nothing else in
+        // this step or in another step aliases the memory we take `&mut` to; the caller
+        // keeps that registration for the lifetime of the jobs.
         if all_c || all_f {
             let slices = TensorSlices::new(
-                b.param.as_slice_mut().map_err(to_runtime)?,
-                b.grad.as_slice().map_err(to_runtime)?,
-                b.exp_avg.as_slice_mut().map_err(to_runtime)?,
-                b.exp_inf.as_slice_mut().map_err(to_runtime)?,
+                unsafe { param.as_slice_mut() }.map_err(to_runtime)?,
+                unsafe { grad.as_slice() }.map_err(to_runtime)?,
+                unsafe { exp_avg.as_slice_mut() }.map_err(to_runtime)?,
+                unsafe { exp_inf.as_slice_mut() }.map_err(to_runtime)?,
             )
             .map_err(to_runtime)?;
             if !slices.is_empty() {
@@ -331,13 +355,15 @@ fn plan<'a, T: Element + Float + IntoJob<'a>>(
             }
         } else {
             let views = TensorViews::new(
-                b.param.as_array_mut(),
-                b.grad.as_array(),
-                b.exp_avg.as_array_mut(),
-                b.exp_inf.as_array_mut(),
+                unsafe { param.as_array_mut() },
+                unsafe { grad.as_array() },
+                unsafe { exp_avg.as_array_mut() },
+                unsafe { exp_inf.as_array_mut() },
             )
             .map_err(to_runtime)?;
-            strided.push(wrap(views, c));
+            if !views.is_empty() {
+                strided.push(wrap(views, c));
+            }
         }
     }
     Ok(())
@@ -348,13 +374,28 @@ fn to_runtime(e: impl std::fmt::Display) -> PyErr {
     PyRuntimeError::new_err(format!("adamax_rs internal error: {e}"))
 }
 
-/// Checks, borrows and runs one step of `op` over every group.
+/// Checks, claims and runs one step of `op` over every group.
 fn run_step(py: Python<'_>, groups: Vec<GroupArgs<'_>>, op: Op) -> PyResult<()> {
-    let mut borrows = borrow_step(&groups)?;
-    let mut jobs = Vec::with_capacity(borrows.f32s.len() + borrows.f64s.len());
+    let CheckedStep {
+        f32s,
+        f64s,
+        places,
+        claims,
+    } = check_step(&groups)?;
+    let checked = claims.check().map_err(|c| conflict_error(&places, c))?;
+    // Steps sharing memory with this one (two optimizers over one parameter, on two
+    // threads) run one after the other: wait for them with the GIL released.
+    let registration = match checked.register() {
+        Ok(registration) => registration,
+        Err(_) => py.detach(|| checked.register_waiting()),
+    };
+    let mut jobs = Vec::with_capacity(f32s.len() + f64s.len());
     let mut strided = Vec::new();
-    plan(&mut borrows.f32s, &mut jobs, &mut strided, StridedJob::F32)?;
-    plan(&mut borrows.f64s, &mut jobs, &mut strided, StridedJob::F64)?;
+    // SAFETY: `registration` lives until the end of this function, after every job has run.
+    unsafe {
+        plan(&f32s, &mut jobs, &mut strided, StridedJob::F32)?;
+        plan(&f64s, &mut jobs, &mut strided, StridedJob::F64)?;
+    }
     if op == Op::BandwidthProbe && !strided.is_empty() {
         return Err(PyValueError::new_err(
             "the bandwidth probe needs arrays that share one contiguous layout",
@@ -376,6 +417,7 @@ fn run_step(py: Python<'_>, groups: Vec<GroupArgs<'_>>, op: Op) -> PyResult<()> 
     } else {
         py.detach(work)
     };
+    drop(registration);
     outcome.map_err(to_runtime)
 }
 

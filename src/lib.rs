@@ -9,6 +9,7 @@
 //! - `bindings` (feature `python`): the PyO3 module `adamax_rs._core`, which only converts,
 //!   validates, borrows and releases the GIL.
 
+pub mod claims;
 pub mod dispatch;
 pub mod kernel;
 pub mod pool;
