@@ -15,6 +15,7 @@ from __future__ import annotations
 from . import functional
 from ._core import __version__, get_num_threads, set_num_threads, simd_level
 from .adamax import Adamax
+from .checkpoint import load_checkpoint, save_checkpoint
 from .optimizer import Optimizer, ParameterState
 from .parameter import Parameter
 
@@ -26,6 +27,8 @@ __all__ = [
     "__version__",
     "functional",
     "get_num_threads",
+    "load_checkpoint",
+    "save_checkpoint",
     "set_num_threads",
     "simd_level",
 ]

@@ -210,7 +210,7 @@ def print_table(rows: list[tuple[Workload, list[Result]]]) -> None:
         if torch_times:
             parts.append(f"{min(torch_times) / ours:.1f}x faster than the faster torch")
         if len(workload.sizes) > 1:
-            parts.append(f"{ours / len(workload.sizes) * 1e6:.2f} us per parameter")
+            parts.append(f"{ours / len(workload.sizes) * 1e6:.2f} us per parameter (whole step)")
         print(f"- {workload.name}: adamax_rs {_format_time(ours)}, " + ", ".join(parts))
 
 
@@ -235,6 +235,10 @@ def plot(rows: list[tuple[Workload, list[Result]]], path: str) -> None:
         )
         if points:
             ax.plot(*zip(*points), marker="o", label=name)
+    for w, results in rows:
+        if w.dtype == np.float32:
+            ax.annotate(w.name, (w.elements, results[0].median * 1e3), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("total float32 elements in the step")
