@@ -267,3 +267,89 @@ def test_functional_checks_lengths_and_steps():
     with pytest.raises(TypeError, match="steps must be integers"):
         functional.adamax([p], [g], [m], [u], [1.0], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
     assert not p.any()
+
+
+# -- unusual arrays ----------------------------------------------------------------------------
+
+class Foreign:
+    """A parameter from another library: anything with .data and .grad."""
+
+    def __init__(self, data):
+        self.data, self.grad = data, None
+
+
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (np.arange(3), TypeError, "dtype int64 is not supported"),
+        (np.array([True, False]), TypeError, "dtype bool is not supported"),
+        (np.array([1j, 2j]), TypeError, "dtype complex128 is not supported"),
+        (np.array([1.0, None], dtype=object), TypeError, "dtype object is not supported"),
+        (np.array(["a", "b"]), TypeError, "dtype <U1 is not supported"),
+        (np.zeros(3, dtype=">f4"), TypeError, r"dtype >f4 is not supported"),
+        ([1.0, 2.0], TypeError, r"\.data must be a numpy.ndarray, got list"),
+    ],
+)
+def test_unsupported_parameter_data_is_refused_at_construction(data, error, message):
+    with pytest.raises(error, match=message):
+        Adamax([Foreign(data)])
+
+
+def misaligned_float32(n):
+    """A writeable float32 view starting one byte into its buffer."""
+    buffer = np.zeros(4 * n + 1, dtype=np.uint8)
+    return buffer[1:].view(np.float32)
+
+
+def test_misaligned_arrays_are_a_clear_type_error():
+    array = misaligned_float32(8)
+    assert not array.flags.aligned
+    with pytest.raises(TypeError, match="not aligned"):
+        Adamax([Parameter(array)])
+    # Made misaligned after construction, or a misaligned gradient: refused at the step.
+    p = Parameter(np.zeros(8, np.float32))
+    opt = Adamax([p])
+    p.grad = misaligned_float32(8)
+    with pytest.raises(TypeError, match="group 0, parameter 0: the gradient is not aligned"):
+        opt.step()
+    p.data = misaligned_float32(8)
+    p.grad = np.ones(8, np.float32)
+    with pytest.raises(TypeError, match="group 0, parameter 0: the parameter is not aligned"):
+        opt.step()
+    assert len(opt.state) == 0
+
+
+def test_big_endian_data_swapped_in_after_construction_is_refused(rng):
+    p = Parameter(np.zeros(4))
+    opt = Adamax([p])
+    p.data = np.zeros(4, dtype=">f8")
+    p.grad = np.ones(4, dtype=">f8")
+    with pytest.raises(TypeError, match="parameter dtype >f8 is not supported"):
+        opt.step()
+    assert not p.data.any()
+
+
+def test_junk_top_level_keys_in_a_state_dict_are_refused(trained):
+    opt, params = trained
+    sd = opt.state_dict()
+    sd["extra"] = 1
+    with pytest.raises(ValueError, match="unexpected keys"):
+        opt.load_state_dict(sd)
+
+
+def test_two_parameters_over_one_buffer_in_one_step_are_refused(rng):
+    buffer = np.zeros(10)
+    a, b = Parameter(buffer[:6]), Parameter(buffer[4:])
+    opt = Adamax([a, b])
+    a.grad, b.grad = np.ones(6), np.ones(6)
+    with pytest.raises(ValueError, match="shares memory with the parameter of group 0, parameter 1"):
+        opt.step()
+    assert not buffer.any()
+
+
+def test_one_gradient_shared_by_two_parameters_is_fine(rng):
+    a, b = Parameter(np.zeros(3)), Parameter(np.zeros(3))
+    opt = Adamax([a, b], lr=0.1)
+    a.grad = b.grad = np.ones(3)
+    opt.step()
+    np.testing.assert_array_equal(a.data, b.data)

@@ -93,6 +93,11 @@ def _check_parameter(param: Any, where: str) -> None:
         raise TypeError(
             f"{where}: dtype {data.dtype} is not supported (float32 or float64, native byte order)"
         )
+    if not data.flags.aligned:
+        raise TypeError(
+            f"{where}: .data is not aligned to its element size (a view at an odd byte "
+            "offset); pass an aligned copy (numpy.array(data))"
+        )
     if not data.flags.writeable:
         raise ValueError(f"{where}: .data is read-only (not writeable)")
 
@@ -319,6 +324,9 @@ class Optimizer:
         for key in ("state", "param_groups"):
             if key not in state_dict:
                 raise ValueError(f"state_dict has no {key!r} key")
+        extra = sorted(map(str, set(state_dict) - {"state", "param_groups"}))
+        if extra:
+            raise ValueError(f"state_dict has unexpected keys {extra}")
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         if not isinstance(saved_groups, (list, tuple)):
