@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from adamax_rs import Adamax, Parameter, load_checkpoint, save_checkpoint
 from checkpoint_writer import SHAPES, gradients, initial
 from conftest import assert_unchanged, snapshot
 from reference import ReferenceAdamax
-
-from adamax_rs import Adamax, Parameter, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -67,7 +67,9 @@ def corrupt_flip_array_byte(path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("state/0/exp_avg.npy")
     # A byte well inside the member's stored data: only the CRC can notice.
-    offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+    offset = (
+        info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+    )
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
 
@@ -177,7 +179,7 @@ def test_checkpoint_survives_sigkill_at_random_moments(tmp_path):
         steps = opt.state[params[0]]["step"]
         assert steps >= 1 and opt.state[params[1]]["step"] == steps
         ref = expected_state(steps)
-        for p, (t, m, u) in zip(params, ref.state):
+        for p, (_t, m, u) in zip(params, ref.state):
             assert opt.state[p]["exp_avg"].tobytes() == m.tobytes()
             assert opt.state[p]["exp_inf"].tobytes() == u.tobytes()
         seen_steps.append(steps)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_unchanged, snapshot
 
 from adamax_rs import Adamax, Parameter, functional
+from conftest import assert_unchanged, snapshot
 
 
 @pytest.fixture
@@ -22,6 +22,7 @@ def trained(rng):
 
 
 # -- construction ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "kwargs, message",
@@ -94,6 +95,7 @@ def test_add_param_group_errors_leave_groups_alone(trained):
 
 # -- step --------------------------------------------------------------------------------------
 
+
 def break_grad_shape(opt, params):
     params[1].grad = np.zeros(7, np.float32)
 
@@ -165,11 +167,23 @@ def key_deleted(opt, params):
         (break_grad_dtype, TypeError, "group 1, parameter 0: the gradient has dtype"),
         (break_grad_type, TypeError, "group 0, parameter 0: the gradient must be a numpy.ndarray"),
         (grad_is_param, ValueError, "group 0, parameter 1: the gradient is the parameter"),
-        (grad_overlaps_param, ValueError, "group 0, parameter 1: the parameter shares memory with the gradient"),
+        (
+            grad_overlaps_param,
+            ValueError,
+            "group 0, parameter 1: the parameter shares memory with the gradient",
+        ),
         (param_read_only, ValueError, "group 1, parameter 0: the parameter is read-only"),
-        (data_replaced_with_other_shape, ValueError, "group 0, parameter 0: the gradient has shape"),
+        (
+            data_replaced_with_other_shape,
+            ValueError,
+            "group 0, parameter 0: the gradient has shape",
+        ),
         (data_replaced_with_other_dtype, TypeError, "group 0, parameter 0: the gradient has dtype"),
-        (data_replaced_with_ints, TypeError, "group 0, parameter 0: parameter dtype int32 is not supported"),
+        (
+            data_replaced_with_ints,
+            TypeError,
+            "group 0, parameter 0: parameter dtype int32 is not supported",
+        ),
         (state_array_wrong_shape, ValueError, "group 0, parameter 1: exp_inf has shape"),
         (lr_negative, ValueError, "group 1: Invalid learning rate"),
         (beta_one, ValueError, "group 0: Invalid beta parameter at index 1"),
@@ -213,6 +227,7 @@ def test_failed_first_step_creates_no_state(rng):
 
 # -- state dicts -------------------------------------------------------------------------------
 
+
 def good_state_dict(opt):
     return opt.state_dict()
 
@@ -226,12 +241,20 @@ def good_state_dict(opt):
         (lambda sd: sd["state"][0].pop("exp_avg"), ValueError, "missing 'exp_avg'"),
         (lambda sd: sd["state"][1].update(step=-1), ValueError, "'step' must be >= 0"),
         (lambda sd: sd["state"][1].update(step=1.5), TypeError, "'step' must be an int"),
-        (lambda sd: sd["state"][0].update(exp_inf=np.zeros(3, np.float32)), ValueError, "has shape"),
+        (
+            lambda sd: sd["state"][0].update(exp_inf=np.zeros(3, np.float32)),
+            ValueError,
+            "has shape",
+        ),
         (lambda sd: sd["state"][0].update(exp_inf=np.zeros((4, 3), np.int64)), TypeError, "dtype"),
         (lambda sd: sd["state"].update({7: sd["state"][0]}), ValueError, "parameter index 7"),
         (lambda sd: sd["state"][0].update(junk=1), ValueError, "unexpected keys"),
         (lambda sd: sd["param_groups"][1].update(lr=-2.0), ValueError, "learning rate"),
-        (lambda sd: sd["param_groups"][1].pop("beta2"), ValueError, "missing hyperparameter 'beta2'"),
+        (
+            lambda sd: sd["param_groups"][1].pop("beta2"),
+            ValueError,
+            "missing hyperparameter 'beta2'",
+        ),
     ],
 )
 def test_bad_state_dicts_are_refused_before_anything_changes(trained, edit, error, message):
@@ -250,13 +273,17 @@ def test_state_dict_of_another_optimizer_is_refused(trained):
     opt, params = trained
     sgd_like = {
         "state": {0: {"momentum_buffer": np.zeros((4, 3), np.float32)}},
-        "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0, 1]}, {"lr": 0.1, "momentum": 0.9, "params": [2]}],
+        "param_groups": [
+            {"lr": 0.1, "momentum": 0.9, "params": [0, 1]},
+            {"lr": 0.1, "momentum": 0.9, "params": [2]},
+        ],
     }
     with pytest.raises(ValueError):
         opt.load_state_dict(sgd_like)
 
 
 # -- functional --------------------------------------------------------------------------------
+
 
 def test_functional_checks_lengths_and_steps():
     p, g, m, u = (np.zeros(3) for _ in range(4))
@@ -270,6 +297,7 @@ def test_functional_checks_lengths_and_steps():
 
 
 # -- unusual arrays ----------------------------------------------------------------------------
+
 
 class Foreign:
     """A parameter from another library: anything with .data and .grad."""
@@ -342,7 +370,9 @@ def test_two_parameters_over_one_buffer_in_one_step_are_refused(rng):
     a, b = Parameter(buffer[:6]), Parameter(buffer[4:])
     opt = Adamax([a, b])
     a.grad, b.grad = np.ones(6), np.ones(6)
-    with pytest.raises(ValueError, match="shares memory with the parameter of group 0, parameter 1"):
+    with pytest.raises(
+        ValueError, match="shares memory with the parameter of group 0, parameter 1"
+    ):
         opt.step()
     assert not buffer.any()
 

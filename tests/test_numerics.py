@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
-from reference import ReferenceAdamax, adamax_reference_step
 
 from adamax_rs import Adamax, Parameter, functional
+from reference import ReferenceAdamax, adamax_reference_step
 
 FLAG_NAMES = ("maximize", "eps_inside_max", "decoupled_weight_decay")
 
@@ -20,8 +20,11 @@ def assert_same_bits(actual, expected):
 
 def run_both(arrays, grads_per_step, **hyper):
     params = [Parameter(a.copy()) for a in arrays]
-    opt = Adamax(params, **{k: v for k, v in hyper.items() if k not in ("beta1", "beta2")},
-                 betas=(hyper.get("beta1", 0.9), hyper.get("beta2", 0.999)))
+    opt = Adamax(
+        params,
+        **{k: v for k, v in hyper.items() if k not in ("beta1", "beta2")},
+        betas=(hyper.get("beta1", 0.9), hyper.get("beta2", 0.999)),
+    )
     ref = ReferenceAdamax(arrays, **hyper)
     for grads in grads_per_step:
         for p, g in zip(params, grads):
@@ -173,8 +176,16 @@ def layouts(rng, dtype):
     """(parameter array, gradient) pairs over C, Fortran, strided and mixed layouts."""
     base = rng.standard_normal((40, 30)).astype(dtype)
     yield "c", base.copy(), rng.standard_normal((40, 30)).astype(dtype)
-    yield "fortran", np.asfortranarray(base), np.asfortranarray(rng.standard_normal((40, 30)).astype(dtype))
-    yield "c-param-f-grad", base.copy(), np.asfortranarray(rng.standard_normal((40, 30)).astype(dtype))
+    yield (
+        "fortran",
+        np.asfortranarray(base),
+        np.asfortranarray(rng.standard_normal((40, 30)).astype(dtype)),
+    )
+    yield (
+        "c-param-f-grad",
+        base.copy(),
+        np.asfortranarray(rng.standard_normal((40, 30)).astype(dtype)),
+    )
     yield "f-param-c-grad", np.asfortranarray(base), rng.standard_normal((40, 30)).astype(dtype)
     yield "strided-grad", base.copy(), rng.standard_normal((40, 60)).astype(dtype)[:, ::2]
     yield "reversed", base.copy()[::-1], rng.standard_normal((40, 30)).astype(dtype)[:, ::-1]
@@ -226,7 +237,9 @@ def test_zero_size_and_zero_dim_parameters(rng):
     empty.grad = np.zeros((0, 3), dtype=np.float32)
     scalar.grad = np.array(2.0)
     opt.step()
-    expected, _, _ = adamax_reference_step(np.array(1.5), np.array(2.0), np.array(0.0), np.array(0.0), 1, lr=0.1)
+    expected, _, _ = adamax_reference_step(
+        np.array(1.5), np.array(2.0), np.array(0.0), np.array(0.0), 1, lr=0.1
+    )
     assert_same_bits(scalar.data, expected)
     assert empty.data.shape == (0, 3)
 
@@ -238,11 +251,15 @@ def test_functional_form_matches_reference(rng):
     us = [np.abs(rng.standard_normal(a.shape)) for a in arrays]
     steps = [4, 9]
     expected = [
-        adamax_reference_step(p, g, m, u, t, lr=0.1, beta1=0.7, beta2=0.95, eps=1e-6, weight_decay=0.01)
+        adamax_reference_step(
+            p, g, m, u, t, lr=0.1, beta1=0.7, beta2=0.95, eps=1e-6, weight_decay=0.01
+        )
         for p, g, m, u, t in zip(arrays, grads, ms, us, steps)
     ]
     params = [a.copy() for a in arrays]
-    functional.adamax(params, grads, ms, us, steps, lr=0.1, beta1=0.7, beta2=0.95, eps=1e-6, weight_decay=0.01)
+    functional.adamax(
+        params, grads, ms, us, steps, lr=0.1, beta1=0.7, beta2=0.95, eps=1e-6, weight_decay=0.01
+    )
     for got, want in zip(zip(params, ms, us), expected):
         for g, w in zip(got, want):
             assert_same_bits(g, w)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_unchanged, snapshot
-from reference import ReferenceAdamax
 
 import adamax_rs
 from adamax_rs import Adamax, Optimizer, Parameter
+from conftest import assert_unchanged, snapshot
+from reference import ReferenceAdamax
 
 GROUP_KEYS = [
     "params",
@@ -24,7 +24,9 @@ GROUP_KEYS = [
 
 
 def make_params(rng, shapes=((3, 4), (5,)), dtype=np.float32):
-    return [Parameter(rng.standard_normal(s).astype(dtype), name=f"p{i}") for i, s in enumerate(shapes)]
+    return [
+        Parameter(rng.standard_normal(s).astype(dtype), name=f"p{i}") for i, s in enumerate(shapes)
+    ]
 
 
 def set_grads(rng, params):

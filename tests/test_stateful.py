@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from reference import DEFAULTS, adamax_reference_step
 
 from adamax_rs import Adamax, Parameter
+from reference import DEFAULTS, adamax_reference_step
 
 SHAPES = [(3,), (2, 2), (5,)]
 DTYPES = [np.float32, np.float64, np.float32]
@@ -39,8 +39,12 @@ class Reference:
             for i in group["params"]:
                 if grads[i] is None:
                     continue
-                t, m, u = self.state.get(i, (0, np.zeros_like(self.params[i]), np.zeros_like(self.params[i])))
-                self.params[i], m, u = adamax_reference_step(self.params[i], grads[i], m, u, t + 1, **hyper)
+                t, m, u = self.state.get(
+                    i, (0, np.zeros_like(self.params[i]), np.zeros_like(self.params[i]))
+                )
+                self.params[i], m, u = adamax_reference_step(
+                    self.params[i], grads[i], m, u, t + 1, **hyper
+                )
                 self.state[i] = (t + 1, m, u)
 
 
@@ -55,7 +59,10 @@ class OptimizerMachine(RuleBasedStateMachine):
         self.ref = Reference(arrays, lr)
         self.ref.groups[0]["params"] = [0, 1]
 
-    @rule(present=st.lists(st.booleans(), min_size=3, max_size=3), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+    @rule(
+        present=st.lists(st.booleans(), min_size=3, max_size=3),
+        scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    )
     def step(self, present, scale):
         grads = [None] * 3
         for i, p in enumerate(self.params):
@@ -109,6 +116,9 @@ class OptimizerMachine(RuleBasedStateMachine):
 
 
 OptimizerMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 test_random_api_sequences_match_reference = OptimizerMachine.TestCase

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from reference import ReferenceAdamax
 
 import adamax_rs
 from adamax_rs import Adamax, Parameter
+from reference import ReferenceAdamax
 
 BIG = 1 << 22  # 4M float32 elements: well above the size that goes to the thread pool
 
@@ -53,7 +53,9 @@ def test_other_python_threads_run_while_a_step_is_in_rust():
 def test_optimizers_on_many_threads_match_serial_runs(rng):
     count = 4
     inits = [rng.standard_normal(BIG // 4).astype(np.float32) for _ in range(count)]
-    grads = [[rng.standard_normal(BIG // 4).astype(np.float32) for _ in range(5)] for _ in range(count)]
+    grads = [
+        [rng.standard_normal(BIG // 4).astype(np.float32) for _ in range(5)] for _ in range(count)
+    ]
 
     def train(i, out):
         p = Parameter(inits[i].copy())

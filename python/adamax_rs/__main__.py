@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
 
 from . import __version__
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m adamax_rs", description="The adamax_rs optimizer: demo and benchmarks."

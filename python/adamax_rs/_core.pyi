@@ -1,7 +1,6 @@
 """Type stubs for the Rust extension module ``adamax_rs._core``."""
 
 from collections.abc import Sequence
-from typing import Optional
 
 import numpy as np
 
@@ -10,9 +9,9 @@ __version__: str
 _Hyperparameters = tuple[float, float, float, float, float, bool, bool, bool]
 _Group = tuple[
     Sequence[np.ndarray],
-    Sequence[Optional[np.ndarray]],
-    Sequence[Optional[np.ndarray]],
-    Sequence[Optional[np.ndarray]],
+    Sequence[np.ndarray | None],
+    Sequence[np.ndarray | None],
+    Sequence[np.ndarray | None],
     Sequence[int],
     _Hyperparameters,
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -149,10 +149,13 @@ class Adamax(Optimizer):
         for key in ("exp_avg", "exp_inf"):
             value = state[key]
             if not isinstance(value, np.ndarray):
-                raise TypeError(f"{where}: {key!r} must be a numpy.ndarray, got {type(value).__name__}")
+                raise TypeError(
+                    f"{where}: {key!r} must be a numpy.ndarray, got {type(value).__name__}"
+                )
             if value.shape != data.shape:
                 raise ValueError(
-                    f"{where}: {key!r} has shape {value.shape}, the parameter has shape {data.shape}"
+                    f"{where}: {key!r} has shape {value.shape}, "
+                    f"the parameter has shape {data.shape}"
                 )
             if value.dtype != data.dtype and not np.can_cast(value.dtype, data.dtype, "safe"):
                 raise TypeError(
@@ -169,7 +172,7 @@ class Adamax(Optimizer):
             raise ValueError(f"{where}: unexpected keys {extra}")
         return kept
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single Adamax step over every parameter that has a gradient.
 
         Parameters

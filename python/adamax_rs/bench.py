@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -70,8 +70,12 @@ class Result:
 
 def _arrays(workload: Workload, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(n, dtype=np.float64).astype(workload.dtype) for n in workload.sizes]
-    grads = [rng.standard_normal(n, dtype=np.float64).astype(workload.dtype) for n in workload.sizes]
+    params: list[np.ndarray] = [
+        rng.standard_normal(n, dtype=np.float64).astype(workload.dtype) for n in workload.sizes
+    ]
+    grads: list[np.ndarray] = [
+        rng.standard_normal(n, dtype=np.float64).astype(workload.dtype) for n in workload.sizes
+    ]
     return params, grads
 
 
@@ -96,7 +100,14 @@ def _probe(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], An
     datas = [p.copy() for p in params]
     exp_avgs = [np.zeros_like(p) for p in params]
     exp_infs = [np.zeros_like(p) for p in params]
-    group = (datas, grads, exp_avgs, exp_infs, [1] * len(params), (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False))
+    group = (
+        datas,
+        grads,
+        exp_avgs,
+        exp_infs,
+        [1] * len(params),
+        (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False),
+    )
 
     def step() -> None:
         _core.bandwidth_probe([group])
@@ -113,12 +124,13 @@ def _torch(foreach: bool) -> Callable[[list[np.ndarray], list[np.ndarray]], Call
             t = torch.nn.Parameter(torch.from_numpy(p.copy()))
             t.grad = torch.from_numpy(g)
             tensors.append(t)
-        return torch.optim.Adamax(tensors, lr=1e-3, foreach=foreach).step
+        step: Callable[[], Any] = torch.optim.Adamax(tensors, lr=1e-3, foreach=foreach).step
+        return step
 
     return make
 
 
-def _torch_version() -> Optional[str]:
+def _torch_version() -> str | None:
     try:
         import torch
     except ImportError:
@@ -126,9 +138,9 @@ def _torch_version() -> Optional[str]:
     return str(torch.__version__)
 
 
-def implementations(include_numpy: bool) -> list[tuple[str, Optional[Callable[..., Any]], str]]:
+def implementations(include_numpy: bool) -> list[tuple[str, Callable[..., Any] | None, str]]:
     """(name, factory or None, note) for each implementation to time."""
-    out: list[tuple[str, Optional[Callable[..., Any]], str]] = [
+    out: list[tuple[str, Callable[..., Any] | None, str]] = [
         ("adamax_rs", _adamax_rs, ""),
         ("bandwidth probe", _probe, ""),
     ]
@@ -144,13 +156,16 @@ def implementations(include_numpy: bool) -> list[tuple[str, Optional[Callable[..
 
 
 def time_workload(
-    workload: Workload, impls: list[tuple[str, Optional[Callable[..., Any]], str]], seconds: float, seed: int
+    workload: Workload,
+    impls: list[tuple[str, Callable[..., Any] | None, str]],
+    seconds: float,
+    seed: int,
 ) -> list[Result]:
     """Time every implementation on ``workload`` in interleaved rounds."""
     params, grads = _arrays(workload, seed)
     results = [Result(name, note=note) for name, _, note in impls]
     steps = []
-    for name, factory, _ in impls:
+    for _name, factory, _ in impls:
         step = factory(params, grads) if factory is not None else None
         if step is not None:
             step()  # creates the state
@@ -176,6 +191,37 @@ def time_workload(
     del steps
     gc.collect()
     return results
+
+
+def time_parallel_optimizers(count: int, elements: int, steps: int) -> tuple[float, float]:
+    """Seconds for ``count`` optimizers to take ``steps`` steps each: one after another, then
+    each on its own Python thread. Each step is small enough to stay on its calling thread
+    (no pool), so any speed-up comes from the optimizers running at the same time."""
+    import threading
+
+    def make() -> Callable[[], Any]:
+        p = Parameter(np.ones(elements, np.float32))
+        p.grad = np.full(elements, 0.5, np.float32)
+        return Adamax([p]).step
+
+    def run(step: Callable[[], Any]) -> None:
+        for _ in range(steps):
+            step()
+
+    optimizers = [make() for _ in range(count)]
+    for step in optimizers:
+        step()
+    started = time.perf_counter()
+    for step in optimizers:
+        run(step)
+    serial = time.perf_counter() - started
+    workers = [threading.Thread(target=run, args=(step,)) for step in optimizers]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return serial, time.perf_counter() - started
 
 
 def _format_time(seconds: float) -> str:
@@ -222,7 +268,9 @@ def plot(rows: list[tuple[Workload, list[Result]]], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written")
+        print(
+            f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written"
+        )
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = [r.implementation for r in rows[0][1]]
@@ -237,8 +285,13 @@ def plot(rows: list[tuple[Workload, list[Result]]], path: str) -> None:
             ax.plot(*zip(*points), marker="o", label=name)
     for w, results in rows:
         if w.dtype == np.float32:
-            ax.annotate(w.name, (w.elements, results[0].median * 1e3), fontsize=7,
-                        textcoords="offset points", xytext=(4, -10))
+            ax.annotate(
+                w.name,
+                (w.elements, results[0].median * 1e3),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, -10),
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("total float32 elements in the step")
@@ -253,11 +306,21 @@ def plot(rows: list[tuple[Workload, list[Result]]], path: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's command-line options."""
-    parser.add_argument("--quick", action="store_true", help="skip the 64M workload and time for less long")
-    parser.add_argument("--seconds", type=float, default=None, help="time per workload (default 3, quick 1)")
-    parser.add_argument("--only", default="", help="run only workloads whose name contains this text")
-    parser.add_argument("--no-numpy", action="store_true", help="leave out the numpy implementation")
-    parser.add_argument("--threads", type=int, default=0, help="threads for adamax_rs and torch (default: all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="skip the 64M workload and time for less long"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="time per workload (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--only", default="", help="run only workloads whose name contains this text"
+    )
+    parser.add_argument(
+        "--no-numpy", action="store_true", help="leave out the numpy implementation"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads for adamax_rs and torch (default: all)"
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="draw time per step against size")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
@@ -287,7 +350,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"  timing {workload.name} ...", flush=True)
         rows.append((workload, time_workload(workload, impls, seconds, args.seed)))
     print()
-    print_table(rows)
+    if rows:
+        print_table(rows)
+    if not args.only or "threads" in args.only:
+        count = max(2, threads)
+        serial, threaded = time_parallel_optimizers(count, 100_000, 200 if not args.quick else 50)
+        print(
+            f"- {count} optimizers x 100K float32, each on its own thread: "
+            f"{serial * 1e3:.0f} ms one after another, {threaded * 1e3:.0f} ms on threads "
+            f"({serial / threaded:.2f}x)"
+        )
     if args.plot:
         plot(rows, args.plot)
     return 0

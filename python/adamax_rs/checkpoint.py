@@ -94,7 +94,7 @@ def save_checkpoint(optimizer: Optimizer, path: PathLike) -> None:
     target = Path(path)
     arrays = _encode(optimizer)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle
     folder = target.parent if str(target.parent) else Path(".")
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -124,7 +124,14 @@ def _decode(path: PathLike) -> tuple[str, dict[str, Any]]:
             contents = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError) as error:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+    ) as error:
         raise ValueError(f"{path} is not a readable adamax_rs checkpoint: {error}") from None
     raw = contents.pop("metadata", None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
@@ -189,6 +196,7 @@ def load_checkpoint(optimizer: Optimizer, path: PathLike) -> None:
     saved_class, state_dict = _decode(path)
     if saved_class != type(optimizer).__name__:
         raise ValueError(
-            f"{path} holds the state of a {saved_class} optimizer, not of {type(optimizer).__name__}"
+            f"{path} holds the state of a {saved_class} optimizer, "
+            f"not of {type(optimizer).__name__}"
         )
     optimizer.load_state_dict(state_dict)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class MLP:
 def train(
     make_optimizer: Callable[[list[Parameter]], Any],
     args: argparse.Namespace,
-    report: Optional[Callable[[int, float, float], None]] = None,
+    report: Callable[[int, float, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train from the seed in ``args``; return the losses, final accuracy and step time."""
     rng = np.random.default_rng(args.seed)
@@ -95,27 +95,46 @@ def train(
             _, accuracy = model.loss_and_grads(x, y)
             report(epoch, losses[-1], accuracy)
     _, accuracy = model.loss_and_grads(x, y)
-    return {"losses": losses, "accuracy": accuracy, "step_seconds": step_seconds, "steps": batches * args.epochs}
+    return {
+        "losses": losses,
+        "accuracy": accuracy,
+        "step_seconds": step_seconds,
+        "steps": batches * args.epochs,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
     parser.add_argument("--epochs", type=int, default=60, help="passes over the data (default 60)")
-    parser.add_argument("--samples", type=int, default=2000, help="points in the data set (default 2000)")
-    parser.add_argument("--noise", type=float, default=0.02, help="noise added to the spirals (default 0.02)")
-    parser.add_argument("--hidden", type=int, default=64, help="units per hidden layer (default 64)")
+    parser.add_argument(
+        "--samples", type=int, default=2000, help="points in the data set (default 2000)"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=0.02, help="noise added to the spirals (default 0.02)"
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=64, help="units per hidden layer (default 64)"
+    )
     parser.add_argument("--layers", type=int, default=2, help="hidden layers (default 2)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default 64)")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adamax learning rate (default 0.01)")
+    parser.add_argument(
+        "--lr", type=float, default=0.01, help="Adamax learning rate (default 0.01)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--every", type=int, default=10, help="print progress every N epochs (default 10)")
-    parser.add_argument("--no-compare", action="store_true", help="skip the run with the numpy baseline")
+    parser.add_argument(
+        "--every", type=int, default=10, help="print progress every N epochs (default 10)"
+    )
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the run with the numpy baseline"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
-    print(f"Training a {args.layers}x{args.hidden} MLP on {args.samples} points of two spirals "
-          f"with adamax_rs.Adamax(lr={args.lr}), {args.epochs} epochs")
+    print(
+        f"Training a {args.layers}x{args.hidden} MLP on {args.samples} points of two spirals "
+        f"with adamax_rs.Adamax(lr={args.lr}), {args.epochs} epochs"
+    )
 
     def report(epoch: int, loss: float, accuracy: float) -> None:
         if epoch == 1 or epoch % args.every == 0 or epoch == args.epochs:
@@ -123,15 +142,19 @@ def main(args: argparse.Namespace) -> int:
 
     ours = train(lambda ps: Adamax(ps, lr=args.lr), args, report)
     per_step = ours["step_seconds"] / ours["steps"] * 1e6
-    print(f"final: loss {ours['losses'][-1]:.4f}, accuracy {ours['accuracy']:.1%}, "
-          f"optimizer {per_step:.1f} us/step over {ours['steps']} steps")
+    print(
+        f"final: loss {ours['losses'][-1]:.4f}, accuracy {ours['accuracy']:.1%}, "
+        f"optimizer {per_step:.1f} us/step over {ours['steps']} steps"
+    )
     if not args.no_compare:
         base = train(lambda ps: NumpyAdamax(ps, lr=args.lr), args)
         same = np.array_equal(np.array(ours["losses"]), np.array(base["losses"]))
         base_step = base["step_seconds"] / base["steps"] * 1e6
-        print(f"numpy baseline: loss {base['losses'][-1]:.4f}, accuracy {base['accuracy']:.1%}, "
-              f"optimizer {base_step:.1f} us/step; losses identical: {same}; "
-              f"adamax_rs step {base_step / per_step:.1f}x faster")
+        print(
+            f"numpy baseline: loss {base['losses'][-1]:.4f}, accuracy {base['accuracy']:.1%}, "
+            f"optimizer {base_step:.1f} us/step; losses identical: {same}; "
+            f"adamax_rs step {base_step / per_step:.1f}x faster"
+        )
     if ours["losses"][-1] >= ours["losses"][0]:
         print("the loss did not fall: something is wrong")
         return 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Optional
 
 import numpy as np
 
@@ -16,7 +15,7 @@ __all__ = ["adamax"]
 
 def adamax(
     params: Sequence[np.ndarray],
-    grads: Sequence[Optional[np.ndarray]],
+    grads: Sequence[np.ndarray | None],
     exp_avgs: Sequence[np.ndarray],
     exp_infs: Sequence[np.ndarray],
     steps: Sequence[int],
@@ -68,8 +67,9 @@ def adamax(
             "decoupled_weight_decay": decoupled_weight_decay,
         }
     )
-    lists = [list(params), list(grads), list(exp_avgs), list(exp_infs), list(steps)]
-    for t in lists[4]:
+    step_list = list(steps)
+    for t in step_list:
         if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
             raise TypeError(f"steps must be integers, got {type(t).__name__}")
-    _core.adamax_step([(*lists, hyper)])
+    group = (list(params), list(grads), list(exp_avgs), list(exp_infs), step_list, hyper)
+    _core.adamax_step([group])

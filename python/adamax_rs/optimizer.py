@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def _describe(obj: object) -> str:
 
 
 def _check_parameter(param: Any, where: str) -> None:
-    """Raise unless ``param`` has a writeable float32/float64 ndarray in ``.data`` and a ``.grad``."""
+    """Raise unless ``param`` has a writeable float32/float64 ndarray in ``.data`` and ``.grad``."""
     if isinstance(param, np.ndarray):
         raise TypeError(
             f"{where}: got a bare numpy.ndarray; wrap it as adamax_rs.Parameter(array) so the "
@@ -104,9 +104,7 @@ def _check_parameter(param: Any, where: str) -> None:
 
 def _as_param_list(params: Any, where: str) -> list[Any]:
     if isinstance(params, np.ndarray):
-        raise TypeError(
-            f"{where}: got a bare numpy.ndarray; wrap it as adamax_rs.Parameter(array)"
-        )
+        raise TypeError(f"{where}: got a bare numpy.ndarray; wrap it as adamax_rs.Parameter(array)")
     if hasattr(params, "data") and hasattr(params, "grad"):
         return [params]
     if isinstance(params, (set, frozenset)):
@@ -251,7 +249,7 @@ class Optimizer:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; subclasses implement it."""
         raise NotImplementedError
 
@@ -330,7 +328,9 @@ class Optimizer:
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         if not isinstance(saved_groups, (list, tuple)):
-            raise TypeError(f"state_dict['param_groups'] must be a list, got {_describe(saved_groups)}")
+            raise TypeError(
+                f"state_dict['param_groups'] must be a list, got {_describe(saved_groups)}"
+            )
         if not isinstance(saved_state, Mapping):
             raise TypeError(f"state_dict['state'] must be a dict, got {_describe(saved_state)}")
         with self._lock:
@@ -354,7 +354,9 @@ class Optimizer:
                         f"group, this optimizer has {len(mine['params'])}"
                     )
                 for saved_index, param in zip(saved_params, mine["params"]):
-                    if isinstance(saved_index, bool) or not isinstance(saved_index, (int, np.integer)):
+                    if isinstance(saved_index, bool) or not isinstance(
+                        saved_index, (int, np.integer)
+                    ):
                         raise TypeError(f"{where}: parameter indices must be integers")
                     if int(saved_index) in by_index:
                         raise ValueError(f"{where}: parameter index {saved_index} appears twice")
@@ -367,9 +369,13 @@ class Optimizer:
                 if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
                     raise TypeError(f"state key {key!r} must be a parameter index (an int)")
                 if int(key) not in by_index:
-                    raise ValueError(f"state has an entry for parameter index {key}, which no group lists")
+                    raise ValueError(
+                        f"state has an entry for parameter index {key}, which no group lists"
+                    )
                 if not isinstance(entry, Mapping):
-                    raise TypeError(f"state of parameter {key} must be a dict, got {_describe(entry)}")
+                    raise TypeError(
+                        f"state of parameter {key} must be a dict, got {_describe(entry)}"
+                    )
                 param = by_index[int(key)]
                 new_state[param] = self._check_state(param, entry, f"state of parameter {key}")
             self.param_groups = new_groups

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +13,7 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_float_array(data: Any) -> np.ndarray:
-    """Return ``data`` as a floating-point ndarray, without copying an ndarray that already is one."""
+    """Return ``data`` as a floating-point ndarray; a floating-point ndarray is not copied."""
     array = data if isinstance(data, np.ndarray) else np.asarray(data)
     if array.dtype.kind != "f":
         raise TypeError(
@@ -60,9 +60,9 @@ class Parameter:
 
     __slots__ = ("data", "grad", "name", "__weakref__")
 
-    def __init__(self, data: Any, *, name: Optional[str] = None) -> None:
+    def __init__(self, data: Any, *, name: str | None = None) -> None:
         self.data: np.ndarray = _as_float_array(data)
-        self.grad: Optional[np.ndarray] = None
+        self.grad: np.ndarray | None = None
         self.name = name
 
     @property
