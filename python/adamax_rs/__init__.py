@@ -12,7 +12,7 @@ Examples
 
 from __future__ import annotations
 
-from . import functional
+from . import functional, lr_scheduler
 from ._core import __version__, get_num_threads, set_num_threads, simd_level
 from .adamax import Adamax
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +28,7 @@ __all__ = [
     "functional",
     "get_num_threads",
     "load_checkpoint",
+    "lr_scheduler",
     "save_checkpoint",
     "set_num_threads",
     "simd_level",
