@@ -1,8 +1,9 @@
 """`python -m adamax_rs demo`: train a small network on two spirals, in plain numpy.
 
-The forward and backward passes are written out by hand; the optimizer is adamax_rs. The
-same training then runs again with the numpy baseline optimizer, to show that the losses
-are the same and how much time the optimizer step takes in each.
+The forward and backward passes are written out by hand; the optimizer is adamax_rs with a
+cosine learning-rate schedule. The same training then runs again with the numpy baseline
+optimizer (same schedule), to show that the losses are the same and how much time the
+optimizer step takes in each. A progress bar appears when ``tqdm`` is installed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .adamax import Adamax
+from .lr_scheduler import CosineAnnealingLR
 from .numpy_adamax import NumpyAdamax
 from .parameter import Parameter
 
@@ -71,9 +73,13 @@ class MLP:
 def train(
     make_optimizer: Callable[[list[Parameter]], Any],
     args: argparse.Namespace,
+    schedule: Callable[[Any, int], None],
     report: Callable[[int, float, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train from the seed in ``args``; return the losses, final accuracy and step time."""
+    """Train from the seed in ``args``; return the losses, final accuracy and step time.
+
+    ``schedule(optimizer, epoch)`` runs after each epoch (it sets the learning rate).
+    """
     rng = np.random.default_rng(args.seed)
     x, y = two_spirals(args.samples, args.noise, rng)
     model = MLP([2] + [args.hidden] * args.layers + [2], rng)
@@ -91,6 +97,7 @@ def train(
             optimizer.step()
             step_seconds += time.perf_counter() - started
         losses.append(epoch_loss / batches)
+        schedule(optimizer, epoch)
         if report is not None:
             _, accuracy = model.loss_and_grads(x, y)
             report(epoch, losses[-1], accuracy)
@@ -103,9 +110,46 @@ def train(
     }
 
 
+def _progress(total: int, quiet: bool) -> Any:
+    """A tqdm bar when tqdm is installed (and the output is wanted), else ``None``."""
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="epoch", leave=False, dynamic_ncols=True)
+
+
+def plot_losses(path: str, ours: list[float], baseline: list[float] | None) -> None:
+    """Save the loss curves to ``path`` (PNG), or say why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(ours) + 1), ours, label="adamax_rs.Adamax")
+    if baseline is not None:
+        ax.plot(range(1, len(baseline) + 1), baseline, "--", label="numpy baseline")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.set_yscale("log")
+    ax.set_title("Two spirals, numpy MLP")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"loss curve written to {path}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
-    parser.add_argument("--epochs", type=int, default=60, help="passes over the data (default 60)")
+    parser.add_argument(
+        "--epochs", type=int, default=100, help="passes over the data (default 100)"
+    )
     parser.add_argument(
         "--samples", type=int, default=2000, help="points in the data set (default 2000)"
     )
@@ -118,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="hidden layers (default 2)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default 64)")
     parser.add_argument(
-        "--lr", type=float, default=0.01, help="Adamax learning rate (default 0.01)"
+        "--lr", type=float, default=0.02, help="initial Adamax learning rate (default 0.02)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -127,27 +171,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the run with the numpy baseline"
     )
+    parser.add_argument("--plot", metavar="FILE.png", help="save the loss curve as a PNG")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
     print(
         f"Training a {args.layers}x{args.hidden} MLP on {args.samples} points of two spirals "
-        f"with adamax_rs.Adamax(lr={args.lr}), {args.epochs} epochs"
+        f"with adamax_rs.Adamax(lr={args.lr}) and a cosine schedule, {args.epochs} epochs"
     )
+    bar = _progress(args.epochs, args.quiet)
+    rates: list[float] = []
 
     def report(epoch: int, loss: float, accuracy: float) -> None:
-        if epoch == 1 or epoch % args.every == 0 or epoch == args.epochs:
-            print(f"  epoch {epoch:4d}   loss {loss:.4f}   accuracy {accuracy:6.1%}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{accuracy:.1%}")
+        if not args.quiet and (epoch == 1 or epoch % args.every == 0 or epoch == args.epochs):
+            line = f"  epoch {epoch:4d}   loss {loss:.4f}   accuracy {accuracy:6.1%}"
+            if bar is None:
+                print(line, flush=True)
+            else:
+                bar.write(line)
 
-    ours = train(lambda ps: Adamax(ps, lr=args.lr), args, report)
+    schedulers: dict[int, CosineAnnealingLR] = {}
+
+    def cosine(optimizer: Any, epoch: int) -> None:
+        scheduler = schedulers.setdefault(id(optimizer), CosineAnnealingLR(optimizer, args.epochs))
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    ours = train(lambda ps: Adamax(ps, lr=args.lr), args, cosine, report)
+    if bar is not None:
+        bar.close()
     per_step = ours["step_seconds"] / ours["steps"] * 1e6
     print(
         f"final: loss {ours['losses'][-1]:.4f}, accuracy {ours['accuracy']:.1%}, "
         f"optimizer {per_step:.1f} us/step over {ours['steps']} steps"
     )
+    base = None
     if not args.no_compare:
-        base = train(lambda ps: NumpyAdamax(ps, lr=args.lr), args)
+
+        def replay(optimizer: Any, epoch: int) -> None:
+            optimizer.lr = rates[epoch - 1]  # the schedule adamax_rs followed
+
+        base = train(lambda ps: NumpyAdamax(ps, lr=args.lr), args, replay)
         same = np.array_equal(np.array(ours["losses"]), np.array(base["losses"]))
         base_step = base["step_seconds"] / base["steps"] * 1e6
         print(
@@ -155,7 +224,9 @@ def main(args: argparse.Namespace) -> int:
             f"optimizer {base_step:.1f} us/step; losses identical: {same}; "
             f"adamax_rs step {base_step / per_step:.1f}x faster"
         )
-    if ours["losses"][-1] >= ours["losses"][0]:
+    if args.plot:
+        plot_losses(args.plot, ours["losses"], None if base is None else base["losses"])
+    if not ours["losses"][-1] < ours["losses"][0]:
         print("the loss did not fall: something is wrong")
         return 1
     return 0
