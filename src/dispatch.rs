@@ -7,6 +7,7 @@
 //! contracts floating-point expressions), so every level gives bit-identical results.
 
 use crate::kernel::{probe_run, update_run, Coefficients, Float, TensorSlices};
+use crate::precision::Storage;
 
 /// What a run computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub enum Isa {
     /// x86-64 with AVX2 and FMA (256-bit vectors).
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// x86-64 with AVX-512 F/VL (512-bit vectors).
+    /// x86-64 with AVX-512 F/VL/BW (512-bit vectors; BW for the 16-bit conversions).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -59,7 +60,7 @@ pub fn available() -> Vec<Isa> {
     levels
 }
 
-/// Calls `$run::<T, MAXIMIZE, COUPLED, EPS_IN>` with the flags as compile-time constants.
+/// Calls `$run::<P, S, C, MAXIMIZE, COUPLED, EPS_IN>` with the flags as compile-time constants.
 macro_rules! with_flags {
     ($run:ident, $slices:expr, $c:expr) => {{
         let (s, c) = ($slices, $c);
@@ -68,50 +69,80 @@ macro_rules! with_flags {
             c.flags.coupled_weight_decay,
             c.flags.eps_inside_max,
         ) {
-            (false, false, false) => $run::<T, false, false, false>(s, c),
-            (false, false, true) => $run::<T, false, false, true>(s, c),
-            (false, true, false) => $run::<T, false, true, false>(s, c),
-            (false, true, true) => $run::<T, false, true, true>(s, c),
-            (true, false, false) => $run::<T, true, false, false>(s, c),
-            (true, false, true) => $run::<T, true, false, true>(s, c),
-            (true, true, false) => $run::<T, true, true, false>(s, c),
-            (true, true, true) => $run::<T, true, true, true>(s, c),
+            (false, false, false) => $run::<P, S, C, false, false, false>(s, c),
+            (false, false, true) => $run::<P, S, C, false, false, true>(s, c),
+            (false, true, false) => $run::<P, S, C, false, true, false>(s, c),
+            (false, true, true) => $run::<P, S, C, false, true, true>(s, c),
+            (true, false, false) => $run::<P, S, C, true, false, false>(s, c),
+            (true, false, true) => $run::<P, S, C, true, false, true>(s, c),
+            (true, true, false) => $run::<P, S, C, true, true, false>(s, c),
+            (true, true, true) => $run::<P, S, C, true, true, true>(s, c),
         }
     }};
 }
 pub(crate) use with_flags;
 
 #[inline(always)]
-fn run_op<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+fn run_op<P, S, C>(op: Op, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     match op {
         Op::Adamax => with_flags!(update_run, s, c),
-        Op::BandwidthProbe => probe_run(s),
+        Op::BandwidthProbe => probe_run::<P, S, C>(s),
     }
 }
 
-fn run_baseline<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+fn run_baseline<P, S, C>(op: Op, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     run_op(op, s, c)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+fn run_avx2<P, S, C>(op: Op, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     run_op(op, s, c)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn run_avx512<T: Float>(op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+fn run_avx512<P, S, C>(op: Op, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     run_op(op, s, c)
 }
 
 /// Runs the update with the given level. A level the CPU lacks falls back to the baseline.
-pub fn run<T: Float>(isa: Isa, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+pub fn run<P, S, C>(isa: Isa, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     run_with(isa, Op::Adamax, s, c)
 }
 
 /// Runs `op` with the given level. A level the CPU lacks falls back to the baseline.
-pub fn run_with<T: Float>(isa: Isa, op: Op, s: TensorSlices<'_, T>, c: &Coefficients<T>) {
+pub fn run_with<P, S, C>(isa: Isa, op: Op, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     match isa {
         Isa::Baseline => run_baseline(op, s, c),
         #[cfg(target_arch = "x86_64")]
@@ -126,17 +157,22 @@ pub fn run_with<T: Float>(isa: Isa, op: Op, s: TensorSlices<'_, T>, c: &Coeffici
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            if std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: `run_avx512` requires avx512f, avx512vl, avx2 and fma, all of which
-                // were just detected on this CPU.
+            if avx512_usable() {
+                // SAFETY: `run_avx512` requires avx512f, avx512vl, avx512bw, avx2 and fma,
+                // all of which `avx512_usable` just detected on this CPU.
                 unsafe { run_avx512(op, s, c) }
             } else {
                 run_baseline(op, s, c)
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_usable() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
 }

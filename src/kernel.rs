@@ -1,19 +1,24 @@
 //! The Adamax update over flat slices: no Python, no threads, no allocation.
 //!
 //! One call updates one contiguous run of elements in a single pass over memory, reading
-//! `param`, `grad`, `exp_avg`, `exp_inf` and writing `param`, `exp_avg`, `exp_inf` back. The
-//! loop body is branch-free and written over zipped slices so that LLVM vectorises it; the
-//! option flags are compile-time parameters so that each combination gets its own tight loop.
+//! `param`, `grad`, `exp_avg`, `exp_inf` and writing `param`, `exp_avg`, `exp_inf` back (with
+//! master weights, the float32 master copy is read and written and the parameter only
+//! written). The loop body is branch-free and written over zipped slices so that LLVM
+//! vectorises it; the option flags are compile-time parameters so that each combination gets
+//! its own tight loop.
 //!
-//! Every scalar coefficient is computed once per tensor in `f64` and rounded to the element
-//! type, exactly as numpy rounds a Python float used with a float32 array. The element
-//! operations then happen in the same order as the formula in the README, so a plain numpy
-//! implementation of it gives the same bits.
+//! Parameters are stored as `P`, state as `S`, and the arithmetic runs in `C` (see
+//! [`crate::precision`]). Every scalar coefficient is computed once per tensor in `f64` and
+//! rounded to `C`, exactly as numpy rounds a Python float used with a float32 array. The
+//! element operations then happen in the order of the formula in the README, so a plain
+//! numpy implementation of it gives the same bits. With `eps_inside_max` the order and the
+//! fused multiply-adds are those of `torch.optim.Adamax`'s CPU kernels instead.
 
 use std::fmt;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use crate::dispatch;
+use crate::precision::Storage;
 
 /// The element types the kernel works in.
 pub trait Float:
@@ -34,6 +39,8 @@ pub trait Float:
     fn abs(self) -> Self;
     /// `true` for NaN.
     fn is_nan(self) -> bool;
+    /// `self * a + b` with one rounding (as ATen's `fmadd`).
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 impl Float for f32 {
@@ -49,6 +56,10 @@ impl Float for f32 {
     fn is_nan(self) -> bool {
         f32::is_nan(self)
     }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
 }
 
 impl Float for f64 {
@@ -63,6 +74,10 @@ impl Float for f64 {
     #[inline(always)]
     fn is_nan(self) -> bool {
         f64::is_nan(self)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
     }
 }
 
@@ -94,7 +109,8 @@ pub struct Hyperparameters {
     pub weight_decay: f64,
     /// Ascend the objective instead of descending it.
     pub maximize: bool,
-    /// `u = max(beta2 * u, |g| + eps)` and `param -= s * m / u`, as torch and optax do.
+    /// `u = max(beta2 * u, |g| + eps)` and `param -= s * m / u`, as torch and optax do,
+    /// computed in the order of torch's CPU kernels (lerp and weight decay fused).
     pub eps_inside_max: bool,
     /// `param *= 1 - lr * weight_decay` instead of adding `weight_decay * param` to the gradient.
     pub decoupled_weight_decay: bool,
@@ -157,7 +173,14 @@ impl Hyperparameters {
         let bias_correction = 1.0 - self.beta1.powf(step as f64);
         let coupled = self.weight_decay != 0.0 && !self.decoupled_weight_decay;
         let decoupled = self.weight_decay != 0.0 && self.decoupled_weight_decay;
+        // torch's `exp_avg.lerp_(grad, 1 - beta1)`: the weight is rounded to the tensor's
+        // type, and ATen picks its formula by comparing that weight with 0.5.
+        let lerp_weight = T::from_f64(1.0 - self.beta1);
+        let one = T::from_f64(1.0);
         Coefficients {
+            lerp_weight,
+            lerp_weight_complement: one - lerp_weight,
+            lerp_from_start: lerp_weight.abs() < T::from_f64(0.5),
             beta1: T::from_f64(self.beta1),
             one_minus_beta1: T::from_f64(1.0 - self.beta1),
             beta2: T::from_f64(self.beta2),
@@ -185,7 +208,7 @@ pub struct Flags {
     pub maximize: bool,
     /// Add `weight_decay * param` to the gradient.
     pub coupled_weight_decay: bool,
-    /// eps inside the max (torch's placement) instead of in the denominator.
+    /// eps inside the max, with torch's order of operations.
     pub eps_inside_max: bool,
 }
 
@@ -201,61 +224,79 @@ pub struct Coefficients<T> {
     pub decay_factor: T,
     /// `lr / (1 - beta1^t)`.
     pub step_size: T,
+    /// torch order only: the lerp weight `1 - beta1`, its complement `1 - w` (computed in
+    /// `T`), and whether ATen's lerp uses its `start + w * (end - start)` form.
+    pub lerp_weight: T,
+    pub lerp_weight_complement: T,
+    pub lerp_from_start: bool,
     pub flags: Flags,
 }
 
-/// The four arrays of one tensor (or a piece of it), checked to have one length.
+/// The arrays of one tensor (or a piece of it), checked to have one length: the parameter
+/// and its gradient stored as `P`, the state (and the optional master copy) as `S`.
 #[derive(Debug)]
-pub struct TensorSlices<'a, T> {
-    pub(crate) param: &'a mut [T],
-    pub(crate) grad: &'a [T],
-    pub(crate) exp_avg: &'a mut [T],
-    pub(crate) exp_inf: &'a mut [T],
+pub struct TensorSlices<'a, P, S> {
+    pub(crate) param: &'a mut [P],
+    pub(crate) grad: &'a [P],
+    pub(crate) exp_avg: &'a mut [S],
+    pub(crate) exp_inf: &'a mut [S],
+    pub(crate) master: Option<&'a mut [S]>,
 }
 
-/// The four slices given to [`TensorSlices::new`] differ in length.
+/// The slices given to [`TensorSlices::new`] differ in length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LengthMismatch {
     pub param: usize,
-    pub grad: usize,
-    pub exp_avg: usize,
-    pub exp_inf: usize,
+    pub other: usize,
 }
 
 impl fmt::Display for LengthMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "slices differ in length: param {}, grad {}, exp_avg {}, exp_inf {}",
-            self.param, self.grad, self.exp_avg, self.exp_inf
+            "slices differ in length: param {}, another {}",
+            self.param, self.other
         )
     }
 }
 
 impl std::error::Error for LengthMismatch {}
 
-impl<'a, T> TensorSlices<'a, T> {
-    /// Groups the four slices of one tensor; they must have the same length.
+impl<'a, P, S> TensorSlices<'a, P, S> {
+    /// Groups the slices of one tensor; they must have the same length.
     pub fn new(
-        param: &'a mut [T],
-        grad: &'a [T],
-        exp_avg: &'a mut [T],
-        exp_inf: &'a mut [T],
+        param: &'a mut [P],
+        grad: &'a [P],
+        exp_avg: &'a mut [S],
+        exp_inf: &'a mut [S],
+    ) -> Result<Self, LengthMismatch> {
+        Self::with_master(param, grad, exp_avg, exp_inf, None)
+    }
+
+    /// As [`TensorSlices::new`], with an optional master copy of the parameter (which is
+    /// then read instead of `param`; `param` receives the rounded result).
+    pub fn with_master(
+        param: &'a mut [P],
+        grad: &'a [P],
+        exp_avg: &'a mut [S],
+        exp_inf: &'a mut [S],
+        master: Option<&'a mut [S]>,
     ) -> Result<Self, LengthMismatch> {
         let n = param.len();
-        if grad.len() != n || exp_avg.len() != n || exp_inf.len() != n {
-            return Err(LengthMismatch {
-                param: n,
-                grad: grad.len(),
-                exp_avg: exp_avg.len(),
-                exp_inf: exp_inf.len(),
-            });
+        let lengths = [grad.len(), exp_avg.len(), exp_inf.len()];
+        let other = lengths
+            .into_iter()
+            .chain(master.as_ref().map(|m| m.len()))
+            .find(|&len| len != n);
+        if let Some(other) = other {
+            return Err(LengthMismatch { param: n, other });
         }
         Ok(Self {
             param,
             grad,
             exp_avg,
             exp_inf,
+            master,
         })
     }
 
@@ -269,6 +310,11 @@ impl<'a, T> TensorSlices<'a, T> {
         self.param.is_empty()
     }
 
+    /// `true` when a master copy is updated too.
+    pub fn has_master(&self) -> bool {
+        self.master.is_some()
+    }
+
     /// Splits into `[0, mid)` and `[mid, len)`; `mid` is clamped to the length.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
         let mid = mid.min(self.len());
@@ -276,70 +322,169 @@ impl<'a, T> TensorSlices<'a, T> {
         let (g0, g1) = self.grad.split_at(mid);
         let (m0, m1) = self.exp_avg.split_at_mut(mid);
         let (u0, u1) = self.exp_inf.split_at_mut(mid);
+        let (w0, w1) = match self.master {
+            Some(w) => {
+                let (a, b) = w.split_at_mut(mid);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
         (
             Self {
                 param: p0,
                 grad: g0,
                 exp_avg: m0,
                 exp_inf: u0,
+                master: w0,
             },
             Self {
                 param: p1,
                 grad: g1,
                 exp_avg: m1,
                 exp_inf: u1,
+                master: w1,
             },
         )
     }
 }
 
-/// The update of one element; every path (vectorised, strided, tests) goes through it.
+/// The update of one element in the compute type: returns the new `(param, exp_avg,
+/// exp_inf)`. Every path (vectorised, strided, tests) goes through it.
 #[inline(always)]
-pub fn update_element<T: Float, const MAXIMIZE: bool, const COUPLED: bool, const EPS_IN: bool>(
-    param: &mut T,
-    grad: T,
-    exp_avg: &mut T,
-    exp_inf: &mut T,
-    c: &Coefficients<T>,
-) {
+pub fn adamax_math<C: Float, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+    param: C,
+    grad: C,
+    exp_avg: C,
+    exp_inf: C,
+    c: &Coefficients<C>,
+) -> (C, C, C) {
     let mut g = if MAXIMIZE { -grad } else { grad };
     if COUPLED {
-        g = g + c.weight_decay * *param;
+        g = if TORCH {
+            // ATen's `grad.add(param, alpha=weight_decay)` is one fused multiply-add.
+            c.weight_decay.mul_add(param, g)
+        } else {
+            g + c.weight_decay * param
+        };
     }
-    let p = *param * c.decay_factor;
-    let m = c.beta1 * *exp_avg + c.one_minus_beta1 * g;
-    let abs_g = if EPS_IN { g.abs() + c.eps } else { g.abs() };
-    let u = max_propagate_nan(c.beta2 * *exp_inf, abs_g);
-    let denominator = if EPS_IN { u } else { u + c.eps };
-    *param = p - c.step_size * m / denominator;
-    *exp_avg = m;
-    *exp_inf = u;
+    let p = param * c.decay_factor;
+    let m = if TORCH {
+        // ATen's lerp: `start + w * (end - start)` for |w| < 0.5, else
+        // `end - (end - start) * (1 - w)`, each one fused multiply-add.
+        let delta = g - exp_avg;
+        if c.lerp_from_start {
+            c.lerp_weight.mul_add(delta, exp_avg)
+        } else {
+            (-c.lerp_weight_complement).mul_add(delta, g)
+        }
+    } else {
+        c.beta1 * exp_avg + c.one_minus_beta1 * g
+    };
+    let abs_g = if TORCH { g.abs() + c.eps } else { g.abs() };
+    let u = max_propagate_nan(c.beta2 * exp_inf, abs_g);
+    let denominator = if TORCH { u } else { u + c.eps };
+    (p - c.step_size * m / denominator, m, u)
+}
+
+/// The update of one stored element: load into `C`, compute, store back rounded.
+#[inline(always)]
+pub fn update_element<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+    param: &mut P,
+    grad: P,
+    exp_avg: &mut S,
+    exp_inf: &mut S,
+    c: &Coefficients<C>,
+) where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
+    let (p, m, u) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
+        param.load(),
+        grad.load(),
+        exp_avg.load(),
+        exp_inf.load(),
+        c,
+    );
+    *param = P::store(p);
+    *exp_avg = S::store(m);
+    *exp_inf = S::store(u);
+}
+
+/// As [`update_element`], reading the parameter from its master copy and writing both.
+#[inline(always)]
+pub fn update_element_master<
+    P,
+    S,
+    C,
+    const MAXIMIZE: bool,
+    const COUPLED: bool,
+    const TORCH: bool,
+>(
+    param: &mut P,
+    master: &mut S,
+    grad: P,
+    exp_avg: &mut S,
+    exp_inf: &mut S,
+    c: &Coefficients<C>,
+) where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
+    let (p, m, u) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
+        master.load(),
+        grad.load(),
+        exp_avg.load(),
+        exp_inf.load(),
+        c,
+    );
+    let stored = S::store(p);
+    *master = stored;
+    *param = P::store(stored.load());
+    *exp_avg = S::store(m);
+    *exp_inf = S::store(u);
 }
 
 /// The loop over one run of elements, for one combination of flags.
 #[inline(always)]
-pub(crate) fn update_run<
-    T: Float,
-    const MAXIMIZE: bool,
-    const COUPLED: bool,
-    const EPS_IN: bool,
->(
-    s: TensorSlices<'_, T>,
-    c: &Coefficients<T>,
-) {
+pub(crate) fn update_run<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+    s: TensorSlices<'_, P, S>,
+    c: &Coefficients<C>,
+) where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     let TensorSlices {
         param,
         grad,
         exp_avg,
         exp_inf,
+        master,
     } = s;
-    for (((p, &g), m), u) in param
-        .iter_mut()
-        .zip(grad)
-        .zip(exp_avg.iter_mut())
-        .zip(exp_inf.iter_mut())
-    {
-        update_element::<T, MAXIMIZE, COUPLED, EPS_IN>(p, g, m, u, c);
+    match master {
+        None => {
+            for (((p, &g), m), u) in param
+                .iter_mut()
+                .zip(grad)
+                .zip(exp_avg.iter_mut())
+                .zip(exp_inf.iter_mut())
+            {
+                update_element::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, g, m, u, c);
+            }
+        }
+        Some(master) => {
+            for ((((p, w), &g), m), u) in param
+                .iter_mut()
+                .zip(master.iter_mut())
+                .zip(grad)
+                .zip(exp_avg.iter_mut())
+                .zip(exp_inf.iter_mut())
+            {
+                update_element_master::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c);
+            }
+        }
     }
 }
 
@@ -348,27 +493,59 @@ pub(crate) fn update_run<
 /// Its time over a large tensor is the practical floor for any one-pass optimizer on this
 /// machine; the benchmarks report the Adamax kernel against it.
 #[inline(always)]
-pub(crate) fn probe_run<T: Float>(s: TensorSlices<'_, T>) {
+pub(crate) fn probe_run<P, S, C>(s: TensorSlices<'_, P, S>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     let TensorSlices {
         param,
         grad,
         exp_avg,
         exp_inf,
+        master,
     } = s;
-    for (((p, &g), m), u) in param
-        .iter_mut()
-        .zip(grad)
-        .zip(exp_avg.iter_mut())
-        .zip(exp_inf.iter_mut())
-    {
-        *p = *p + g;
-        *m = *m + g;
-        *u = *u + g;
+    match master {
+        None => {
+            for (((p, &g), m), u) in param
+                .iter_mut()
+                .zip(grad)
+                .zip(exp_avg.iter_mut())
+                .zip(exp_inf.iter_mut())
+            {
+                let g: C = g.load();
+                *p = P::store(p.load() + g);
+                *m = S::store(m.load() + g);
+                *u = S::store(u.load() + g);
+            }
+        }
+        Some(master) => {
+            for ((((p, w), &g), m), u) in param
+                .iter_mut()
+                .zip(master.iter_mut())
+                .zip(grad)
+                .zip(exp_avg.iter_mut())
+                .zip(exp_inf.iter_mut())
+            {
+                let g: C = g.load();
+                let new: C = w.load() + g;
+                *w = S::store(new);
+                *p = P::store(new);
+                *m = S::store(m.load() + g);
+                *u = S::store(u.load() + g);
+            }
+        }
     }
 }
 
 /// Updates one run of elements in place, with the widest vector unit this CPU has.
-pub fn adamax_update<T: Float>(slices: TensorSlices<'_, T>, coefficients: &Coefficients<T>) {
+pub fn adamax_update<P, S, C>(slices: TensorSlices<'_, P, S>, coefficients: &Coefficients<C>)
+where
+    C: Float,
+    P: Storage<C>,
+    S: Storage<C>,
+{
     dispatch::run(dispatch::detected(), slices, coefficients);
 }
 
@@ -421,7 +598,7 @@ mod tests {
         let mut m = vec![0.0f32; 3];
         let mut u = vec![0.0f32; 3];
         let err = TensorSlices::new(&mut p, &g, &mut m, &mut u).unwrap_err();
-        assert_eq!(err.grad, 2);
+        assert_eq!(err.other, 2);
     }
 
     #[test]

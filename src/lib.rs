@@ -13,6 +13,7 @@ pub mod claims;
 pub mod dispatch;
 pub mod kernel;
 pub mod pool;
+pub mod precision;
 pub mod schedule;
 pub mod strided;
 
@@ -21,5 +22,6 @@ mod bindings;
 
 pub use dispatch::Op;
 pub use kernel::{adamax_update, Coefficients, Float, Hyperparameters, TensorSlices};
-pub use schedule::{run_jobs, run_jobs_with, Job};
+pub use precision::Storage;
+pub use schedule::{run_jobs, run_jobs_with, Job, Precision, StridedJob};
 pub use strided::{adamax_update_strided, TensorViews};

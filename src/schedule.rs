@@ -6,15 +6,29 @@
 //! a task may hold many small tensors and a large tensor may be spread over many tasks, and
 //! the tasks go to the thread pool.
 
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::dispatch::{self, Isa, Op};
 use crate::kernel::{Coefficients, Float, TensorSlices};
 use crate::pool;
+use crate::precision::Storage;
+use crate::strided::{adamax_update_strided, TensorViews};
 
-/// Bytes one element moves: param, grad, exp_avg and exp_inf read; param, exp_avg and
-/// exp_inf written.
+/// Arrays one float32 element touches without master weights: param, grad, exp_avg and
+/// exp_inf read; param, exp_avg and exp_inf written.
 pub const STREAMS_PER_ELEMENT: usize = 7;
+
+/// Bytes one element moves with parameters stored as `P` and state as `S`.
+pub fn bytes_per_element<P, S>(master: bool) -> usize {
+    let (p, s) = (std::mem::size_of::<P>(), std::mem::size_of::<S>());
+    if master {
+        // grad, master, exp_avg, exp_inf read; param, master, exp_avg, exp_inf written.
+        2 * p + 6 * s
+    } else {
+        3 * p + 4 * s
+    }
+}
 
 /// Below this many bytes moved, a step stays on the calling thread. Measured with
 /// `cargo bench -- threshold` on the 2-core machine: handing work to the pool and waiting
@@ -30,79 +44,120 @@ pub const TASK_BYTES: usize = 1 << 20;
 /// same cache line of a tensor whose data starts on a cache line.
 const SPLIT_ALIGN: usize = 64;
 
-/// The update of one tensor (or a piece of one), in its own dtype.
-pub enum Job<'a> {
-    F32(TensorSlices<'a, f32>, Coefficients<f32>),
-    F64(TensorSlices<'a, f64>, Coefficients<f64>),
+/// A combination of parameter storage, state storage and compute type the kernel supports.
+pub trait Precision: 'static {
+    type Param: Storage<Self::Compute>;
+    type State: Storage<Self::Compute>;
+    type Compute: Float;
+    /// The job updating `slices`.
+    fn job(
+        slices: TensorSlices<'_, Self::Param, Self::State>,
+        coefficients: Coefficients<Self::Compute>,
+    ) -> Job<'_>;
+    /// The job updating `views` (any layout).
+    fn strided_job(
+        views: TensorViews<'_, Self::Param, Self::State>,
+        coefficients: Coefficients<Self::Compute>,
+    ) -> StridedJob<'_>;
 }
 
-impl<'a> Job<'a> {
-    fn element_size(&self) -> usize {
-        match self {
-            Job::F32(..) => 4,
-            Job::F64(..) => 8,
+macro_rules! define_jobs {
+    ($($variant:ident($p:ty, $s:ty, $c:ty)),* $(,)?) => {
+        /// The update of one tensor (or a piece of one), with its storage and compute types.
+        pub enum Job<'a> {
+            $($variant(TensorSlices<'a, $p, $s>, Coefficients<$c>),)*
         }
-    }
 
-    fn len(&self) -> usize {
-        match self {
-            Job::F32(s, _) => s.len(),
-            Job::F64(s, _) => s.len(),
+        /// The update of one tensor whose arrays do not share one memory order.
+        pub enum StridedJob<'a> {
+            $($variant(TensorViews<'a, $p, $s>, Coefficients<$c>),)*
         }
-    }
 
+        impl<'a> Job<'a> {
+            fn len(&self) -> usize {
+                match self {
+                    $(Job::$variant(s, _) => s.len(),)*
+                }
+            }
+
+            fn bytes_per_element(&self) -> usize {
+                match self {
+                    $(Job::$variant(s, _) => bytes_per_element::<$p, $s>(s.has_master()),)*
+                }
+            }
+
+            fn split_at(self, mid: usize) -> (Self, Self) {
+                match self {
+                    $(Job::$variant(s, c) => {
+                        let (a, b) = s.split_at(mid);
+                        (Job::$variant(a, c), Job::$variant(b, c))
+                    })*
+                }
+            }
+
+            fn run(self, isa: Isa, op: Op) {
+                match self {
+                    $(Job::$variant(s, c) => dispatch::run_with(isa, op, s, &c),)*
+                }
+            }
+        }
+
+        impl StridedJob<'_> {
+            /// Bytes this job moves through memory.
+            pub fn cost(&self) -> usize {
+                match self {
+                    $(StridedJob::$variant(v, _) => v.len() * bytes_per_element::<$p, $s>(v.has_master()),)*
+                }
+            }
+
+            /// Runs the update (on the calling thread).
+            pub fn run(self) {
+                match self {
+                    $(StridedJob::$variant(v, c) => adamax_update_strided(v, &c),)*
+                }
+            }
+        }
+
+        $(
+            impl Precision for ($p, $s) {
+                type Param = $p;
+                type State = $s;
+                type Compute = $c;
+                fn job(s: TensorSlices<'_, $p, $s>, c: Coefficients<$c>) -> Job<'_> {
+                    Job::$variant(s, c)
+                }
+                fn strided_job(v: TensorViews<'_, $p, $s>, c: Coefficients<$c>) -> StridedJob<'_> {
+                    StridedJob::$variant(v, c)
+                }
+            }
+        )*
+    };
+}
+
+/// Calls `$m!` with every supported precision: `Variant(param, state, compute)`.
+macro_rules! for_each_precision {
+    ($m:ident) => {
+        $m! {
+            F32(f32, f32, f32),
+            F64(f64, f64, f64),
+            F32WithF64State(f32, f64, f64),
+            F64WithF32State(f64, f32, f64),
+            F16(f16, f32, f32),
+            BF16(bf16, f32, f32),
+            F16WithF64State(f16, f64, f64),
+            BF16WithF64State(bf16, f64, f64),
+        }
+    };
+}
+#[allow(unused_imports)] // used by the bindings, which are behind a feature
+pub(crate) use for_each_precision;
+
+for_each_precision!(define_jobs);
+
+impl Job<'_> {
     /// Bytes this job moves through memory.
     pub fn cost(&self) -> usize {
-        self.len() * self.element_size() * STREAMS_PER_ELEMENT
-    }
-
-    fn split_at(self, mid: usize) -> (Self, Self) {
-        match self {
-            Job::F32(s, c) => {
-                let (a, b) = s.split_at(mid);
-                (Job::F32(a, c), Job::F32(b, c))
-            }
-            Job::F64(s, c) => {
-                let (a, b) = s.split_at(mid);
-                (Job::F64(a, c), Job::F64(b, c))
-            }
-        }
-    }
-
-    fn run(self, isa: Isa, op: Op) {
-        match self {
-            Job::F32(s, c) => dispatch::run_with(isa, op, s, &c),
-            Job::F64(s, c) => dispatch::run_with(isa, op, s, &c),
-        }
-    }
-}
-
-impl<'a> From<(TensorSlices<'a, f32>, Coefficients<f32>)> for Job<'a> {
-    fn from((s, c): (TensorSlices<'a, f32>, Coefficients<f32>)) -> Self {
-        Job::F32(s, c)
-    }
-}
-
-impl<'a> From<(TensorSlices<'a, f64>, Coefficients<f64>)> for Job<'a> {
-    fn from((s, c): (TensorSlices<'a, f64>, Coefficients<f64>)) -> Self {
-        Job::F64(s, c)
-    }
-}
-
-/// A generic constructor, for code that is itself generic over the element type.
-pub trait IntoJob<'a>: Float {
-    fn job(slices: TensorSlices<'a, Self>, coefficients: Coefficients<Self>) -> Job<'a>;
-}
-
-impl<'a> IntoJob<'a> for f32 {
-    fn job(slices: TensorSlices<'a, f32>, coefficients: Coefficients<f32>) -> Job<'a> {
-        Job::F32(slices, coefficients)
-    }
-}
-
-impl<'a> IntoJob<'a> for f64 {
-    fn job(slices: TensorSlices<'a, f64>, coefficients: Coefficients<f64>) -> Job<'a> {
-        Job::F64(slices, coefficients)
+        self.len() * self.bytes_per_element()
     }
 }
 
@@ -120,7 +175,7 @@ fn partition(jobs: Vec<Job<'_>>, total: usize, tasks: usize) -> Vec<Vec<Job<'_>>
         loop {
             let cost = job.cost();
             let room = boundary - position;
-            let bytes_per_element = job.element_size() * STREAMS_PER_ELEMENT;
+            let bytes_per_element = job.bytes_per_element();
             let take = if cost <= room {
                 job.len()
             } else {

@@ -6,8 +6,11 @@ use adamax_rs::dispatch::{self, Isa};
 use adamax_rs::{run_jobs, Hyperparameters, Job, TensorSlices};
 use proptest::prelude::*;
 
-/// The formula, one element at a time, with numpy's rounding of Python floats.
+/// The formula, one element at a time, with numpy's rounding of Python floats; with
+/// `eps_inside_max`, torch's order (ATen's fused lerp and weight decay).
 fn reference(h: &Hyperparameters, t: u64, p: &mut [f32], g: &[f32], m: &mut [f32], u: &mut [f32]) {
+    let torch = h.eps_inside_max;
+    let lerp_weight = (1.0 - h.beta1) as f32;
     let beta1 = h.beta1 as f32;
     let one_minus_beta1 = (1.0 - h.beta1) as f32;
     let beta2 = h.beta2 as f32;
@@ -18,13 +21,23 @@ fn reference(h: &Hyperparameters, t: u64, p: &mut [f32], g: &[f32], m: &mut [f32
     for i in 0..p.len() {
         let mut grad = if h.maximize { -g[i] } else { g[i] };
         if h.weight_decay != 0.0 && !h.decoupled_weight_decay {
-            grad += wd * p[i];
+            grad = if torch {
+                wd.mul_add(p[i], grad)
+            } else {
+                grad + wd * p[i]
+            };
         }
         let mut param = p[i];
         if h.weight_decay != 0.0 && h.decoupled_weight_decay {
             param *= decay;
         }
-        let new_m = beta1 * m[i] + one_minus_beta1 * grad;
+        let new_m = if !torch {
+            beta1 * m[i] + one_minus_beta1 * grad
+        } else if lerp_weight.abs() < 0.5 {
+            lerp_weight.mul_add(grad - m[i], m[i])
+        } else {
+            (-(1.0 - lerp_weight)).mul_add(grad - m[i], grad)
+        };
         let a = beta2 * u[i];
         let b = if h.eps_inside_max {
             grad.abs() + eps

@@ -311,7 +311,6 @@ class Foreign:
     [
         (np.arange(3), TypeError, "dtype int64 is not supported"),
         (np.array([True, False]), TypeError, "dtype bool is not supported"),
-        (np.array([1j, 2j]), TypeError, "dtype complex128 is not supported"),
         (np.array([1.0, None], dtype=object), TypeError, "dtype object is not supported"),
         (np.array(["a", "b"]), TypeError, "dtype <U1 is not supported"),
         (np.zeros(3, dtype=">f4"), TypeError, r"dtype >f4 is not supported"),

@@ -80,9 +80,7 @@ def test_parameter_keeps_a_float_array_without_copying():
     assert Parameter([1.0, 2.0]).data.dtype == np.float64
 
 
-@pytest.mark.parametrize(
-    "data", [np.arange(3), np.array([True, False]), np.array(["a"]), np.array([1j]), [1, 2]]
-)
+@pytest.mark.parametrize("data", [np.arange(3), np.array([True, False]), np.array(["a"]), [1, 2]])
 def test_parameter_refuses_non_float_data(data):
     with pytest.raises(TypeError, match="floating-point"):
         Parameter(data)

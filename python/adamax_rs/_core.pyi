@@ -12,6 +12,7 @@ _Group = tuple[
     Sequence[np.ndarray | None],
     Sequence[np.ndarray | None],
     Sequence[np.ndarray | None],
+    Sequence[np.ndarray | None],
     Sequence[int],
     _Hyperparameters,
 ]

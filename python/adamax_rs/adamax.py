@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from ._hyperparameters import HYPERPARAMETER_KEYS, checked_hyperparameters
+from .dtypes import check_state_dtype, is_half, real_view, state_dtype_for
 from .optimizer import Optimizer, ParamGroup
 
 __all__ = ["Adamax"]
@@ -64,6 +65,16 @@ class Adamax(Optimizer):
     decoupled_weight_decay : bool, default False
         Decay the parameter directly (``param *= 1 - lr * weight_decay``) instead of adding
         the L2 gradient.
+    state_dtype : numpy dtype, optional
+        The dtype of ``exp_avg`` and ``exp_inf``: ``None`` (the default) means float32 for
+        float16/bfloat16 parameters and the parameter's own dtype otherwise; ``np.float32``
+        or ``np.float64`` may be asked for any parameter (complex parameters get complex
+        state of that precision). The arithmetic runs in float64 when either the parameter
+        or the state is float64, in float32 otherwise.
+    master_weights : bool, default False
+        For float16/bfloat16 parameters, keep a copy in the state dtype (``state["master"]``)
+        that is updated every step and rounded into the parameter, so that updates smaller
+        than the parameter's precision are not lost. Other parameters are unaffected.
 
     Attributes
     ----------
@@ -109,7 +120,13 @@ class Adamax(Optimizer):
         maximize: bool = False,
         eps_inside_max: bool = False,
         decoupled_weight_decay: bool = False,
+        state_dtype: Any = None,
+        master_weights: bool = False,
     ) -> None:
+        self.state_dtype = check_state_dtype(state_dtype)
+        if not isinstance(master_weights, (bool, np.bool_)):
+            raise TypeError(f"master_weights must be a bool, got {type(master_weights).__name__}")
+        self.master_weights = bool(master_weights)
         defaults: dict[str, Any] = {"lr": lr, "betas": betas}
         _split_betas(defaults, "")
         defaults.update(
@@ -136,7 +153,10 @@ class Adamax(Optimizer):
         return ordered
 
     def _check_state(self, param: Any, state: Mapping[str, Any], where: str) -> dict[str, Any]:
-        missing = [key for key in ("step", "exp_avg", "exp_inf") if key not in state]
+        data = param.data
+        master = self.master_weights and is_half(data.dtype)
+        arrays = ("exp_avg", "exp_inf") + (("master",) if master else ())
+        missing = [key for key in ("step",) + arrays if key not in state]
         if missing:
             raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
         step = state["step"]
@@ -144,9 +164,9 @@ class Adamax(Optimizer):
             raise TypeError(f"{where}: 'step' must be an int, got {type(step).__name__}")
         if step < 0:
             raise ValueError(f"{where}: 'step' must be >= 0, got {step}")
-        data = param.data
+        target = state_dtype_for(data.dtype, self.state_dtype)
         kept: dict[str, Any] = {"step": int(step)}
-        for key in ("exp_avg", "exp_inf"):
+        for key in arrays:
             value = state[key]
             if not isinstance(value, np.ndarray):
                 raise TypeError(
@@ -157,14 +177,14 @@ class Adamax(Optimizer):
                     f"{where}: {key!r} has shape {value.shape}, "
                     f"the parameter has shape {data.shape}"
                 )
-            if value.dtype != data.dtype and not np.can_cast(value.dtype, data.dtype, "safe"):
+            if value.dtype != target and not np.can_cast(value.dtype, target, "safe"):
                 raise TypeError(
                     f"{where}: {key!r} has dtype {value.dtype}, which does not convert exactly "
-                    f"to the parameter's dtype {data.dtype}"
+                    f"to this optimizer's state dtype {target} for the parameter"
                 )
             # A fresh array in the parameter's own memory layout, so the step stays on the
             # flat fast path.
-            copy = np.empty_like(data)
+            copy = np.empty_like(data, dtype=target)
             copy[...] = value
             kept[key] = copy
         extra = sorted(set(state) - set(kept))
@@ -205,7 +225,7 @@ class Adamax(Optimizer):
             stepped = []
             for g, group in enumerate(self.param_groups):
                 hyper = checked_hyperparameters(group, f"group {g}: ", check_ranges=False)
-                params, states = self._group_plan(g, group)
+                params, states, complex_positions = self._group_plan(g, group)
                 grads = [p.grad for p in params]
                 datas = [p.data for p in params]
                 if None in states:
@@ -216,8 +236,14 @@ class Adamax(Optimizer):
                             created.append((params[index], states[index]))
                 exp_avgs = [state and state["exp_avg"] for state in states]
                 exp_infs = [state and state["exp_inf"] for state in states]
+                if self.master_weights:
+                    masters = [state and state.get("master") for state in states]
+                else:
+                    masters = [None] * len(states)
                 steps = [state["step"] + 1 if state else 0 for state in states]
-                batch.append((datas, grads, exp_avgs, exp_infs, steps, hyper))
+                if complex_positions:
+                    self._as_reals(g, complex_positions, datas, grads, exp_avgs, exp_infs)
+                batch.append((datas, grads, exp_avgs, exp_infs, masters, steps, hyper))
                 stepped.append((states, grads, steps))
             _core.adamax_step(batch)
             for param, state in created:
@@ -228,8 +254,28 @@ class Adamax(Optimizer):
                         state["step"] = t
             return loss
 
-    def _group_plan(self, g: int, group: ParamGroup) -> tuple[list[Any], list[Any]]:
-        """The group's parameters and their state dicts (``None`` where there is none yet).
+    @staticmethod
+    def _as_reals(g: int, positions: list[int], *lists: list[Any]) -> None:
+        """Replace complex arrays by their real views (as torch's ``view_as_real``)."""
+        datas, grads = lists[0], lists[1]
+        for i in positions:
+            data, grad = datas[i], grads[i]
+            if grad is None or not isinstance(data, np.ndarray) or data.dtype.kind != "c":
+                continue
+            if not isinstance(grad, np.ndarray) or grad.dtype != data.dtype:
+                got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
+                raise TypeError(
+                    f"group {g}, parameter {i}: the gradient has dtype {got} but the "
+                    f"parameter has dtype {data.dtype}"
+                )
+            for values in lists:
+                array = values[i]
+                if isinstance(array, np.ndarray) and array.dtype.kind == "c":
+                    values[i] = real_view(array)
+
+    def _group_plan(self, g: int, group: ParamGroup) -> tuple[list[Any], list[Any], list[int]]:
+        """The group's parameters, their state dicts (``None`` where there is none yet), and
+        the positions of complex parameters.
 
         Cached between steps: rebuilt only when the group's parameter list or the state
         mapping changed, so a step does not look up every parameter's state again.
@@ -244,7 +290,7 @@ class Adamax(Optimizer):
             and cached[2] == state.version
             and cached[3] == params
         ):
-            return cached[3], cached[4]
+            return cached[3], cached[4], cached[5]
         states = []
         for index, param in enumerate(params):
             entry = state.get(param)
@@ -253,16 +299,35 @@ class Adamax(Optimizer):
                 if missing:
                     raise ValueError(f"group {g}, parameter {index}: state lacks {missing}")
             states.append(entry or None)
+        complex_positions = [
+            i
+            for i, p in enumerate(params)
+            if isinstance(p.data, np.ndarray) and p.data.dtype.kind == "c"
+        ]
         if len(self._plans) > 4 * len(self.param_groups):
             self._plans.clear()  # groups were replaced: drop plans of groups that are gone
-        self._plans[id(group)] = (group, state, state.version, list(params), states)
-        return list(params), states
+        self._plans[id(group)] = (
+            group,
+            state,
+            state.version,
+            list(params),
+            states,
+            complex_positions,
+        )
+        return list(params), states, complex_positions
 
-    @staticmethod
-    def _new_state(data: Any, group: int, index: int) -> dict[str, Any]:
+    def _new_state(self, data: Any, group: int, index: int) -> dict[str, Any]:
         if not isinstance(data, np.ndarray):
             raise TypeError(
                 f"group {group}, parameter {index}: .data must be a numpy.ndarray, "
                 f"got {type(data).__name__}"
             )
-        return {"step": 0, "exp_avg": np.zeros_like(data), "exp_inf": np.zeros_like(data)}
+        dtype = state_dtype_for(data.dtype, self.state_dtype)
+        state = {
+            "step": 0,
+            "exp_avg": np.zeros_like(data, dtype=dtype),
+            "exp_inf": np.zeros_like(data, dtype=dtype),
+        }
+        if self.master_weights and is_half(data.dtype):
+            state["master"] = data.astype(dtype, order="K")
+        return state

@@ -105,6 +105,7 @@ def _probe(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], An
         grads,
         exp_avgs,
         exp_infs,
+        [None] * len(params),
         [1] * len(params),
         (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False),
     )

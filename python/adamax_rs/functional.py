@@ -28,6 +28,7 @@ def adamax(
     maximize: bool = False,
     eps_inside_max: bool = False,
     decoupled_weight_decay: bool = False,
+    masters: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """Apply one Adamax step in place to each array of ``params``.
 
@@ -37,18 +38,23 @@ def adamax(
     Parameters
     ----------
     params : sequence of numpy.ndarray
-        float32 or float64 arrays, updated in place.
+        float16, bfloat16, float32 or float64 arrays, updated in place (for complex
+        parameters pass real views, see ``adamax_rs.dtypes.real_view``).
     grads : sequence of numpy.ndarray or None
         One gradient per parameter, same shape and dtype; ``None`` skips that parameter.
     exp_avgs, exp_infs : sequence of numpy.ndarray
         The first moment and the infinity norm of each parameter (zeros before the first
-        step), same shape and dtype, updated in place.
+        step), same shape, float32 or float64 (the arithmetic runs in float64 if either the
+        parameter or its state is float64), updated in place.
     steps : sequence of int
         The step number ``t`` (``>= 1``) to use for each array's bias correction.
     lr, beta1, beta2, eps, weight_decay : float
         The hyperparameters (see :class:`adamax_rs.Adamax`).
     maximize, eps_inside_max, decoupled_weight_decay : bool
         The options (see :class:`adamax_rs.Adamax`).
+    masters : sequence of numpy.ndarray or None, optional
+        Master copies of the parameters in the state dtype: each is updated and rounded into
+        its parameter (``None`` entries, or no list, for none).
 
     Raises
     ------
@@ -71,5 +77,15 @@ def adamax(
     for t in step_list:
         if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
             raise TypeError(f"steps must be integers, got {type(t).__name__}")
-    group = (list(params), list(grads), list(exp_avgs), list(exp_infs), step_list, hyper)
+    param_list = list(params)
+    master_list = list(masters) if masters is not None else [None] * len(param_list)
+    group = (
+        param_list,
+        list(grads),
+        list(exp_avgs),
+        list(exp_infs),
+        master_list,
+        step_list,
+        hyper,
+    )
     _core.adamax_step([group])

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .parameter import SUPPORTED_DTYPES
+from .dtypes import describe_supported, is_supported
 
 __all__ = ["Optimizer", "ParameterState"]
 
@@ -75,7 +75,7 @@ def _describe(obj: object) -> str:
 
 
 def _check_parameter(param: Any, where: str) -> None:
-    """Raise unless ``param`` has a writeable float32/float64 ndarray in ``.data`` and ``.grad``."""
+    """Raise unless ``param`` has a writeable, supported ndarray in ``.data``, and a ``.grad``."""
     if isinstance(param, np.ndarray):
         raise TypeError(
             f"{where}: got a bare numpy.ndarray; wrap it as adamax_rs.Parameter(array) so the "
@@ -89,9 +89,10 @@ def _check_parameter(param: Any, where: str) -> None:
     data = param.data
     if not isinstance(data, np.ndarray):
         raise TypeError(f"{where}: .data must be a numpy.ndarray, got {_describe(data)}")
-    if data.dtype not in SUPPORTED_DTYPES:
+    if not is_supported(data.dtype):
         raise TypeError(
-            f"{where}: dtype {data.dtype} is not supported (float32 or float64, native byte order)"
+            f"{where}: dtype {data.dtype} is not supported ({describe_supported()}, "
+            "native byte order)"
         )
     if not data.flags.aligned:
         raise TypeError(

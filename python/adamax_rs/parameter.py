@@ -6,20 +6,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Parameter", "SUPPORTED_DTYPES"]
+from .dtypes import is_bfloat16
 
-#: The element types the optimizer updates.
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+__all__ = ["Parameter"]
 
 
 def _as_float_array(data: Any) -> np.ndarray:
-    """Return ``data`` as a floating-point ndarray; a floating-point ndarray is not copied."""
+    """Return ``data`` as a floating-point (or complex) ndarray; such an ndarray is not copied."""
     array = data if isinstance(data, np.ndarray) else np.asarray(data)
-    if array.dtype.kind != "f":
+    if array.dtype.kind not in "fc" and not is_bfloat16(array.dtype):
         raise TypeError(
-            f"Parameter data must be a floating-point array, got dtype {array.dtype}; "
-            "convert it explicitly (for example np.asarray(data, dtype=np.float32)) "
-            "rather than have it cast silently"
+            f"Parameter data must be a floating-point or complex array, got dtype "
+            f"{array.dtype}; convert it explicitly (for example "
+            "np.asarray(data, dtype=np.float32)) rather than have it cast silently"
         )
     return array
 
@@ -31,8 +30,9 @@ class Parameter:
     ----------
     data : array_like
         The initial values. A floating-point ``numpy.ndarray`` is kept as it is, not copied,
-        so the optimizer updates the caller's array in place. Anything else is converted with
-        ``numpy.asarray``; integer, boolean, complex and non-numeric data raise ``TypeError``.
+        so the optimizer updates the caller's array in place (float16, bfloat16, float32,
+        float64, complex64 and complex128 are optimised). Anything else is converted with
+        ``numpy.asarray``; integer, boolean and non-numeric data raise ``TypeError``.
     name : str, optional
         A label shown in ``repr`` and useful in logs.
 
