@@ -58,9 +58,7 @@ fn kind_of(dtype: &Bound<'_, PyArrayDescr>) -> Option<Kind> {
         Some(Kind::Float64)
     } else if num == NPY_TYPES::NPY_HALF as i32 {
         Some(Kind::Float16)
-    } else if num >= NPY_TYPES::NPY_USERDEF as i32
-        && dtype.str().is_ok_and(|s| s == "bfloat16")
-    {
+    } else if num >= NPY_TYPES::NPY_USERDEF as i32 && dtype.str().is_ok_and(|s| s == "bfloat16") {
         // ml_dtypes' bfloat16 (a user-defined dtype). Asking rust-numpy for it is only safe
         // once the dtype is registered, which its presence here proves.
         Some(Kind::BFloat16)
