@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEV_PACKAGES := "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "tqdm>=4"
+DEV_PACKAGES := "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "tqdm>=4" "ml_dtypes>=0.2"
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: all venv build demo test test-rust test-python test-package bench lint format clean

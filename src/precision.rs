@@ -75,8 +75,8 @@ impl Storage<f32> for bf16 {
 }
 
 // With float64 state the compute type is float64. Widening goes through float32 (exact);
-// narrowing must round once, from the float64 value, so it uses `half`'s direct conversions
-// (scalar code: this combination is for accuracy, not speed).
+// narrowing must round once, from the float64 value (going through float32 would round
+// twice and differ from numpy near ties).
 impl Storage<f64> for f16 {
     #[inline(always)]
     fn load(self) -> f64 {
@@ -84,7 +84,7 @@ impl Storage<f64> for f16 {
     }
     #[inline(always)]
     fn store(value: f64) -> Self {
-        f16::from_f64(value)
+        f16::from_bits(f64_to_f16_bits(value))
     }
 }
 
@@ -95,7 +95,7 @@ impl Storage<f64> for bf16 {
     }
     #[inline(always)]
     fn store(value: f64) -> Self {
-        bf16::from_f64(value)
+        bf16::from_bits(f64_to_bf16_bits(value))
     }
 }
 
@@ -159,6 +159,70 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
     (result | sign) as u16
 }
 
+/// float64 to IEEE binary16 bits, rounding to nearest even (once).
+#[inline(always)]
+pub fn f64_to_f16_bits(x: f64) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 48) & 0x8000) as u16;
+    let magnitude = bits & 0x7FFF_FFFF_FFFF_FFFF;
+    let nan = 0x7E00 | ((magnitude >> 42) & 0x03FF) as u16;
+    // As in `f32_to_f16_bits`, with 42 dropped bits and float64's exponent bias.
+    const OVERFLOW: u64 = 0x40EF_FE00_0000_0000; // 65520.0
+    const NORMAL: u64 = 0x3F10_0000_0000_0000; // 2^-14
+    let kept_lsb = (magnitude >> 42) & 1;
+    let normal = (magnitude
+        .wrapping_sub((1023 - 15) << 52)
+        .wrapping_add((1 << 41) - 1 + kept_lsb)
+        >> 42) as u16;
+    // 2^28 has an ulp of 2^-24, the binary16 subnormal spacing.
+    const MAGIC: f64 = 268_435_456.0;
+    let subnormal = (f64::from_bits(magnitude) + MAGIC)
+        .to_bits()
+        .wrapping_sub(MAGIC.to_bits()) as u16;
+    let result = if magnitude > 0x7FF0_0000_0000_0000 {
+        nan
+    } else if magnitude >= OVERFLOW {
+        0x7C00
+    } else if magnitude >= NORMAL {
+        normal
+    } else {
+        subnormal
+    };
+    result | sign
+}
+
+/// float64 to bfloat16 bits, rounding to nearest even (once).
+#[inline(always)]
+pub fn f64_to_bf16_bits(x: f64) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 48) & 0x8000) as u16;
+    let magnitude = bits & 0x7FFF_FFFF_FFFF_FFFF;
+    let nan = 0x7FC0 | ((magnitude >> 45) & 0x007F) as u16;
+    // Halfway between the largest bfloat16, (2 - 2^-7) 2^127, and 2^128.
+    const OVERFLOW: u64 = 0x47EF_F000_0000_0000;
+    const NORMAL: u64 = 0x3810_0000_0000_0000; // 2^-126
+    let kept_lsb = (magnitude >> 45) & 1;
+    let normal = (magnitude
+        .wrapping_sub((1023 - 127) << 52)
+        .wrapping_add((1 << 44) - 1 + kept_lsb)
+        >> 45) as u16;
+    // 2^-81 has an ulp of 2^-133, the bfloat16 subnormal spacing.
+    let magic = f64::from_bits((1023 - 81) << 52);
+    let subnormal = (f64::from_bits(magnitude) + magic)
+        .to_bits()
+        .wrapping_sub(magic.to_bits()) as u16;
+    let result = if magnitude > 0x7FF0_0000_0000_0000 {
+        nan
+    } else if magnitude >= OVERFLOW {
+        0x7F80
+    } else if magnitude >= NORMAL {
+        normal
+    } else {
+        subnormal
+    };
+    result | sign
+}
+
 /// float32 to bfloat16 bits, rounding to nearest even.
 #[inline(always)]
 pub fn f32_to_bf16_bits(x: f32) -> u16 {
@@ -220,6 +284,54 @@ mod tests {
             }
         }
         assert!(checked > 1_000_000);
+    }
+
+    /// The nearest of the 16-bit values `candidates` to `x`, ties to the even bit pattern.
+    fn nearest(x: f64, candidates: &[u16], widen: fn(u16) -> f64) -> u16 {
+        let mut best = candidates[0];
+        for &c in candidates {
+            let (d, e) = ((widen(c) - x).abs(), (widen(best) - x).abs());
+            if d < e || (d == e && c % 2 == 0) {
+                best = c;
+            }
+        }
+        best
+    }
+
+    fn check_f64_narrowing(to_bits: fn(f64) -> u16, widen: fn(u16) -> f64, max_finite: u16) {
+        // Around every finite 16-bit value: the value, the midpoints to its neighbours, and
+        // float64 numbers a hair on either side of each midpoint.
+        for h in 0..max_finite {
+            let (a, b) = (widen(h), widen(h + 1));
+            let middle = (a + b) / 2.0;
+            for x in [
+                a,
+                middle,
+                f64::from_bits(middle.to_bits() - 1),
+                f64::from_bits(middle.to_bits() + 1),
+                a + (b - a) * 0.3,
+            ] {
+                let want = nearest(x, &[h, h + 1], widen);
+                assert_eq!(to_bits(x), want, "{x:e} ({:#018x})", x.to_bits());
+                assert_eq!(to_bits(-x), want | 0x8000, "{:e}", -x);
+            }
+        }
+        assert!(widen(to_bits(f64::NAN)).is_nan());
+        assert!(widen(to_bits(1e300)).is_infinite());
+    }
+
+    #[test]
+    fn f64_to_f16_rounds_once() {
+        check_f64_narrowing(f64_to_f16_bits, |h| f64::from(f16_bits_to_f32(h)), 0x7BFF);
+    }
+
+    #[test]
+    fn f64_to_bf16_rounds_once() {
+        check_f64_narrowing(
+            f64_to_bf16_bits,
+            |h| f64::from(f32::from_bits(u32::from(h) << 16)),
+            0x7F7F,
+        );
     }
 
     #[test]
