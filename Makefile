@@ -41,8 +41,8 @@ bench: build
 lint: venv
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check python tests
-	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/ruff check --no-cache python tests
+	$(VENV)/bin/ruff format --no-cache --check python tests
 	$(VENV)/bin/mypy
 
 format: venv

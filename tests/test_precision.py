@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import adamax_reference_step
 
 from adamax_rs import Adamax, Parameter
+from reference import adamax_reference_step
 
 try:
     import ml_dtypes
