@@ -19,13 +19,7 @@ const M: usize = 1 << 20;
 fn hyperparameters() -> Hyperparameters {
     Hyperparameters {
         lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        maximize: false,
-        eps_inside_max: false,
-        decoupled_weight_decay: false,
+        ..Hyperparameters::default()
     }
 }
 

@@ -144,6 +144,23 @@ impl fmt::Display for HyperparameterError {
 
 impl std::error::Error for HyperparameterError {}
 
+impl Default for Hyperparameters {
+    /// The defaults of `adamax_rs.Adamax` (and of torch and lucid): lr 0.002, betas
+    /// (0.9, 0.999), eps 1e-8, no weight decay, no options.
+    fn default() -> Self {
+        Hyperparameters {
+            lr: 0.002,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            maximize: false,
+            eps_inside_max: false,
+            decoupled_weight_decay: false,
+        }
+    }
+}
+
 impl Hyperparameters {
     /// Checks the ranges: `lr, eps, weight_decay` finite and `>= 0`, betas in `[0, 1)`.
     pub fn validate(&self) -> Result<(), HyperparameterError> {
@@ -446,6 +463,41 @@ pub fn update_element_master<
     *exp_inf = S::store(u);
 }
 
+/// Calls `plain(param, grad, exp_avg, exp_inf)` for every element, or, when the slices
+/// have a master copy, `with_master(param, master, grad, exp_avg, exp_inf)`. Written over
+/// zipped slices (no indexing) so that LLVM vectorises the loop it is inlined into.
+#[inline(always)]
+fn for_each_element<P: Copy, S>(
+    s: TensorSlices<'_, P, S>,
+    mut plain: impl FnMut(&mut P, P, &mut S, &mut S),
+    mut with_master: impl FnMut(&mut P, &mut S, P, &mut S, &mut S),
+) {
+    let TensorSlices {
+        param,
+        grad,
+        exp_avg,
+        exp_inf,
+        master,
+    } = s;
+    let elements = param
+        .iter_mut()
+        .zip(grad)
+        .zip(exp_avg.iter_mut())
+        .zip(exp_inf.iter_mut());
+    match master {
+        None => {
+            for (((p, &g), m), u) in elements {
+                plain(p, g, m, u);
+            }
+        }
+        Some(master) => {
+            for ((((p, &g), m), u), w) in elements.zip(master.iter_mut()) {
+                with_master(p, w, g, m, u);
+            }
+        }
+    }
+}
+
 /// The loop over one run of elements, for one combination of flags.
 #[inline(always)]
 pub(crate) fn update_run<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
@@ -456,36 +508,13 @@ pub(crate) fn update_run<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, con
     P: Storage<C>,
     S: Storage<C>,
 {
-    let TensorSlices {
-        param,
-        grad,
-        exp_avg,
-        exp_inf,
-        master,
-    } = s;
-    match master {
-        None => {
-            for (((p, &g), m), u) in param
-                .iter_mut()
-                .zip(grad)
-                .zip(exp_avg.iter_mut())
-                .zip(exp_inf.iter_mut())
-            {
-                update_element::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, g, m, u, c);
-            }
-        }
-        Some(master) => {
-            for ((((p, w), &g), m), u) in param
-                .iter_mut()
-                .zip(master.iter_mut())
-                .zip(grad)
-                .zip(exp_avg.iter_mut())
-                .zip(exp_inf.iter_mut())
-            {
-                update_element_master::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c);
-            }
-        }
-    }
+    for_each_element(
+        s,
+        |p, g, m, u| update_element::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, g, m, u, c),
+        |p, w, g, m, u| {
+            update_element_master::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c)
+        },
+    );
 }
 
 /// The bandwidth probe: the same reads and writes as [`update_run`], trivial arithmetic.
@@ -499,44 +528,23 @@ where
     P: Storage<C>,
     S: Storage<C>,
 {
-    let TensorSlices {
-        param,
-        grad,
-        exp_avg,
-        exp_inf,
-        master,
-    } = s;
-    match master {
-        None => {
-            for (((p, &g), m), u) in param
-                .iter_mut()
-                .zip(grad)
-                .zip(exp_avg.iter_mut())
-                .zip(exp_inf.iter_mut())
-            {
-                let g: C = g.load();
-                *p = P::store(p.load() + g);
-                *m = S::store(m.load() + g);
-                *u = S::store(u.load() + g);
-            }
-        }
-        Some(master) => {
-            for ((((p, w), &g), m), u) in param
-                .iter_mut()
-                .zip(master.iter_mut())
-                .zip(grad)
-                .zip(exp_avg.iter_mut())
-                .zip(exp_inf.iter_mut())
-            {
-                let g: C = g.load();
-                let new: C = w.load() + g;
-                *w = S::store(new);
-                *p = P::store(new);
-                *m = S::store(m.load() + g);
-                *u = S::store(u.load() + g);
-            }
-        }
-    }
+    for_each_element(
+        s,
+        |p, g, m, u| {
+            let g: C = g.load();
+            *p = P::store(p.load() + g);
+            *m = S::store(m.load() + g);
+            *u = S::store(u.load() + g);
+        },
+        |p, w, g, m, u| {
+            let g: C = g.load();
+            let new: C = w.load() + g;
+            *w = S::store(new);
+            *p = P::store(new);
+            *m = S::store(m.load() + g);
+            *u = S::store(u.load() + g);
+        },
+    );
 }
 
 /// Updates one run of elements in place, with the widest vector unit this CPU has.
@@ -556,13 +564,7 @@ mod tests {
     fn hyper() -> Hyperparameters {
         Hyperparameters {
             lr: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            maximize: false,
-            eps_inside_max: false,
-            decoupled_weight_decay: false,
+            ..Hyperparameters::default()
         }
     }
 

@@ -162,60 +162,48 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
 /// float64 to IEEE binary16 bits, rounding to nearest even (once).
 #[inline(always)]
 pub fn f64_to_f16_bits(x: f64) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 48) & 0x8000) as u16;
-    let magnitude = bits & 0x7FFF_FFFF_FFFF_FFFF;
-    let nan = 0x7E00 | ((magnitude >> 42) & 0x03FF) as u16;
-    // As in `f32_to_f16_bits`, with 42 dropped bits and float64's exponent bias.
-    const OVERFLOW: u64 = 0x40EF_FE00_0000_0000; // 65520.0
-    const NORMAL: u64 = 0x3F10_0000_0000_0000; // 2^-14
-    let kept_lsb = (magnitude >> 42) & 1;
-    let normal = (magnitude
-        .wrapping_sub((1023 - 15) << 52)
-        .wrapping_add((1 << 41) - 1 + kept_lsb)
-        >> 42) as u16;
-    // 2^28 has an ulp of 2^-24, the binary16 subnormal spacing.
-    const MAGIC: f64 = 268_435_456.0;
-    let subnormal = (f64::from_bits(magnitude) + MAGIC)
-        .to_bits()
-        .wrapping_sub(MAGIC.to_bits()) as u16;
-    let result = if magnitude > 0x7FF0_0000_0000_0000 {
-        nan
-    } else if magnitude >= OVERFLOW {
-        0x7C00
-    } else if magnitude >= NORMAL {
-        normal
-    } else {
-        subnormal
-    };
-    result | sign
+    f64_to_narrow_bits::<5, 10>(x)
 }
 
 /// float64 to bfloat16 bits, rounding to nearest even (once).
 #[inline(always)]
 pub fn f64_to_bf16_bits(x: f64) -> u16 {
+    f64_to_narrow_bits::<8, 7>(x)
+}
+
+/// float64 to a 16-bit binary format with `E` exponent and `M` mantissa bits, rounding to
+/// nearest even once. The same steps as [`f32_to_f16_bits`], with the constants derived
+/// from the format.
+#[inline(always)]
+fn f64_to_narrow_bits<const E: u32, const M: u32>(x: f64) -> u16 {
+    let bias: u64 = (1 << (E - 1)) - 1;
+    let dropped = 52 - M;
+    let infinity = (((1u32 << E) - 1) << M) as u16;
+    let quiet = 1u16 << (M - 1);
+    // Halfway between the largest finite value, (2 - 2^-M) 2^bias, and 2^(bias + 1).
+    let overflow = ((1023 + bias) << 52) | ((1 << 52) - (1 << (51 - M)));
+    // The smallest normal value, 2^(1 - bias).
+    let normal_from = (1024 - bias) << 52;
+    // A power of two whose ulp is the subnormal spacing 2^(1 - bias - M).
+    let magic = f64::from_bits((1023 + 53 - bias - u64::from(M)) << 52);
+
     let bits = x.to_bits();
     let sign = ((bits >> 48) & 0x8000) as u16;
     let magnitude = bits & 0x7FFF_FFFF_FFFF_FFFF;
-    let nan = 0x7FC0 | ((magnitude >> 45) & 0x007F) as u16;
-    // Halfway between the largest bfloat16, (2 - 2^-7) 2^127, and 2^128.
-    const OVERFLOW: u64 = 0x47EF_F000_0000_0000;
-    const NORMAL: u64 = 0x3810_0000_0000_0000; // 2^-126
-    let kept_lsb = (magnitude >> 45) & 1;
+    let nan = infinity | quiet | ((magnitude >> dropped) as u16 & (quiet - 1));
+    let kept_lsb = (magnitude >> dropped) & 1;
     let normal = (magnitude
-        .wrapping_sub((1023 - 127) << 52)
-        .wrapping_add((1 << 44) - 1 + kept_lsb)
-        >> 45) as u16;
-    // 2^-81 has an ulp of 2^-133, the bfloat16 subnormal spacing.
-    let magic = f64::from_bits((1023 - 81) << 52);
+        .wrapping_sub((1023 - bias) << 52)
+        .wrapping_add((1 << (dropped - 1)) - 1 + kept_lsb)
+        >> dropped) as u16;
     let subnormal = (f64::from_bits(magnitude) + magic)
         .to_bits()
         .wrapping_sub(magic.to_bits()) as u16;
     let result = if magnitude > 0x7FF0_0000_0000_0000 {
         nan
-    } else if magnitude >= OVERFLOW {
-        0x7F80
-    } else if magnitude >= NORMAL {
+    } else if magnitude >= overflow {
+        infinity
+    } else if magnitude >= normal_from {
         normal
     } else {
         subnormal

@@ -244,13 +244,9 @@ mod tests {
     fn coefficients(step: u64) -> Coefficients<f32> {
         Hyperparameters {
             lr: 0.1,
-            beta1: 0.9,
             beta2: 0.99,
-            eps: 1e-8,
             weight_decay: 0.01,
-            maximize: false,
-            eps_inside_max: false,
-            decoupled_weight_decay: false,
+            ..Hyperparameters::default()
         }
         .coefficients(step)
     }

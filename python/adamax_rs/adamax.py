@@ -36,7 +36,7 @@ class Adamax(Optimizer):
         g     = -grad if maximize else grad
         g     = g + weight_decay * param                 (coupled, the default)
         param = param * (1 - lr * weight_decay)          (with decoupled_weight_decay)
-        m     = beta1 * m + (1 - beta1) * g
+        m     = beta1 * m + (1 - beta1) * g              (torch's fused lerp with eps_inside_max)
         u     = max(beta2 * u, |g|)                      (|g| + eps with eps_inside_max)
         param = param - lr / (1 - beta1**t) * m / (u + eps)   (m / u with eps_inside_max)
 
@@ -60,8 +60,10 @@ class Adamax(Optimizer):
     maximize : bool, default False
         Maximise the objective instead of minimising it.
     eps_inside_max : bool, default False
-        Put ``eps`` inside the max, as ``torch.optim.Adamax`` and optax do, instead of in the
-        denominator, as the Adamax paper, lucid and Keras do.
+        Use ``torch.optim.Adamax``'s formula, eps inside the max (``u = max(beta2 * u,
+        |g| + eps)``, ``param -= s * m / u``, as torch and optax do), computed in the order
+        of torch's CPU kernels so that the results are torch's to the bit. The default is
+        the formula of the Adamax paper, lucid and Keras (eps in the denominator).
     decoupled_weight_decay : bool, default False
         Decay the parameter directly (``param *= 1 - lr * weight_decay``) instead of adding
         the L2 gradient.

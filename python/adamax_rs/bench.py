@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _core
+from ._plot import pyplot_or_explain
 from .adamax import Adamax
 from .numpy_adamax import NumpyAdamax
 from .parameter import Parameter
@@ -275,15 +276,8 @@ def print_table(rows: list[tuple[Workload, list[Result]]]) -> None:
 
 def plot(rows: list[tuple[Workload, list[Result]]], path: str) -> None:
     """Time per step against total elements, one line per implementation."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written"
-        )
+    plt = pyplot_or_explain(path)
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = [r.implementation for r in rows[0][1]]

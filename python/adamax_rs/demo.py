@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._plot import pyplot_or_explain
 from .adamax import Adamax
 from .lr_scheduler import CosineAnnealingLR
 from .numpy_adamax import NumpyAdamax
@@ -123,13 +124,8 @@ def _progress(total: int, quiet: bool) -> Any:
 
 def plot_losses(path: str, ours: list[float], baseline: list[float] | None) -> None:
     """Save the loss curves to ``path`` (PNG), or say why not."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot")
+    plt = pyplot_or_explain(path)
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(range(1, len(ours) + 1), ours, label="adamax_rs.Adamax")

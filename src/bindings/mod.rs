@@ -105,9 +105,7 @@ fn check_hyperparameters(
         beta2,
         eps,
         weight_decay,
-        maximize: false,
-        eps_inside_max: false,
-        decoupled_weight_decay: false,
+        ..Hyperparameters::default()
     }
     .validate()
     .map_err(|e| PyValueError::new_err(e.to_string()))
