@@ -48,7 +48,7 @@ impl NumpyFloat for f64 {
 
 /// The kind of a native-byte-order float dtype; `None` for anything else.
 fn kind_of(dtype: &Bound<'_, PyArrayDescr>) -> Option<Kind> {
-    if dtype.is_native_byteorder() == Some(false) {
+    if dtype.is_native_byteorder() == Some(false) || dtype.itemsize() > 8 {
         return None;
     }
     let num = dtype.num();
@@ -125,23 +125,37 @@ where
     coefficients: Coefficients<K::Compute>,
 }
 
-/// The arrays of one tensor as Python passed them.
+/// The arrays of one tensor as Python passed them; the parameter and `exp_avg` are already
+/// known to be arrays of a supported kind.
 pub(super) struct TensorArgs<'a, 'py> {
-    param: &'a Bound<'py, PyAny>,
+    param: (&'a Bound<'py, PyUntypedArray>, Kind),
     grad: &'a Bound<'py, PyAny>,
-    exp_avg: &'a Bound<'py, PyAny>,
+    exp_avg: (&'a Bound<'py, PyUntypedArray>, Kind),
     exp_inf: &'a Bound<'py, PyAny>,
     master: Option<&'a Bound<'py, PyAny>>,
 }
 
-fn cast<'a, 'py, T: NumpyFloat>(
+/// `array` as an array of `T`, if its dtype is `T`'s.
+fn typed<'a, 'py, T: NumpyFloat>(
+    array: &'a Bound<'py, PyUntypedArray>,
+    kind: Option<Kind>,
+) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
+    // SAFETY: `array` is a numpy array (that is what `PyUntypedArray` checked), and `kind_of`
+    // found its dtype to be `T`'s: the same type number (or ml_dtypes' bfloat16), the same
+    // item size, native byte order. That is all `PyArrayDyn<T>` assumes of it; the number
+    // of dimensions is free (`Dyn`).
+    (kind == Some(T::KIND)).then(|| unsafe { array.cast_unchecked::<PyArrayDyn<T>>() })
+}
+
+/// `obj` as an array of `T`, or a `TypeError` naming its dtype and the one expected.
+fn expect_typed<'a, 'py, T: NumpyFloat>(
     obj: &'a Bound<'py, PyAny>,
     place: Place,
     what: &str,
     like: (&str, &Bound<'py, PyUntypedArray>),
 ) -> PyResult<&'a Bound<'py, PyArrayDyn<T>>> {
     let array = as_ndarray(obj, place, what)?;
-    array.cast::<PyArrayDyn<T>>().map_err(|_| {
+    typed::<T>(array, kind_of(&array.dtype())).ok_or_else(|| {
         place.type_error(format_args!(
             "{what} has dtype {} but {} has dtype {}",
             dtype_name(array),
@@ -162,17 +176,18 @@ where
     K::Param: NumpyFloat,
     K::State: NumpyFloat,
 {
-    if args.grad.is(args.param) {
+    let (param_any, param_kind) = args.param;
+    let (state_any, state_kind) = args.exp_avg;
+    if args.grad.is(param_any) {
         return Err(place.value_error("the gradient is the parameter array itself"));
     }
-    let param_any = as_ndarray(args.param, place, ROLES[0])?;
-    let param = cast::<K::Param>(args.param, place, ROLES[0], (ROLES[0], param_any))?;
-    let grad = cast::<K::Param>(args.grad, place, ROLES[1], (ROLES[0], param_any))?;
-    let state_any = as_ndarray(args.exp_avg, place, ROLES[2])?;
-    let exp_avg = cast::<K::State>(args.exp_avg, place, ROLES[2], (ROLES[2], state_any))?;
-    let exp_inf = cast::<K::State>(args.exp_inf, place, ROLES[3], (ROLES[2], state_any))?;
+    let internal = || to_runtime("the dtype dispatch does not match the arrays");
+    let param = typed::<K::Param>(param_any, Some(param_kind)).ok_or_else(internal)?;
+    let exp_avg = typed::<K::State>(state_any, Some(state_kind)).ok_or_else(internal)?;
+    let grad = expect_typed::<K::Param>(args.grad, place, ROLES[1], (ROLES[0], param_any))?;
+    let exp_inf = expect_typed::<K::State>(args.exp_inf, place, ROLES[3], (ROLES[2], state_any))?;
     let master = match args.master {
-        Some(obj) => Some(cast::<K::State>(
+        Some(obj) => Some(expect_typed::<K::State>(
             obj,
             place,
             ROLES[4],
@@ -181,9 +196,9 @@ where
         None => None,
     };
     let arrays: [Option<&Bound<'py, PyUntypedArray>>; 5] = [
-        Some(param.as_untyped()),
+        Some(param_any),
         Some(grad.as_untyped()),
-        Some(exp_avg.as_untyped()),
+        Some(state_any),
         Some(exp_inf.as_untyped()),
         master.map(|m| m.as_untyped()),
     ];
@@ -392,9 +407,9 @@ pub(super) fn check_step<'a, 'py>(groups: &'a [GroupArgs<'py>]) -> PyResult<Chec
             };
             let master = &masters[index];
             let tensor_args = TensorArgs {
-                param: &params[index],
+                param: (param, param_kind),
                 grad,
-                exp_avg: &exp_avgs[index],
+                exp_avg: (state, state_kind),
                 exp_inf: &exp_infs[index],
                 master: (!master.is_none()).then_some(master),
             };
