@@ -145,7 +145,17 @@ class LRScheduler:
 
 
 class LambdaLR(LRScheduler):
-    """``lr = initial_lr * lr_lambda(epoch)``; one function, or one per group."""
+    """``lr = initial_lr * lr_lambda(epoch)``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    lr_lambda : callable or list of callable
+        ``epoch -> factor``; one for all groups or one per group.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self, optimizer: Optimizer, lr_lambda: Lambda | Sequence[Lambda], last_epoch: int = -1
@@ -159,7 +169,17 @@ class LambdaLR(LRScheduler):
 
 
 class MultiplicativeLR(LRScheduler):
-    """``lr *= lr_lambda(epoch)`` at each step after the first."""
+    """``lr *= lr_lambda(epoch)`` at each step after the first.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    lr_lambda : callable or list of callable
+        ``epoch -> factor``; one for all groups or one per group.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self, optimizer: Optimizer, lr_lambda: Lambda | Sequence[Lambda], last_epoch: int = -1
@@ -176,7 +196,19 @@ class MultiplicativeLR(LRScheduler):
 
 
 class StepLR(LRScheduler):
-    """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    step_size : int
+        Epochs between decays.
+    gamma : float, default 0.1
+        The decay factor.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
@@ -195,7 +227,19 @@ class StepLR(LRScheduler):
 
 
 class MultiStepLR(LRScheduler):
-    """Multiply the rate by ``gamma`` at each epoch listed in ``milestones``."""
+    """Multiply the rate by ``gamma`` at each epoch listed in ``milestones``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    milestones : iterable of int
+        Epochs at which to decay (a repeated epoch decays several times).
+    gamma : float, default 0.1
+        The decay factor.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -220,7 +264,19 @@ class MultiStepLR(LRScheduler):
 
 
 class ConstantLR(LRScheduler):
-    """Scale the rate by ``factor`` until epoch ``total_iters``, then restore it."""
+    """Scale the rate by ``factor`` until epoch ``total_iters``, then restore it.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    factor : float, default 1/3
+        The scale, in ``[0, 1]``.
+    total_iters : int, default 5
+        The epoch at which the full rate returns.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -248,7 +304,21 @@ class ConstantLR(LRScheduler):
 
 
 class LinearLR(LRScheduler):
-    """Scale the rate linearly from ``start_factor`` to ``end_factor`` over ``total_iters``."""
+    """Scale the rate linearly from ``start_factor`` to ``end_factor`` over ``total_iters``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    start_factor : float, default 1/3
+        The scale at epoch 0, in ``(0, 1]``.
+    end_factor : float, default 1.0
+        The scale from epoch ``total_iters`` on, in ``[0, 1]``.
+    total_iters : int, default 5
+        The number of epochs the ramp takes.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -285,7 +355,17 @@ class LinearLR(LRScheduler):
 
 
 class ExponentialLR(LRScheduler):
-    """Multiply the rate by ``gamma`` every epoch."""
+    """Multiply the rate by ``gamma`` every epoch.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    gamma : float
+        The decay factor per epoch.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
         self.gamma = gamma
@@ -302,7 +382,19 @@ class ExponentialLR(LRScheduler):
 
 
 class PolynomialLR(LRScheduler):
-    """Decay the rate to zero over ``total_iters`` epochs as ``(1 - t / total) ** power``."""
+    """Decay the rate to zero over ``total_iters`` epochs as ``(1 - t / total) ** power``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    total_iters : int, default 5
+        The epoch at which the rate reaches zero.
+    power : float, default 1.0
+        The polynomial's power.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -330,7 +422,19 @@ class PolynomialLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """Anneal from the initial rate to ``eta_min`` along a half cosine of ``T_max`` epochs."""
+    """Anneal from the initial rate to ``eta_min`` along a half cosine of ``T_max`` epochs.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    T_max : int
+        Epochs in half a period.
+    eta_min : float, default 0.0
+        The lowest rate.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
@@ -361,7 +465,21 @@ class CosineAnnealingLR(LRScheduler):
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
-    """Cosine annealing restarted every ``T_0`` epochs, each period ``T_mult`` times longer."""
+    """Cosine annealing restarted every ``T_0`` epochs, each period ``T_mult`` times longer.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    T_0 : int
+        Epochs before the first restart.
+    T_mult : int, default 1
+        Growth factor of the period after each restart.
+    eta_min : float, default 0.0
+        The lowest rate.
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -422,7 +540,31 @@ def _momentum_key(optimizer: Optimizer) -> str:
 
 
 class CyclicLR(LRScheduler):
-    """Cycle the rate between ``base_lr`` and ``max_lr`` (and ``beta1`` the opposite way)."""
+    """Cycle the rate between ``base_lr`` and ``max_lr`` (and ``beta1`` the opposite way).
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule (its groups' ``lr`` is set to ``base_lr`` at the start).
+    base_lr, max_lr : float or list of float
+        The bounds of the cycle, for all groups or per group.
+    step_size_up, step_size_down : int
+        Steps in the rising and falling half (``step_size_down`` defaults to the first).
+    mode : {"triangular", "triangular2", "exp_range"}
+        The amplitude policy (ignored with ``scale_fn``).
+    gamma : float, default 1.0
+        The factor of ``exp_range``.
+    scale_fn : callable, optional
+        A custom amplitude ``x -> scale``, applied per cycle or per step (``scale_mode``).
+    scale_mode : {"cycle", "iterations"}
+        What ``scale_fn`` receives.
+    cycle_momentum : bool, default True
+        Also cycle ``beta1`` between ``max_momentum`` and ``base_momentum``.
+    base_momentum, max_momentum : float or list of float
+        The bounds of ``beta1``.
+    last_epoch : int, default -1
+        The last step's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -501,7 +643,35 @@ class CyclicLR(LRScheduler):
 
 
 class OneCycleLR(LRScheduler):
-    """The 1cycle policy: warm up to ``max_lr``, then anneal far below the start."""
+    """The 1cycle policy: warm up to ``max_lr``, then anneal far below the start.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    max_lr : float or list of float
+        The peak rate, for all groups or per group.
+    total_steps : int, optional
+        The length of the cycle, or give ``epochs`` and ``steps_per_epoch``.
+    epochs, steps_per_epoch : int, optional
+        The length of the cycle as their product.
+    pct_start : float, default 0.3
+        The fraction of the cycle spent warming up.
+    anneal_strategy : {"cos", "linear"}
+        The shape of each phase.
+    cycle_momentum : bool, default True
+        Also cycle ``beta1`` between ``max_momentum`` and ``base_momentum``.
+    base_momentum, max_momentum : float or list of float
+        The bounds of ``beta1``.
+    div_factor : float, default 25.0
+        ``initial_lr = max_lr / div_factor``.
+    final_div_factor : float, default 1e4
+        ``min_lr = initial_lr / final_div_factor``.
+    three_phase : bool, default False
+        Anneal back to ``initial_lr`` before the final descent.
+    last_epoch : int, default -1
+        The last step's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -607,7 +777,19 @@ class OneCycleLR(LRScheduler):
 
 
 class SequentialLR(LRScheduler):
-    """Run ``schedulers`` one after another, switching at each of ``milestones``."""
+    """Run ``schedulers`` one after another, switching at each of ``milestones``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer all the schedulers belong to.
+    schedulers : list of LRScheduler
+        The schedulers, in order.
+    milestones : list of int
+        The epochs at which the next scheduler takes over (one fewer than schedulers).
+    last_epoch : int, default -1
+        The last epoch's index (-1 starts from the beginning).
+    """
 
     def __init__(
         self,
@@ -657,7 +839,15 @@ class SequentialLR(LRScheduler):
 
 
 class ChainedScheduler(LRScheduler):
-    """Step every scheduler in ``schedulers`` at each step (their effects compose)."""
+    """Step every scheduler in ``schedulers`` at each step (their effects compose).
+
+    Parameters
+    ----------
+    schedulers : list of LRScheduler
+        Schedulers of one optimizer.
+    optimizer : Optimizer, optional
+        That optimizer (taken from the first scheduler when not given).
+    """
 
     def __init__(
         self, schedulers: Sequence[LRScheduler], optimizer: Optimizer | None = None
@@ -684,7 +874,31 @@ class ChainedScheduler(LRScheduler):
 
 
 class ReduceLROnPlateau(LRScheduler):
-    """Cut the rate by ``factor`` when a metric has stopped improving for ``patience`` epochs."""
+    """Cut the rate by ``factor`` when a metric has stopped improving for ``patience`` epochs.
+
+    Call ``step(metric)`` once per epoch with the metric to watch.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer to schedule.
+    mode : {"min", "max"}
+        Whether the metric should fall or rise.
+    factor : float, default 0.1
+        The cut, below 1.
+    patience : int, default 10
+        Epochs without improvement tolerated before a cut.
+    threshold : float, default 1e-4
+        The smallest change that counts as an improvement.
+    threshold_mode : {"rel", "abs"}
+        Whether ``threshold`` is relative to the best value or absolute.
+    cooldown : int, default 0
+        Epochs to wait after a cut before counting again.
+    min_lr : float or list of float, default 0
+        The lowest rate, for all groups or per group.
+    eps : float, default 1e-8
+        Cuts smaller than this are skipped.
+    """
 
     def __init__(
         self,
