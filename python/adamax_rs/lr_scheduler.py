@@ -144,7 +144,18 @@ class LRScheduler:
         return f"{type(self).__name__}(last_epoch={self.last_epoch}, last_lr={self._last_lr})"
 
 
-class LambdaLR(LRScheduler):
+class _LambdaScheduler(LRScheduler):
+    """Shared by the schedulers driven by user functions of the epoch."""
+
+    def __init__(
+        self, optimizer: Optimizer, lr_lambda: Lambda | Sequence[Lambda], last_epoch: int = -1
+    ) -> None:
+        _check_optimizer(optimizer)
+        self.lr_lambdas: list[Lambda] = _per_group(lr_lambda, optimizer, "lr_lambda")
+        super().__init__(optimizer, last_epoch)
+
+
+class LambdaLR(_LambdaScheduler):
     """``lr = initial_lr * lr_lambda(epoch)``.
 
     Parameters
@@ -157,18 +168,11 @@ class LambdaLR(LRScheduler):
         The last epoch's index (-1 starts from the beginning).
     """
 
-    def __init__(
-        self, optimizer: Optimizer, lr_lambda: Lambda | Sequence[Lambda], last_epoch: int = -1
-    ) -> None:
-        _check_optimizer(optimizer)
-        self.lr_lambdas: list[Lambda] = _per_group(lr_lambda, optimizer, "lr_lambda")
-        super().__init__(optimizer, last_epoch)
-
     def get_lr(self) -> list[float]:
         return [base * f(self.last_epoch) for f, base in zip(self.lr_lambdas, self.base_lrs)]
 
 
-class MultiplicativeLR(LRScheduler):
+class MultiplicativeLR(_LambdaScheduler):
     """``lr *= lr_lambda(epoch)`` at each step after the first.
 
     Parameters
@@ -180,13 +184,6 @@ class MultiplicativeLR(LRScheduler):
     last_epoch : int, default -1
         The last epoch's index (-1 starts from the beginning).
     """
-
-    def __init__(
-        self, optimizer: Optimizer, lr_lambda: Lambda | Sequence[Lambda], last_epoch: int = -1
-    ) -> None:
-        _check_optimizer(optimizer)
-        self.lr_lambdas: list[Lambda] = _per_group(lr_lambda, optimizer, "lr_lambda")
-        super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
         groups = self.optimizer.param_groups
