@@ -15,11 +15,8 @@ use crate::pool;
 use crate::precision::Storage;
 use crate::strided::{adamax_update_strided, TensorViews};
 
-/// Arrays one float32 element touches without master weights: param, grad, exp_avg and
-/// exp_inf read; param, exp_avg and exp_inf written.
-pub const STREAMS_PER_ELEMENT: usize = 7;
-
-/// Bytes one element moves with parameters stored as `P` and state as `S`.
+/// Bytes one element moves with parameters stored as `P` and state as `S`: without master
+/// weights param, grad, exp_avg and exp_inf are read and param, exp_avg and exp_inf written.
 pub fn bytes_per_element<P, S>(master: bool) -> usize {
     let (p, s) = (std::mem::size_of::<P>(), std::mem::size_of::<S>());
     if master {
