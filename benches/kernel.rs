@@ -1,15 +1,16 @@
 //! `cargo bench`: the kernel by size, dtype and thread count, against the bandwidth probe.
 //!
 //! Throughput is reported in bytes moved (7 arrays' worth per element), so the GB/s of the
-//! Adamax rows can be read directly against the `probe` rows of the same size: the probe has
-//! the same reads, writes, chunking and threading, with trivial arithmetic.
+//! Adamax rows can be read directly against the `probe` rows of the same size: the probe has the
+//! same reads, writes, chunking and threading, with trivial arithmetic.
 
 use std::hint::black_box;
 
-use adamax_rs::schedule::bytes_per_element;
-use adamax_rs::{
-    pool, run_jobs_with, Float, Hyperparameters, Op, Precision, Storage, TensorSlices,
-};
+use adamax_rs::engine::job::{bytes_per_element, Job, Work};
+use adamax_rs::engine::{pool, schedule::run_jobs};
+use adamax_rs::kernel::{Adamax, Float, Hyperparameters, Storage, TensorSlices, Update};
+use adamax_rs::probe::BandwidthProbe;
+use adamax_rs::simd;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 
@@ -23,38 +24,36 @@ fn hyperparameters() -> Hyperparameters {
     }
 }
 
-/// The arrays of one tensor, parameters stored as `Q::Param` and state as `Q::State`.
-struct Tensor<Q: Precision> {
-    param: Vec<Q::Param>,
-    grad: Vec<Q::Param>,
-    exp_avg: Vec<Q::State>,
-    exp_inf: Vec<Q::State>,
-    master: Option<Vec<Q::State>>,
+/// The arrays of one tensor, parameters stored as `P` and state as `S`, arithmetic in `C`.
+struct Tensor<P, S> {
+    param: Vec<P>,
+    grad: Vec<P>,
+    exp_avg: Vec<S>,
+    exp_inf: Vec<S>,
+    master: Option<Vec<S>>,
 }
 
-impl<Q: Precision> Tensor<Q> {
-    fn new(n: usize, master: bool) -> Self {
+impl<P: Copy, S: Copy> Tensor<P, S> {
+    fn new<C: Float>(n: usize, master: bool) -> Self
+    where
+        P: Storage<C>,
+        S: Storage<C>,
+    {
         let value = |i: usize| ((i * 7919) % 1000) as f64 / 500.0 - 1.0;
-        let make = |f: &dyn Fn(usize) -> f64| -> Vec<Q::Param> {
-            (0..n)
-                .map(|i| Q::Param::store(Q::Compute::from_f64(f(i))))
-                .collect()
+        let make = |f: &dyn Fn(usize) -> f64| -> Vec<P> {
+            (0..n).map(|i| P::store(C::from_f64(f(i)))).collect()
         };
-        let zeros = || vec![Q::State::store(Q::Compute::from_f64(0.0)); n];
+        let zeros = || vec![S::store(C::from_f64(0.0)); n];
         Tensor {
             param: make(&value),
             grad: make(&|i| value(i + 1)),
             exp_avg: zeros(),
             exp_inf: zeros(),
-            master: master.then(|| {
-                (0..n)
-                    .map(|i| Q::State::store(Q::Compute::from_f64(value(i))))
-                    .collect()
-            }),
+            master: master.then(|| (0..n).map(|i| S::store(C::from_f64(value(i)))).collect()),
         }
     }
 
-    fn slices(&mut self) -> TensorSlices<'_, Q::Param, Q::State> {
+    fn slices(&mut self) -> TensorSlices<'_, P, S> {
         TensorSlices::with_master(
             &mut self.param,
             &self.grad,
@@ -66,16 +65,25 @@ impl<Q: Precision> Tensor<Q> {
     }
 
     fn bytes(&self) -> u64 {
-        (self.param.len() * bytes_per_element::<Q::Param, Q::State>(self.master.is_some())) as u64
+        (self.param.len() * bytes_per_element::<P, S>(self.master.is_some())) as u64
     }
 }
 
-fn step<Q: Precision>(tensors: &mut [Tensor<Q>], op: Op) {
-    let jobs = tensors
+/// One step over `tensors` with `rule`, through the engine's scheduler.
+fn step<P, S, C, U>(tensors: &mut [Tensor<P, S>], rule: U)
+where
+    P: Copy,
+    S: Copy,
+    C: Float,
+    U: Update,
+    for<'a> Work<'a, P, S, C>: Into<Job<'a>>,
+{
+    let coefficients = hyperparameters().coefficients::<C>(10);
+    let mut jobs: Vec<Job<'_>> = tensors
         .iter_mut()
-        .map(|t| Q::job(t.slices(), hyperparameters().coefficients(10)))
+        .map(|t| Work::Flat(t.slices(), &coefficients).into())
         .collect();
-    run_jobs_with(black_box(jobs), op);
+    run_jobs(black_box(&mut jobs), &mut Vec::new(), rule);
 }
 
 fn label(n: usize) -> String {
@@ -87,51 +95,63 @@ fn label(n: usize) -> String {
 }
 
 /// One tensor of each size, Adamax and probe, on every thread count up to the machine's.
-fn by_size<Q: Precision>(c: &mut Criterion, name: &str, master: bool, sizes: &[usize]) {
+fn by_size<P, S, C>(c: &mut Criterion, name: &str, master: bool, sizes: &[usize])
+where
+    P: Storage<C>,
+    S: Storage<C>,
+    C: Float,
+    for<'a> Work<'a, P, S, C>: Into<Job<'a>>,
+{
     let max_threads = pool::default_num_threads();
     let mut group = c.benchmark_group(format!("one_tensor_{name}"));
     for &n in sizes {
-        let mut tensors = vec![Tensor::<Q>::new(n, master)];
+        let mut tensors = vec![Tensor::<P, S>::new::<C>(n, master)];
         group.throughput(Throughput::Bytes(tensors[0].bytes()));
         if n >= 16 * M {
             group.sample_size(10);
         }
         for threads in 1..=max_threads {
-            pool::set_num_threads(threads);
-            for (kind, op) in [("adamax", Op::Adamax), ("probe", Op::BandwidthProbe)] {
-                let id = BenchmarkId::new(format!("{kind}/{threads}t"), label(n));
-                group.bench_function(id, |b| b.iter(|| step(&mut tensors, op)));
-            }
+            pool::set_num_threads(threads).expect("a small thread count");
+            let id = BenchmarkId::new(format!("adamax/{threads}t"), label(n));
+            group.bench_function(id, |b| b.iter(|| step::<P, S, C, _>(&mut tensors, Adamax)));
+            let id = BenchmarkId::new(format!("probe/{threads}t"), label(n));
+            group.bench_function(id, |b| {
+                b.iter(|| step::<P, S, C, _>(&mut tensors, BandwidthProbe))
+            });
         }
     }
-    pool::set_num_threads(0);
+    pool::set_num_threads(0).expect("0 is the default");
     group.finish();
 }
 
 fn sizes_f32(c: &mut Criterion) {
-    by_size::<(f32, f32)>(c, "f32", false, &[K, 64 * K, M, 16 * M, 64 * M]);
+    by_size::<f32, f32, f32>(c, "f32", false, &[K, 64 * K, M, 16 * M, 64 * M]);
 }
 
 fn sizes_f64(c: &mut Criterion) {
-    by_size::<(f64, f64)>(c, "f64", false, &[K, 64 * K, M, 16 * M]);
+    by_size::<f64, f64, f64>(c, "f64", false, &[K, 64 * K, M, 16 * M]);
 }
 
 fn sizes_f16(c: &mut Criterion) {
-    by_size::<(f16, f32)>(c, "f16_f32_state", false, &[K, M, 16 * M]);
-    by_size::<(f16, f32)>(c, "f16_master", true, &[16 * M]);
+    by_size::<f16, f32, f32>(c, "f16_f32_state", false, &[K, M, 16 * M]);
+    by_size::<f16, f32, f32>(c, "f16_master", true, &[16 * M]);
 }
 
 /// Many small tensors in one step, as a model's parameter list is.
 fn many_tensors(c: &mut Criterion) {
     let mut group = c.benchmark_group("many_tensors_f32");
     for &(count, n) in &[(1000usize, 1000usize), (10_000, 16)] {
-        let mut tensors: Vec<Tensor<(f32, f32)>> =
-            (0..count).map(|_| Tensor::new(n, false)).collect();
+        let mut tensors: Vec<Tensor<f32, f32>> =
+            (0..count).map(|_| Tensor::new::<f32>(n, false)).collect();
         group.throughput(Throughput::Bytes(tensors.iter().map(Tensor::bytes).sum()));
-        for (name, op) in [("adamax", Op::Adamax), ("probe", Op::BandwidthProbe)] {
-            let id = BenchmarkId::new(name, format!("{count}x{n}"));
-            group.bench_function(id, |b| b.iter(|| step(&mut tensors, op)));
-        }
+        let id = BenchmarkId::new("adamax", format!("{count}x{n}"));
+        group.bench_function(id, |b| {
+            b.iter(|| step::<f32, f32, f32, _>(&mut tensors, Adamax))
+        });
+        let id = BenchmarkId::new("probe", format!("{count}x{n}"));
+        group.bench_function(id, |b| {
+            b.iter(|| step::<f32, f32, f32, _>(&mut tensors, BandwidthProbe))
+        });
     }
     group.finish();
 }
@@ -139,16 +159,13 @@ fn many_tensors(c: &mut Criterion) {
 /// Where the pool starts to pay: one thread against the pool, around `SERIAL_BELOW_BYTES`.
 fn threshold(c: &mut Criterion) {
     let mut group = c.benchmark_group("threshold_f32");
+    let isa = simd::detected();
     for &n in &[2 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K] {
-        let mut tensor = Tensor::<(f32, f32)>::new(n, false);
+        let mut tensor = Tensor::<f32, f32>::new::<f32>(n, false);
         group.throughput(Throughput::Bytes(tensor.bytes()));
+        let coefficients = hyperparameters().coefficients::<f32>(10);
         group.bench_function(BenchmarkId::new("calling_thread", label(n)), |b| {
-            b.iter(|| {
-                adamax_rs::adamax_update(
-                    tensor.slices(),
-                    &hyperparameters().coefficients::<f32>(10),
-                )
-            })
+            b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
         });
         let pool = pool::pool().expect("a thread pool");
         let threads = pool.current_num_threads();
@@ -158,11 +175,10 @@ fn threshold(c: &mut Criterion) {
                 b.iter(|| {
                     let half = (n / 2) / 64 * 64;
                     let (left, right) = tensor.slices().split_at(half);
-                    let c = hyperparameters().coefficients::<f32>(10);
                     pool.install(|| {
                         rayon::join(
-                            || adamax_rs::adamax_update(left, &c),
-                            || adamax_rs::adamax_update(right, &c),
+                            || simd::run_flat(isa, Adamax, left, &coefficients),
+                            || simd::run_flat(isa, Adamax, right, &coefficients),
                         )
                     });
                 })

@@ -1,27 +1,19 @@
 //! adamax_rs: the Adamax optimizer step in Rust.
 //!
-//! The crate is split by what each part knows about:
-//! - [`kernel`]: the update over flat slices, pure arithmetic;
-//! - [`dispatch`]: the same loop built for several vector instruction sets, chosen at run time;
-//! - [`strided`]: the same update for arrays whose layouts differ;
-//! - [`schedule`]: how one step's tensors are split between threads;
-//! - [`pool`]: the thread pool (size, fork safety);
-//! - `bindings` (feature `python`): the PyO3 module `adamax_rs._core`, which only converts,
-//!   validates, borrows and releases the GIL.
+//! Three layers, each using only the ones above it:
+//! - [`kernel`]: the update itself over memory already known to be safe (no Python, no threads);
+//!   [`simd`] builds its loops for several instruction sets and picks one at run time;
+//! - [`engine`]: typed step plans: checking a step's arrays, claiming their memory, splitting the
+//!   work over the thread pool;
+//! - `bindings` (feature `python`): the PyO3 module `adamax_rs._core`, whose front ends (numpy
+//!   arrays, torch tensors) only convert objects into the engine's array descriptions.
+//!
+//! [`probe`] is a benchmark tool: an update rule with Adamax's memory traffic and no arithmetic.
 
-pub mod claims;
-pub mod dispatch;
+pub mod engine;
 pub mod kernel;
-pub mod pool;
-pub mod precision;
-pub mod schedule;
-pub mod strided;
+pub mod probe;
+pub mod simd;
 
 #[cfg(feature = "python")]
 mod bindings;
-
-pub use dispatch::Op;
-pub use kernel::{adamax_update, Coefficients, Float, Hyperparameters, TensorSlices};
-pub use precision::Storage;
-pub use schedule::{run_jobs, run_jobs_with, Job, Precision, StridedJob};
-pub use strided::{adamax_update_strided, TensorViews};

@@ -2,8 +2,12 @@
 //! reference written here from the formula, over random lengths, hyperparameters and
 //! special values.
 
-use adamax_rs::dispatch::{self, Isa};
-use adamax_rs::{run_jobs, Hyperparameters, Job, TensorSlices};
+use adamax_rs::engine::job::{Job, Work};
+use adamax_rs::engine::schedule::run_jobs;
+use adamax_rs::kernel::{
+    Adamax, Hyperparameters, StridedArray, StridedTensor, TensorSlices, Update,
+};
+use adamax_rs::simd::{self, Isa};
 use proptest::prelude::*;
 
 /// The formula, one element at a time, with numpy's rounding of Python floats; with
@@ -127,14 +131,14 @@ proptest! {
         let (mut ep, mut em, mut eu) = (p.clone(), m.clone(), u.clone());
         reference(&h, t, &mut ep, &g, &mut em, &mut eu);
         let c = h.coefficients::<f32>(t);
-        for isa in dispatch::available() {
+        for isa in simd::available() {
             let (mut ap, mut am, mut au) = (p.clone(), m.clone(), u.clone());
-            dispatch::run(isa, TensorSlices::new(&mut ap, &g, &mut am, &mut au).unwrap(), &c);
+            simd::run_flat(isa, Adamax, TensorSlices::new(&mut ap, &g, &mut am, &mut au).unwrap(), &c);
             prop_assert!(same(&ap, &ep), "param differs with {isa:?}");
             prop_assert!(same(&am, &em), "exp_avg differs with {isa:?}");
             prop_assert!(same(&au, &eu), "exp_inf differs with {isa:?}");
         }
-        prop_assert!(dispatch::available().contains(&Isa::Baseline));
+        prop_assert!(simd::available().contains(&Isa::Baseline));
     }
 
     #[test]
@@ -153,18 +157,89 @@ proptest! {
         for (t, [p, g, m, u]) in expected.iter_mut().enumerate() {
             reference(&h, t as u64 + 1, p, g, m, u);
         }
-        let jobs = tensors
+        let coefficients: Vec<_> = (0..tensors.len()).map(|t| h.coefficients::<f32>(t as u64 + 1)).collect();
+        let mut jobs: Vec<Job<'_>> = tensors
             .iter_mut()
-            .enumerate()
-            .map(|(t, [p, g, m, u])| {
-                Job::F32(TensorSlices::new(p, g, m, u).unwrap(), h.coefficients(t as u64 + 1))
-            })
+            .zip(&coefficients)
+            .map(|([p, g, m, u], c)| Job::from(Work::Flat(TensorSlices::new(p, g, m, u).unwrap(), c)))
             .collect();
-        run_jobs(jobs);
+        run_jobs(&mut jobs, &mut Vec::new(), Adamax);
+        drop(jobs);
         for (got, want) in tensors.iter().zip(&expected) {
             for k in [0, 2, 3] {
                 prop_assert!(same(&got[k], &want[k]));
             }
         }
+    }
+
+    #[test]
+    fn the_strided_walk_matches_the_reference_in_any_layout(
+        h in hyperparameters(),
+        t in 1u64..100,
+        rows in 1usize..9,
+        cols in 1usize..9,
+        layouts in any::<[u8; 4]>(),
+        seed in any::<u32>(),
+    ) {
+        // Each array in one of four layouts of a rows x cols matrix inside a buffer twice as
+        // large: C order, Fortran order, reversed C order, or every other element of C order.
+        let n = rows * cols;
+        let make = |k: u32| -> Vec<f32> {
+            (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed ^ (k * 97)) % 200) as f32 / 32.0 - 3.0).collect()
+        };
+        let logical = [make(0), make(1), make(2), make(3).into_iter().map(f32::abs).collect()];
+        let place = |layout: u8| -> (Vec<isize>, usize) {
+            // (strides in elements, offset in elements of index [0, 0])
+            match layout % 4 {
+                0 => (vec![cols as isize, 1], 0),
+                1 => (vec![1, rows as isize], 0),
+                2 => (vec![-(cols as isize), -1], n - 1),
+                _ => (vec![2 * cols as isize, 2], 0),
+            }
+        };
+        let mut buffers: Vec<Vec<f32>> = Vec::new();
+        let mut placements = Vec::new();
+        for (k, values) in logical.iter().enumerate() {
+            let (strides, offset) = place(layouts[k]);
+            let mut buffer = vec![f32::NAN; 2 * n];
+            for i in 0..rows {
+                for j in 0..cols {
+                    let at = offset as isize + i as isize * strides[0] + j as isize * strides[1];
+                    buffer[at as usize] = values[i * cols + j];
+                }
+            }
+            buffers.push(buffer);
+            placements.push((strides.iter().map(|s| s * 4).collect::<Vec<isize>>(), offset));
+        }
+        let arrays: Vec<StridedArray<'_>> = buffers
+            .iter_mut()
+            .zip(&placements)
+            .map(|(b, (strides, offset))| StridedArray {
+                address: b.as_mut_ptr() as usize + 4 * offset,
+                strides,
+            })
+            .collect();
+        // SAFETY: each array's indices stay inside its own buffer (2n elements), no layout
+        // reaches one element twice, and the four buffers are distinct.
+        let mut tensor = unsafe {
+            StridedTensor::<f32, f32>::new(&[rows, cols], arrays[0], arrays[1], arrays[2], arrays[3], None)
+        };
+        Adamax.strided(&mut tensor, &h.coefficients::<f32>(t));
+        let [mut p, g, mut m, mut u] = logical;
+        reference(&h, t, &mut p, &g, &mut m, &mut u);
+        let read = |k: usize| -> Vec<f32> {
+            let (strides, offset) = &placements[k];
+            let mut out = Vec::new();
+            for i in 0..rows {
+                for j in 0..cols {
+                    let at = *offset as isize + (i as isize * strides[0] + j as isize * strides[1]) / 4;
+                    out.push(buffers[k][at as usize]);
+                }
+            }
+            out
+        };
+        prop_assert!(same(&read(0), &p));
+        prop_assert!(same(&read(2), &m));
+        prop_assert!(same(&read(3), &u));
     }
 }

@@ -129,7 +129,11 @@ def data_replaced_with_other_dtype(opt, params):
 
 
 def data_replaced_with_ints(opt, params):
-    params[0].data = np.zeros((4, 3), np.int32)
+    # adamax_rs.Parameter refuses integer data when it is assigned (tested below); a parameter
+    # object of another library may still hold it by the time of the step.
+    foreign = Foreign(np.zeros((4, 3), np.int32))
+    foreign.grad = np.zeros((4, 3), np.int32)
+    opt.param_groups[0]["params"][0] = foreign
 
 
 def state_array_wrong_shape(opt, params):
@@ -163,7 +167,12 @@ def key_deleted(opt, params):
 @pytest.mark.parametrize(
     "breakage, error, message",
     [
-        (break_grad_shape, ValueError, r"group 0, parameter 1: the gradient has shape \[7\]"),
+        (
+            break_grad_shape,
+            ValueError,
+            r"group 0, parameter 1: the gradient has shape \(7,\) "
+            r"but the parameter has shape \(6,\)",
+        ),
         (break_grad_dtype, TypeError, "group 1, parameter 0: the gradient has dtype"),
         (break_grad_type, TypeError, "group 0, parameter 0: the gradient must be a numpy.ndarray"),
         (grad_is_param, ValueError, "group 0, parameter 1: the gradient is the parameter"),
@@ -239,7 +248,11 @@ def good_state_dict(opt):
         (lambda sd: sd["param_groups"][0]["params"].pop(), ValueError, "parameters in this group"),
         (lambda sd: sd.pop("state"), ValueError, "no 'state' key"),
         (lambda sd: sd["state"][0].pop("exp_avg"), ValueError, "missing 'exp_avg'"),
-        (lambda sd: sd["state"][1].update(step=-1), ValueError, "'step' must be >= 0"),
+        (
+            lambda sd: sd["state"][1].update(step=-1),
+            ValueError,
+            r"'step' must be between 0 and 2\*\*53, got -1",
+        ),
         (lambda sd: sd["state"][1].update(step=1.5), TypeError, "'step' must be an int"),
         (
             lambda sd: sd["state"][0].update(exp_inf=np.zeros(3, np.float32)),
@@ -289,7 +302,7 @@ def test_functional_checks_lengths_and_steps():
     p, g, m, u = (np.zeros(3) for _ in range(4))
     with pytest.raises(ValueError, match="steps has 2 entries"):
         functional.adamax([p], [g], [m], [u], [1, 2], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
-    with pytest.raises(ValueError, match="step must be >= 1"):
+    with pytest.raises(ValueError, match=r"step must be between 1 and 2\*\*53, got 0"):
         functional.adamax([p], [g], [m], [u], [0], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
     with pytest.raises(TypeError, match="steps must be integers"):
         functional.adamax([p], [g], [m], [u], [1.0], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
@@ -344,6 +357,18 @@ def test_misaligned_arrays_are_a_clear_type_error():
     with pytest.raises(TypeError, match="group 0, parameter 0: the parameter is not aligned"):
         opt.step()
     assert len(opt.state) == 0
+
+
+def test_parameter_refuses_data_it_cannot_optimise_when_assigned():
+    p = Parameter(np.ones(3, np.float32))
+    for bad, error, message in [
+        (np.zeros(3, np.int32), TypeError, "floating-point or complex array, got dtype int32"),
+        ([1.0, 2.0], TypeError, "must be a numpy.ndarray, got list"),
+        (np.zeros(3, bool), TypeError, "got dtype bool"),
+    ]:
+        with pytest.raises(error, match=message):
+            p.data = bad
+        assert p.data.dtype == np.float32 and (p.data == 1).all()
 
 
 def test_big_endian_data_swapped_in_after_construction_is_refused(rng):

@@ -231,8 +231,10 @@ def test_num_threads_round_trip():
     finally:
         adamax_rs.set_num_threads(0)
     assert adamax_rs.get_num_threads() == default
-    with pytest.raises(ValueError, match=">= 0"):
-        adamax_rs.set_num_threads(-1)
+    for bad in (-1, 1025, 2**31):
+        with pytest.raises(ValueError, match="between 0 and 1024"):
+            adamax_rs.set_num_threads(bad)
+    assert adamax_rs.get_num_threads() == default
 
 
 def test_version_matches_cargo_toml():

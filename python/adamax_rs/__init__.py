@@ -16,7 +16,7 @@ from . import functional, lr_scheduler
 from ._core import __version__, get_num_threads, set_num_threads, simd_level
 from .adamax import Adamax
 from .checkpoint import load_checkpoint, save_checkpoint
-from .optimizer import Optimizer, ParameterState
+from .optimizer import Optimizer, ParameterState, StateEntry
 from .parameter import Parameter
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Optimizer",
     "Parameter",
     "ParameterState",
+    "StateEntry",
     "__version__",
     "functional",
     "get_num_threads",

@@ -1,39 +1,130 @@
 """Type stubs for the Rust extension module ``adamax_rs._core``."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 __version__: str
 
-_Hyperparameters = tuple[float, float, float, float, float, bool, bool, bool]
-_Group = tuple[
-    Sequence[np.ndarray],
-    Sequence[np.ndarray | None],
-    Sequence[np.ndarray | None],
-    Sequence[np.ndarray | None],
-    Sequence[np.ndarray | None],
-    Sequence[int],
-    _Hyperparameters,
-]
+class Parameter:
+    """A trainable array: the values in ``data`` and their gradient in ``grad``."""
 
-def adamax_step(groups: Sequence[_Group], /) -> None:
-    """One Adamax step over every group, in place. Hyperparameters are
-    ``(lr, beta1, beta2, eps, weight_decay, maximize, eps_inside_max, decoupled_weight_decay)``."""
+    grad: np.ndarray | None
+    name: Any
+    def __init__(self, data: Any, *, name: Any = None) -> None: ...
+    @property
+    def data(self) -> np.ndarray: ...
+    @data.setter
+    def data(self, value: np.ndarray) -> None: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def size(self) -> int: ...
 
-def check_hyperparameters(
-    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float
+class StateEntry:
+    """One parameter's state: ``step`` and the optimizer's state arrays, like a dict."""
+
+    def __getitem__(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+    def __delitem__(self, key: str) -> None: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def keys(self) -> list[str]: ...
+    def values(self) -> list[Any]: ...
+    def items(self) -> list[tuple[str, Any]]: ...
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def clear(self) -> None: ...
+    def copy(self) -> dict[str, Any]: ...
+    def update(self, other: Mapping[str, Any]) -> None: ...
+
+class ParameterState:
+    """The optimizer's state, keyed by parameter identity."""
+
+    def __init__(self, keys: list[str]) -> None: ...
+    @property
+    def state_keys(self) -> list[str]: ...
+    @property
+    def version(self) -> int: ...
+    def __getitem__(self, param: Any) -> StateEntry: ...
+    def __setitem__(self, param: Any, value: Mapping[str, Any]) -> None: ...
+    def __delitem__(self, param: Any) -> None: ...
+    def __contains__(self, param: object) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def get(self, param: Any, default: Any = None) -> StateEntry | None: ...
+    def keys(self) -> list[Any]: ...
+    def values(self) -> list[StateEntry]: ...
+    def items(self) -> list[tuple[Any, StateEntry]]: ...
+    def clear(self) -> None: ...
+
+class Hyperparameters:
+    """The hyperparameters of an Adamax step, checked for type and range."""
+
+    def __init__(
+        self,
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        eps_inside_max: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def beta1(self) -> float: ...
+    @property
+    def beta2(self) -> float: ...
+    @property
+    def eps(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def maximize(self) -> bool: ...
+    @property
+    def eps_inside_max(self) -> bool: ...
+    @property
+    def decoupled_weight_decay(self) -> bool: ...
+
+class StepPlan:
+    """The cached step of a numpy optimizer."""
+
+    def __init__(self, *, state_dtype: str | None = None, master_weights: bool = False) -> None: ...
+    def step(self, param_groups: list[dict[str, Any]], state: ParameterState) -> None: ...
+
+def adamax_arrays(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray | None],
+    exp_avgs: Sequence[np.ndarray],
+    exp_infs: Sequence[np.ndarray],
+    steps: Sequence[int],
+    *,
+    hyperparameters: Hyperparameters,
+    masters: Sequence[np.ndarray | None] | None = None,
 ) -> None:
-    """Raise ValueError naming the first hyperparameter out of range."""
+    """One Adamax step in place over lists of arrays."""
 
-def set_num_threads(n: int) -> None:
-    """Set the number of threads a step may use; 0 restores the default."""
+def bandwidth_probe(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_infs: Sequence[np.ndarray],
+    /,
+) -> None:
+    """Move exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks)."""
+
+def set_num_threads(n: int, /) -> None:
+    """Set the number of threads a step may use (at most 1024); 0 restores the default."""
 
 def get_num_threads() -> int:
     """The number of threads a step may use."""
 
 def simd_level() -> str:
     """The vector instruction set in use: "avx512", "avx2" or "baseline"."""
-
-def bandwidth_probe(groups: Sequence[_Group], /) -> None:
-    """Move exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks)."""

@@ -9,11 +9,40 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _core
-from ._hyperparameters import HYPERPARAMETER_KEYS, checked_hyperparameters
-from .dtypes import check_state_dtype, is_half, real_view, state_dtype_for
+from .dtypes import check_state_dtype, is_bfloat16, is_half, state_dtype_for
 from .optimizer import Optimizer, ParamGroup
 
-__all__ = ["Adamax"]
+__all__ = ["Adamax", "HYPERPARAMETER_KEYS", "MAX_STEP", "check_hyperparameters"]
+
+#: Every hyperparameter key of an Adamax group, in the order groups list them.
+HYPERPARAMETER_KEYS = (
+    "lr",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "maximize",
+    "eps_inside_max",
+    "decoupled_weight_decay",
+)
+
+#: The largest step count a parameter's state may hold (a float64 counts exactly up to it).
+MAX_STEP = 2**53
+
+
+def check_hyperparameters(values: Mapping[str, Any], where: str = "") -> _core.Hyperparameters:
+    """The hyperparameters in ``values`` (a group dict), checked by the same code as a step.
+
+    Raises ``ValueError`` for a missing key or a value out of range, ``TypeError`` for a value
+    of the wrong type; ``where`` prefixes every message, for example ``"param group 1: "``.
+    """
+    missing = [key for key in HYPERPARAMETER_KEYS if key not in values]
+    if missing:
+        raise ValueError(f"{where}missing hyperparameter {missing[0]!r}")
+    try:
+        return _core.Hyperparameters(**{key: values[key] for key in HYPERPARAMETER_KEYS})
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}{error}") from None
 
 
 def _split_betas(group: ParamGroup, where: str) -> None:
@@ -138,9 +167,16 @@ class Adamax(Optimizer):
             eps_inside_max=eps_inside_max,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        checked_hyperparameters(defaults)
-        self._plans: dict[int, tuple[Any, ...]] = {}
+        check_hyperparameters(defaults)
+        self._plan = _core.StepPlan(
+            state_dtype=None if self.state_dtype is None else self.state_dtype.name,
+            master_weights=self.master_weights,
+        )
         super().__init__(params, defaults)
+
+    def state_keys(self) -> tuple[str, ...]:
+        """The arrays of each parameter's state: ``exp_avg``, ``exp_inf`` (and ``master``)."""
+        return ("exp_avg", "exp_inf") + (("master",) if self.master_weights else ())
 
     def _normalize_group(
         self, group: ParamGroup, where: str, *, fill_defaults: bool = True
@@ -149,7 +185,7 @@ class Adamax(Optimizer):
         if fill_defaults:
             for key in HYPERPARAMETER_KEYS:
                 group.setdefault(key, self.defaults[key])
-        checked_hyperparameters(group, where)
+        check_hyperparameters(group, where)
         ordered = {key: group[key] for key in HYPERPARAMETER_KEYS}
         ordered.update((key, value) for key, value in group.items() if key not in ordered)
         return ordered
@@ -164,10 +200,11 @@ class Adamax(Optimizer):
         step = state["step"]
         if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
             raise TypeError(f"{where}: 'step' must be an int, got {type(step).__name__}")
-        if step < 0:
-            raise ValueError(f"{where}: 'step' must be >= 0, got {step}")
+        step = int(step)
+        if not 0 <= step <= MAX_STEP:
+            raise ValueError(f"{where}: 'step' must be between 0 and 2**53, got {step}")
         target = state_dtype_for(data.dtype, self.state_dtype)
-        kept: dict[str, Any] = {"step": int(step)}
+        kept: dict[str, Any] = {"step": step}
         for key in arrays:
             value = state[key]
             if not isinstance(value, np.ndarray):
@@ -179,7 +216,11 @@ class Adamax(Optimizer):
                     f"{where}: {key!r} has shape {value.shape}, "
                     f"the parameter has shape {data.shape}"
                 )
-            if value.dtype != target and not np.can_cast(value.dtype, target, "safe"):
+            exact = value.dtype == target or (
+                (value.dtype.kind in "fc" or is_bfloat16(value.dtype))
+                and np.can_cast(value.dtype, target, "safe")
+            )
+            if not exact:
                 raise TypeError(
                     f"{where}: {key!r} has dtype {value.dtype}, which does not convert exactly "
                     f"to this optimizer's state dtype {target} for the parameter"
@@ -200,9 +241,8 @@ class Adamax(Optimizer):
         Parameters
         ----------
         closure : callable, optional
-            Called once before the update (typically: zero the gradients, compute the loss,
-            set the gradients); its return value is returned. If it raises, nothing is
-            updated.
+            Called once before the update (typically: zero the gradients, compute the loss, set
+            the gradients); its return value is returned. If it raises, nothing is updated.
 
         Returns
         -------
@@ -217,119 +257,12 @@ class Adamax(Optimizer):
         ValueError
             A gradient with the wrong shape, a read-only parameter, a gradient sharing memory
             with its parameter, or a hyperparameter out of range. Messages name the group and
-            the parameter's index in it. Every check runs before any array is written: after
-            an error, all parameters and all state are exactly as before.
+            the parameter's index in it. Every check runs before any array is written: after an
+            error, all parameters and all state are exactly as before. The update and the
+            step counts are committed together, so an interrupt (Ctrl-C) lands before the step
+            or after it, never inside.
         """
         with self._lock:
             loss = closure() if closure is not None else None
-            batch = []
-            created: list[tuple[Any, dict[str, Any]]] = []
-            stepped = []
-            for g, group in enumerate(self.param_groups):
-                hyper = checked_hyperparameters(group, f"group {g}: ", check_ranges=False)
-                params, states, complex_positions = self._group_plan(g, group)
-                grads = [p.grad for p in params]
-                datas = [p.data for p in params]
-                if None in states:
-                    states = list(states)
-                    for index, (grad, state) in enumerate(zip(grads, states)):
-                        if state is None and grad is not None:
-                            states[index] = self._new_state(datas[index], g, index)
-                            created.append((params[index], states[index]))
-                exp_avgs = [state and state["exp_avg"] for state in states]
-                exp_infs = [state and state["exp_inf"] for state in states]
-                if self.master_weights:
-                    masters = [state and state.get("master") for state in states]
-                else:
-                    masters = [None] * len(states)
-                steps = [state["step"] + 1 if state else 0 for state in states]
-                if complex_positions:
-                    self._as_reals(g, complex_positions, datas, grads, exp_avgs, exp_infs)
-                batch.append((datas, grads, exp_avgs, exp_infs, masters, steps, hyper))
-                stepped.append((states, grads, steps))
-            _core.adamax_step(batch)
-            for param, state in created:
-                self.state[param] = state
-            for states, grads, steps in stepped:
-                for state, grad, t in zip(states, grads, steps):
-                    if grad is not None:
-                        state["step"] = t
+            self._plan.step(self.param_groups, self.state)
             return loss
-
-    @staticmethod
-    def _as_reals(g: int, positions: list[int], *lists: list[Any]) -> None:
-        """Replace complex arrays by their real views (as torch's ``view_as_real``)."""
-        datas, grads = lists[0], lists[1]
-        for i in positions:
-            data, grad = datas[i], grads[i]
-            if grad is None or not isinstance(data, np.ndarray) or data.dtype.kind != "c":
-                continue
-            if not isinstance(grad, np.ndarray) or grad.dtype != data.dtype:
-                got = grad.dtype if isinstance(grad, np.ndarray) else type(grad).__name__
-                raise TypeError(
-                    f"group {g}, parameter {i}: the gradient has dtype {got} but the "
-                    f"parameter has dtype {data.dtype}"
-                )
-            for values in lists:
-                array = values[i]
-                if isinstance(array, np.ndarray) and array.dtype.kind == "c":
-                    values[i] = real_view(array)
-
-    def _group_plan(self, g: int, group: ParamGroup) -> tuple[list[Any], list[Any], list[int]]:
-        """The group's parameters, their state dicts (``None`` where there is none yet), and
-        the positions of complex parameters.
-
-        Cached between steps: rebuilt only when the group's parameter list or the state
-        mapping changed, so a step does not look up every parameter's state again.
-        """
-        params = group["params"]
-        state = self.state
-        cached = self._plans.get(id(group))
-        if (
-            cached is not None
-            and cached[0] is group
-            and cached[1] is state
-            and cached[2] == state.version
-            and cached[3] == params
-        ):
-            return cached[3], cached[4], cached[5]
-        states = []
-        for index, param in enumerate(params):
-            entry = state.get(param)
-            if entry:
-                missing = [k for k in ("step", "exp_avg", "exp_inf") if k not in entry]
-                if missing:
-                    raise ValueError(f"group {g}, parameter {index}: state lacks {missing}")
-            states.append(entry or None)
-        complex_positions = [
-            i
-            for i, p in enumerate(params)
-            if isinstance(p.data, np.ndarray) and p.data.dtype.kind == "c"
-        ]
-        if len(self._plans) > 4 * len(self.param_groups):
-            self._plans.clear()  # groups were replaced: drop plans of groups that are gone
-        self._plans[id(group)] = (
-            group,
-            state,
-            state.version,
-            list(params),
-            states,
-            complex_positions,
-        )
-        return list(params), states, complex_positions
-
-    def _new_state(self, data: Any, group: int, index: int) -> dict[str, Any]:
-        if not isinstance(data, np.ndarray):
-            raise TypeError(
-                f"group {group}, parameter {index}: .data must be a numpy.ndarray, "
-                f"got {type(data).__name__}"
-            )
-        dtype = state_dtype_for(data.dtype, self.state_dtype)
-        state = {
-            "step": 0,
-            "exp_avg": np.zeros_like(data, dtype=dtype),
-            "exp_inf": np.zeros_like(data, dtype=dtype),
-        }
-        if self.master_weights and is_half(data.dtype):
-            state["master"] = data.astype(dtype, order="K")
-        return state

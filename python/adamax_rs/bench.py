@@ -110,18 +110,9 @@ def _probe(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], An
     state = np.float32 if params[0].dtype.itemsize < 4 else params[0].dtype
     exp_avgs = [np.zeros_like(p, dtype=state) for p in params]
     exp_infs = [np.zeros_like(p, dtype=state) for p in params]
-    group = (
-        datas,
-        grads,
-        exp_avgs,
-        exp_infs,
-        [None] * len(params),
-        [1] * len(params),
-        (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False),
-    )
 
     def step() -> None:
-        _core.bandwidth_probe([group])
+        _core.bandwidth_probe(datas, grads, exp_avgs, exp_infs)
 
     return step
 

@@ -1,10 +1,10 @@
 """Which element types the optimizer updates, and in which type it keeps their state.
 
 Parameters may be float16, bfloat16 (the ``ml_dtypes`` dtype, when that package is
-installed), float32, float64, complex64 or complex128. Complex parameters are updated as
-pairs of reals, as torch does (``view_as_real``). The state (``exp_avg``, ``exp_inf``, and
-the master copy with master weights) is float32 for 16-bit parameters and has the
-parameter's own precision otherwise, unless ``state_dtype`` asks for float32 or float64.
+installed), float32, float64, complex64 or complex128. The Rust core updates complex
+parameters as pairs of reals, as torch does (``view_as_real``). The state (``exp_avg``,
+``exp_inf``, and the master copy with master weights) is float32 for 16-bit parameters and has
+the parameter's own precision otherwise, unless ``state_dtype`` asks for float32 or float64.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_supported", "is_half", "state_dtype_for", "real_view", "describe_supported"]
+__all__ = [
+    "check_state_dtype",
+    "describe_supported",
+    "is_bfloat16",
+    "is_half",
+    "is_supported",
+    "state_dtype_for",
+]
 
 _REAL = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
 _COMPLEX = {np.dtype(np.complex64), np.dtype(np.complex128)}
@@ -69,8 +76,3 @@ def state_dtype_for(param_dtype: np.dtype, requested: np.dtype | None) -> np.dty
     if requested is not None:
         return requested
     return np.dtype(np.float32) if is_half(param_dtype) else param_dtype
-
-
-def real_view(array: np.ndarray) -> np.ndarray:
-    """A complex array as reals: shape ``(..., 2)``, sharing memory, any strides."""
-    return array[..., np.newaxis].view(array.real.dtype)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 from . import _core
-from ._hyperparameters import checked_hyperparameters
 
 __all__ = ["adamax"]
 
@@ -32,20 +30,21 @@ def adamax(
 ) -> None:
     """Apply one Adamax step in place to each array of ``params``.
 
-    This is the computation behind :meth:`adamax_rs.Adamax.step`, without the bookkeeping:
-    the caller owns the state arrays and the step counts.
+    This is the computation behind :meth:`adamax_rs.Adamax.step`, without the bookkeeping: the
+    caller owns the state arrays and the step counts. Both run through the same checks and the
+    same engine in the Rust core.
 
     Parameters
     ----------
     params : sequence of numpy.ndarray
-        float16, bfloat16, float32 or float64 arrays, updated in place (for complex
-        parameters pass real views, see ``adamax_rs.dtypes.real_view``).
+        float16, bfloat16, float32, float64, complex64 or complex128 arrays, updated in place.
     grads : sequence of numpy.ndarray or None
         One gradient per parameter, same shape and dtype; ``None`` skips that parameter.
     exp_avgs, exp_infs : sequence of numpy.ndarray
-        The first moment and the infinity norm of each parameter (zeros before the first
-        step), same shape, float32 or float64 (the arithmetic runs in float64 if either the
-        parameter or its state is float64), updated in place.
+        The first moment and the infinity norm of each parameter (zeros before the first step),
+        same shape, float32 or float64 (complex64 or complex128 for complex parameters); the
+        arithmetic runs in float64 if either the parameter or its state is float64. Updated in
+        place.
     steps : sequence of int
         The step number ``t`` (``>= 1``) to use for each array's bias correction.
     lr, beta1, beta2, eps, weight_decay : float
@@ -53,39 +52,24 @@ def adamax(
     maximize, eps_inside_max, decoupled_weight_decay : bool
         The options (see :class:`adamax_rs.Adamax`).
     masters : sequence of numpy.ndarray or None, optional
-        Master copies of the parameters in the state dtype: each is updated and rounded into
-        its parameter (``None`` entries, or no list, for none).
+        Master copies of the parameters in the state dtype: each is updated and rounded into its
+        parameter (``None`` entries, or no list, for none).
 
     Raises
     ------
     TypeError, ValueError
         As :meth:`adamax_rs.Adamax.step`; nothing is written when anything is wrong.
     """
-    hyper = checked_hyperparameters(
-        {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "eps_inside_max": eps_inside_max,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
+    hyperparameters = _core.Hyperparameters(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        eps_inside_max=eps_inside_max,
+        decoupled_weight_decay=decoupled_weight_decay,
     )
-    step_list = list(steps)
-    for t in step_list:
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
-            raise TypeError(f"steps must be integers, got {type(t).__name__}")
-    param_list = list(params)
-    master_list = list(masters) if masters is not None else [None] * len(param_list)
-    group = (
-        param_list,
-        list(grads),
-        list(exp_avgs),
-        list(exp_infs),
-        master_list,
-        step_list,
-        hyper,
+    _core.adamax_arrays(
+        params, grads, exp_avgs, exp_infs, steps, hyperparameters=hyperparameters, masters=masters
     )
-    _core.adamax_step([group])

@@ -1,73 +1,31 @@
 """`Optimizer`: parameter groups, per-parameter state, state dicts and locking.
 
 The base class knows nothing about Adamax. It owns what every torch-style optimizer shares:
-turning the user's ``params`` into parameter groups, refusing duplicates, keeping the state
-of each parameter, taking and restoring snapshots, and serialising calls with a lock.
+turning the user's ``params`` into parameter groups, refusing duplicates, keeping the state of
+each parameter, taking and restoring snapshots, and serialising calls with a lock that a
+``fork()`` cannot leave held in the child.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+import weakref
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Callable
 
 import numpy as np
 
+from ._core import ParameterState, StateEntry
 from .dtypes import describe_supported, is_supported
 
-__all__ = ["Optimizer", "ParameterState"]
+__all__ = ["Optimizer", "ParameterState", "StateEntry"]
 
 ParamGroup = dict[str, Any]
 
-
-class ParameterState(MutableMapping[Any, dict[str, Any]]):
-    """The optimizer's state, keyed by parameter object identity.
-
-    Behaves like the ``defaultdict(dict)`` of ``torch.optim.Optimizer.state``: ``state[p]``
-    gives ``p``'s state dict, creating an empty one when ``p`` has none yet. Keys are compared
-    by identity, so parameter types that define ``__eq__`` element-wise (or are unhashable)
-    work as keys.
-    """
-
-    __slots__ = ("_entries", "version")
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[Any, dict[str, Any]]] = {}
-        #: Bumped whenever an entry is added, replaced or removed (optimizers cache by it).
-        self.version = 0
-
-    def __getitem__(self, param: Any) -> dict[str, Any]:
-        entry = self._entries.get(id(param))
-        if entry is None:
-            entry = (param, {})
-            self._entries[id(param)] = entry
-            self.version += 1
-        return entry[1]
-
-    def __setitem__(self, param: Any, value: dict[str, Any]) -> None:
-        self._entries[id(param)] = (param, value)
-        self.version += 1
-
-    def __delitem__(self, param: Any) -> None:
-        del self._entries[id(param)]
-        self.version += 1
-
-    def __contains__(self, param: object) -> bool:
-        return id(param) in self._entries
-
-    def __iter__(self) -> Iterator[Any]:
-        return (param for param, _ in self._entries.values())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, param: Any, default: Any = None) -> Any:
-        """The state of ``param``, or ``default`` if it has none (never creates an entry)."""
-        entry = self._entries.get(id(param))
-        return default if entry is None else entry[1]
-
-    def __repr__(self) -> str:
-        return f"ParameterState({len(self)} parameters)"
+# The state and its entries behave like torch's dicts of dicts.
+MutableMapping.register(ParameterState)
+MutableMapping.register(StateEntry)
 
 
 def _describe(obj: object) -> str:
@@ -118,37 +76,77 @@ def _as_param_list(params: Any, where: str) -> list[Any]:
     return list(params)
 
 
+# -- fork safety ----------------------------------------------------------------------------------
+
+#: The longest a ``fork()`` waits for another thread's step, per optimizer.
+FORK_WAIT_SECONDS = 10.0
+
+_LIVE: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+_HELD_ACROSS_FORK: list[Optimizer] = []
+
+
+def _before_fork() -> None:
+    # Wait for steps running on other threads, so that the child's copy of every optimizer (its
+    # parameters and state) is between two steps, never in the middle of one.
+    for optimizer in list(_LIVE):
+        if optimizer._lock.acquire(timeout=FORK_WAIT_SECONDS):
+            _HELD_ACROSS_FORK.append(optimizer)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD_ACROSS_FORK:
+        _HELD_ACROSS_FORK.pop()._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    # The threads that held these locks do not exist in the child: give every optimizer a fresh
+    # lock rather than one that can never be released.
+    _HELD_ACROSS_FORK.clear()
+    for optimizer in list(_LIVE):
+        optimizer._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
+
+
 class Optimizer:
     """Base class of optimizers over numpy parameters, with the API of ``torch.optim.Optimizer``.
 
     Parameters
     ----------
     params : iterable of Parameter or iterable of dict
-        The parameters to optimise, or parameter groups: dicts with a ``"params"`` key holding
-        a list of parameters, and hyperparameters that override ``defaults`` for that group.
-        Any other keys in a group dict are kept.
+        The parameters to optimise, or parameter groups: dicts with a ``"params"`` key holding a
+        list of parameters, and hyperparameters that override ``defaults`` for that group. Any
+        other keys in a group dict are kept.
     defaults : dict
         The hyperparameters a group gets when it does not set them.
 
     Attributes
     ----------
     param_groups : list of dict
-        The parameter groups. Hyperparameters may be changed here between steps (a learning
-        rate schedule does exactly that); each step reads them again.
+        The parameter groups. Hyperparameters may be changed here between steps (a learning rate
+        schedule does exactly that); each step reads them again.
     defaults : dict
         The default hyperparameters.
     state : ParameterState
-        Per-parameter state, keyed by parameter.
+        Per-parameter state, keyed by parameter: ``state[p]`` is a mapping with ``"step"`` and
+        the arrays listed by :meth:`state_keys`.
 
     Notes
     -----
     Every public method takes the optimizer's lock, so one optimizer may be shared between
-    threads; different optimizers step in parallel.
+    threads; different optimizers step in parallel. ``os.fork()`` waits for a step running on
+    another thread to finish, and the child gets a fresh lock.
     """
 
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
         self.defaults: dict[str, Any] = dict(defaults)
-        self.state = ParameterState()
+        self.state = ParameterState(list(self.state_keys()))
         self.param_groups: list[ParamGroup] = []
         self._lock = threading.RLock()
 
@@ -182,8 +180,13 @@ class Optimizer:
                 )
             built.append(self._build_group(group, index, built))
         self.param_groups = built
+        _LIVE.add(self)
 
     # -- hooks for subclasses -------------------------------------------------------------
+
+    def state_keys(self) -> tuple[str, ...]:
+        """The names of the arrays each parameter's state holds (besides ``"step"``)."""
+        return ()
 
     def _normalize_group(
         self, group: ParamGroup, where: str, *, fill_defaults: bool = True
@@ -238,7 +241,7 @@ class Optimizer:
         Raises
         ------
         TypeError
-            If it is not a dict, or a parameter is not a float32/float64 Parameter.
+            If it is not a dict, or a parameter is not a Parameter of a supported dtype.
         ValueError
             If a hyperparameter is out of range, or a parameter is already in a group.
         """
@@ -255,22 +258,61 @@ class Optimizer:
         raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset the gradients of all parameters.
+        """Reset the gradients of all parameters, all or nothing.
 
         Parameters
         ----------
         set_to_none : bool, default True
-            Set each ``grad`` to ``None`` (the optimizer then skips that parameter until it
-            gets a gradient again). With ``False``, fill existing gradients with zeros in
-            place instead.
+            Set each ``grad`` to ``None`` (the optimizer then skips that parameter until it gets
+            a gradient again). With ``False``, fill existing gradients with zeros in place
+            instead.
+
+        Raises
+        ------
+        TypeError
+            If a parameter's ``grad`` cannot be set to ``None`` (a read-only attribute), or,
+            with ``set_to_none=False``, a gradient is not an array that can be written. Every
+            parameter is checked before any gradient changes.
         """
         with self._lock:
-            for group in self.param_groups:
-                for param in group["params"]:
-                    if set_to_none:
+            places = [
+                (f"group {g}, parameter {i}", param)
+                for g, group in enumerate(self.param_groups)
+                for i, param in enumerate(group["params"])
+            ]
+            if set_to_none:
+                # Setting is the only reliable test of whether a grad can be set (a read-only
+                # property, a C attribute without a setter): undo the ones done if one fails.
+                done: list[tuple[Any, Any]] = []
+                for where, param in places:
+                    previous = param.grad
+                    try:
                         param.grad = None
-                    elif param.grad is not None:
-                        param.grad[...] = 0
+                    except AttributeError as error:
+                        for undone, grad in reversed(done):
+                            undone.grad = grad
+                        raise TypeError(
+                            f"{where}: cannot set .grad to None on a {_describe(param)} ({error}); "
+                            "use zero_grad(set_to_none=False) to zero it in place"
+                        ) from None
+                    done.append((param, previous))
+                return
+            grads = [(where, param.grad) for where, param in places]
+            for where, grad in grads:
+                if grad is None:
+                    continue
+                if not isinstance(grad, np.ndarray):
+                    raise TypeError(
+                        f"{where}: cannot zero a gradient of type {_describe(grad)} in place"
+                    )
+                if not grad.flags.writeable:
+                    raise TypeError(
+                        f"{where}: cannot zero the gradient in place: it is read-only; use "
+                        "zero_grad() to set gradients to None instead"
+                    )
+            for _, grad in grads:
+                if grad is not None:
+                    grad[...] = 0
 
     # -- state dicts ------------------------------------------------------------------------
 
@@ -280,9 +322,9 @@ class Optimizer:
         Returns
         -------
         dict
-            ``{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}``
-            with parameters numbered from 0 in order across groups. Arrays are copies: later
-            steps do not change the snapshot.
+            ``{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}`` with
+            parameters numbered from 0 in order across groups. Arrays are copies: later steps do
+            not change the snapshot.
         """
         with self._lock:
             groups: list[dict[str, Any]] = []
@@ -308,8 +350,8 @@ class Optimizer:
         """Restore state and hyperparameters saved by :meth:`state_dict`.
 
         The optimizer must have the same number of groups, each with the same number of
-        parameters, as the one that was saved. Everything is checked before anything is
-        changed: on any error the optimizer is left exactly as it was.
+        parameters, as the one that was saved. Everything is checked before anything is changed:
+        on any error the optimizer is left exactly as it was.
 
         Raises
         ------
@@ -365,7 +407,7 @@ class Optimizer:
                 hyper = {key: value for key, value in saved.items() if key != "params"}
                 hyper = self._normalize_group(dict(hyper), f"{where}: ", fill_defaults=False)
                 new_groups.append({"params": mine["params"], **hyper})
-            new_state = ParameterState()
+            new_state = ParameterState(list(self.state_keys()))
             for key, entry in saved_state.items():
                 if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
                     raise TypeError(f"state key {key!r} must be a parameter index (an int)")

@@ -1,0 +1,170 @@
+//! What the numpy front end shares between its entry points: reading a tensor's ndarrays into
+//! engine descriptions and checking them, with messages that name the array.
+
+use pyo3::prelude::*;
+
+use crate::engine::memory::{Element, RawArray};
+use crate::engine::step::{check_gradient, GradArray, Role, TensorState};
+
+use super::errors::Place;
+use super::ndarray::{address_if_like, header_matches, read_array, ArrayProblem};
+
+/// The ndarrays of one tensor for one step (holding them keeps their memory alive for the step),
+/// and its step number.
+pub struct TensorObjects<'py> {
+    pub place: Place,
+    pub data: Bound<'py, PyAny>,
+    pub grad: Bound<'py, PyAny>,
+    pub exp_avg: Bound<'py, PyAny>,
+    pub exp_inf: Bound<'py, PyAny>,
+    pub master: Option<Bound<'py, PyAny>>,
+    pub group: usize,
+    pub step: u64,
+}
+
+const SUPPORTED: &str =
+    "float16, bfloat16 (ml_dtypes), float32, float64, complex64 or complex128, \
+                         native byte order";
+
+/// The exception for an object that is not a usable array in the role `role`.
+pub fn problem_error(
+    place: Place,
+    role: Role,
+    problem: ArrayProblem,
+    param: Option<Element>,
+) -> PyErr {
+    match (problem, role, param) {
+        (ArrayProblem::NotAnArray(t), Role::Param, _) => {
+            place.type_error(format_args!(".data must be a numpy.ndarray, got {t}"))
+        }
+        (ArrayProblem::NotAnArray(t), _, _) => place.type_error(format_args!(
+            "{} must be a numpy.ndarray, got {t}",
+            role.describe()
+        )),
+        (ArrayProblem::Dtype(d), Role::Param, _) => place.type_error(format_args!(
+            "parameter dtype {d} is not supported ({SUPPORTED})"
+        )),
+        (ArrayProblem::Dtype(d), Role::Grad, Some(p)) => place.type_error(format_args!(
+            "the gradient has dtype {d} but the parameter has dtype {p}"
+        )),
+        (ArrayProblem::Dtype(d), _, _) => place.type_error(format_args!(
+            "{} has dtype {d}, which is not supported",
+            role.describe()
+        )),
+    }
+}
+
+/// A rule about the element type of a tensor's state, imposed by the optimizer.
+pub trait StateRule {
+    /// The element type the state of a parameter stored as `param` must have.
+    fn state_element(&self, param: Element) -> Element;
+}
+
+fn read(
+    obj: &Bound<'_, PyAny>,
+    place: Place,
+    role: Role,
+    param: Option<Element>,
+) -> PyResult<RawArray> {
+    read_array(obj).map_err(|p| problem_error(place, role, p, param))
+}
+
+/// The parameter and the gradient, read and checked against each other.
+fn param_and_grad(objects: &TensorObjects<'_>) -> PyResult<(RawArray, RawArray)> {
+    let place = objects.place;
+    if objects.grad.is(&objects.data) {
+        return Err(place.value_error("the gradient is the parameter array itself"));
+    }
+    let param = read(&objects.data, place, Role::Param, None)?;
+    let grad = read(&objects.grad, place, Role::Grad, Some(param.element))?;
+    check_gradient(&param, &grad).map_err(|e| place.tensor_error(e))?;
+    Ok((param, grad))
+}
+
+/// Reads and checks a tensor's parameter, gradient and state from scratch. The gradient is
+/// checked first, so that a gradient that does not match its parameter is reported as such.
+pub fn state_and_grad(
+    objects: &TensorObjects<'_>,
+    rule: Option<&dyn StateRule>,
+) -> PyResult<(TensorState, RawArray)> {
+    let place = objects.place;
+    let (param, grad) = param_and_grad(objects)?;
+    let element = Some(param.element);
+    let exp_avg = read(&objects.exp_avg, place, Role::ExpAvg, element)?;
+    let exp_inf = read(&objects.exp_inf, place, Role::ExpInf, element)?;
+    let master = match &objects.master {
+        Some(m) => Some(read(m, place, Role::Master, element)?),
+        None => None,
+    };
+    let state =
+        TensorState::check(param, exp_avg, exp_inf, master).map_err(|e| place.tensor_error(e))?;
+    if let Some(rule) = rule {
+        let param = state.param().element;
+        let expected = rule.state_element(param);
+        let arrays = [
+            (Role::ExpAvg, Some(state.exp_avg())),
+            (Role::ExpInf, Some(state.exp_inf())),
+            (Role::Master, state.master()),
+        ];
+        for (role, array) in arrays {
+            match array {
+                Some(a) if a.element != expected => {
+                    return Err(place.type_error(format_args!(
+                        "{} has dtype {} but this optimizer keeps {expected} state for {param} parameters",
+                        role.describe(),
+                        a.element
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((state, grad))
+}
+
+/// Whether `state` still describes the tensor's parameter and state arrays (their headers are
+/// unchanged since it was checked).
+pub fn still_describes(state: &TensorState, objects: &TensorObjects<'_>) -> bool {
+    let master_same = match (&objects.master, state.master()) {
+        (Some(obj), Some(raw)) => header_matches(obj, raw),
+        (None, None) => true,
+        _ => false,
+    };
+    master_same
+        && header_matches(&objects.data, state.param())
+        && header_matches(&objects.exp_avg, state.exp_avg())
+        && header_matches(&objects.exp_inf, state.exp_inf())
+}
+
+/// A gradient as read for one step: usually laid out like its parameter, when only its address
+/// is kept.
+pub enum GradRead {
+    LikeParam(usize),
+    Other(RawArray),
+}
+
+impl GradRead {
+    /// The engine's view of it.
+    pub fn as_array(&self) -> GradArray<'_> {
+        match self {
+            GradRead::LikeParam(address) => GradArray::LikeParam { address: *address },
+            GradRead::Other(raw) => GradArray::Other(raw),
+        }
+    }
+}
+
+/// The gradient, for a tensor whose parameter is known to be described by `param`.
+pub fn read_grad(
+    place: Place,
+    data: &Bound<'_, PyAny>,
+    grad: &Bound<'_, PyAny>,
+    param: &RawArray,
+) -> PyResult<GradRead> {
+    if grad.is(data) {
+        return Err(place.value_error("the gradient is the parameter array itself"));
+    }
+    if let Some(address) = address_if_like(grad, param) {
+        return Ok(GradRead::LikeParam(address));
+    }
+    read(grad, place, Role::Grad, Some(param.element)).map(GradRead::Other)
+}

@@ -1,0 +1,202 @@
+//! The stateless entry point: one step over lists of arrays the caller owns
+//! (`adamax_rs.functional.adamax`), and the bandwidth probe over the same.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBool;
+
+use crate::engine::buffers::StepBuffers;
+use crate::engine::step::{CheckedTensor, GradArray, StepMemory};
+use crate::kernel::{Adamax, Hyperparameters, Update, MAX_STEP};
+use crate::probe::BandwidthProbe;
+
+use super::arrays::{state_and_grad, TensorObjects};
+use super::errors::{conflict_error, guarded, Place};
+use super::hyperparameters::PyHyperparameters;
+use super::run::run_step;
+
+fn items<'py>(list: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if list.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a sequence of arrays, got str"
+        )));
+    }
+    list.try_iter()
+        .map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{what} must be a sequence, got {}",
+                super::ndarray::type_name(list)
+            ))
+        })?
+        .collect()
+}
+
+fn step_number(value: &Bound<'_, PyAny>, index: usize) -> PyResult<u64> {
+    let place = Place { group: 0, index };
+    if value.is_instance_of::<PyBool>() {
+        return Err(place.type_error("steps must be integers, got bool"));
+    }
+    let t = super::state::step_count(value, &format!("{place}: ")).map_err(|e| {
+        let py = value.py();
+        if e.is_instance_of::<PyTypeError>(py) {
+            place.type_error(format_args!(
+                "steps must be integers, got {}",
+                super::ndarray::type_name(value)
+            ))
+        } else {
+            e
+        }
+    })?;
+    if t == 0 || t > MAX_STEP {
+        return Err(place.value_error(format_args!("step must be between 1 and 2**53, got {t}")));
+    }
+    Ok(t)
+}
+
+/// One step of `rule` over lists of arrays, all checked before any is written.
+#[allow(clippy::too_many_arguments)]
+fn arrays_step<U: Update>(
+    py: Python<'_>,
+    params: &Bound<'_, PyAny>,
+    grads: &Bound<'_, PyAny>,
+    exp_avgs: &Bound<'_, PyAny>,
+    exp_infs: &Bound<'_, PyAny>,
+    steps: Option<&Bound<'_, PyAny>>,
+    masters: Option<&Bound<'_, PyAny>>,
+    hyperparameters: Hyperparameters,
+    rule: U,
+) -> PyResult<()> {
+    let params = items(params, "params")?;
+    let n = params.len();
+    let mut lists = Vec::new();
+    for (list, what) in [
+        (Some(grads), "grads"),
+        (Some(exp_avgs), "exp_avgs"),
+        (Some(exp_infs), "exp_infs"),
+        (steps, "steps"),
+        (masters, "masters"),
+    ] {
+        let values = match list {
+            Some(l) if !l.is_none() => Some(items(l, what)?),
+            _ => None,
+        };
+        if let Some(v) = &values {
+            if v.len() != n {
+                return Err(PyValueError::new_err(format!(
+                    "{what} has {} entries but there are {n} parameters",
+                    v.len()
+                )));
+            }
+        }
+        lists.push(values);
+    }
+    let [grads, exp_avgs, exp_infs, steps, masters]: [Option<Vec<Bound<'_, PyAny>>>; 5] = lists
+        .try_into()
+        .map_err(|_| super::errors::internal("five lists"))?;
+    let (grads, exp_avgs, exp_infs) = (
+        grads.unwrap_or_default(),
+        exp_avgs.unwrap_or_default(),
+        exp_infs.unwrap_or_default(),
+    );
+    let mut objects = Vec::with_capacity(n);
+    for (index, data) in params.into_iter().enumerate() {
+        if grads[index].is_none() {
+            continue;
+        }
+        let step = match &steps {
+            Some(s) => step_number(&s[index], index)?,
+            None => 1,
+        };
+        let master = masters
+            .as_ref()
+            .map(|m| m[index].clone())
+            .filter(|m| !m.is_none());
+        objects.push(TensorObjects {
+            place: Place { group: 0, index },
+            data,
+            grad: grads[index].clone(),
+            exp_avg: exp_avgs[index].clone(),
+            exp_inf: exp_infs[index].clone(),
+            master,
+            group: 0,
+            step,
+        });
+    }
+    let mut described = Vec::with_capacity(objects.len());
+    for o in &objects {
+        described.push(state_and_grad(o, None)?);
+    }
+    let mut tensors = Vec::with_capacity(objects.len());
+    for (o, (state, grad)) in objects.iter().zip(&described) {
+        // SAFETY: `state` and `grad` were read just above from the headers of the arrays in `o`,
+        // which `objects` keeps alive until this function returns, after the step has run.
+        let checked = unsafe { CheckedTensor::new(state, GradArray::Other(grad), o.group, o.step) };
+        tensors.push(checked.map_err(|e| o.place.tensor_error(e))?);
+    }
+    let places: Vec<Place> = objects.iter().map(|o| o.place).collect();
+    let mut buffers = StepBuffers::default();
+    let step = StepMemory::new(tensors, &[hyperparameters], &mut buffers)
+        .map_err(|c| conflict_error(&places, c))?;
+    run_step(py, &step, rule, &mut buffers)
+}
+
+/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None)
+/// --
+///
+/// One Adamax step in place over lists of arrays (see ``adamax_rs.functional.adamax``).
+#[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn adamax_arrays(
+    py: Python<'_>,
+    params: &Bound<'_, PyAny>,
+    grads: &Bound<'_, PyAny>,
+    exp_avgs: &Bound<'_, PyAny>,
+    exp_infs: &Bound<'_, PyAny>,
+    steps: &Bound<'_, PyAny>,
+    hyperparameters: PyRef<'_, PyHyperparameters>,
+    masters: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let h = hyperparameters.0;
+    guarded(|| {
+        arrays_step(
+            py,
+            params,
+            grads,
+            exp_avgs,
+            exp_infs,
+            Some(steps),
+            masters,
+            h,
+            Adamax,
+        )
+    })
+}
+
+/// bandwidth_probe(params, grads, exp_avgs, exp_infs, /)
+/// --
+///
+/// Moves exactly the memory an Adamax step over these arrays moves, with trivial arithmetic
+/// (a benchmark tool: its time is the floor for a one-pass optimizer on this machine).
+#[pyfunction]
+pub fn bandwidth_probe(
+    py: Python<'_>,
+    params: &Bound<'_, PyAny>,
+    grads: &Bound<'_, PyAny>,
+    exp_avgs: &Bound<'_, PyAny>,
+    exp_infs: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    guarded(|| {
+        arrays_step(
+            py,
+            params,
+            grads,
+            exp_avgs,
+            exp_infs,
+            None,
+            None,
+            Hyperparameters::default(),
+            BandwidthProbe,
+        )
+    })
+}

@@ -1,0 +1,298 @@
+//! Hyperparameters as Python gives them: by name, from keywords or from a parameter group's dict,
+//! checked for type and range with messages that name the key.
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
+
+use crate::kernel::Hyperparameters;
+
+/// The names of the numeric hyperparameters, in the order of [`Hyperparameters`]' fields.
+pub const NUMBERS: [&str; 5] = ["lr", "beta1", "beta2", "eps", "weight_decay"];
+/// The names of the options.
+pub const FLAGS: [&str; 3] = ["maximize", "eps_inside_max", "decoupled_weight_decay"];
+
+fn numbers_real(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static REAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    REAL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("numbers")?.getattr("Real")?.unbind())
+    })
+    .map(|r| r.bind(py))
+}
+
+fn numpy_bool(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static BOOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    BOOL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(super::ndarray::numpy(py)?.getattr("bool_")?.unbind())
+    })
+    .map(|r| r.bind(py))
+}
+
+/// `value` as a float: a Python or numpy real number, not a bool. `where_` prefixes messages.
+pub fn real_number(value: &Bound<'_, PyAny>, key: &str, where_: &str) -> PyResult<f64> {
+    let py = value.py();
+    if value.is_exact_instance_of::<PyFloat>() {
+        return value.extract();
+    }
+    let is_bool = value.is_instance_of::<PyBool>() || value.is_instance(numpy_bool(py)?)?;
+    if !is_bool
+        && (value.is_exact_instance_of::<PyInt>() || value.is_instance(numbers_real(py)?)?)
+    {
+        let converted = if value.is_instance_of::<PyInt>() {
+            value.extract::<f64>()
+        } else {
+            value
+                .call_method0(intern!(py, "__float__"))
+                .and_then(|f| f.extract::<f64>())
+        };
+        return converted.map_err(|error| {
+            if error.is_instance_of::<PyOverflowError>(py) {
+                let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
+                let shown = if shown.len() > 40 {
+                    format!("{}...", &shown[..37])
+                } else {
+                    shown
+                };
+                PyValueError::new_err(format!(
+                    "{where_}{key}={shown} is out of range (it does not fit in a float64)"
+                ))
+            } else {
+                error
+            }
+        });
+    }
+    let name = super::ndarray::type_name(value);
+    Err(PyTypeError::new_err(format!(
+        "{where_}{key} must be a real number, got {name}"
+    )))
+}
+
+/// `value` as a bool: `True`, `False` or a numpy bool. `where_` prefixes messages.
+pub fn flag(value: &Bound<'_, PyAny>, key: &str, where_: &str) -> PyResult<bool> {
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(b.is_true());
+    }
+    if value.is_instance(numpy_bool(value.py())?)? {
+        return value.is_truthy();
+    }
+    let name = super::ndarray::type_name(value);
+    Err(PyTypeError::new_err(format!(
+        "{where_}{key} must be a bool, got {name}"
+    )))
+}
+
+/// Checks the ranges, with `where_` before the message.
+pub fn validated(h: Hyperparameters, where_: &str) -> PyResult<Hyperparameters> {
+    h.validate()
+        .map_err(|e| PyValueError::new_err(format!("{where_}{e}")))?;
+    Ok(h)
+}
+
+fn assemble(numbers: [f64; 5], flags: [bool; 3]) -> Hyperparameters {
+    let [lr, beta1, beta2, eps, weight_decay] = numbers;
+    let [maximize, eps_inside_max, decoupled_weight_decay] = flags;
+    Hyperparameters {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        maximize,
+        eps_inside_max,
+        decoupled_weight_decay,
+    }
+}
+
+/// The raw values of a group's hyperparameters, to tell cheaply whether they changed: equal
+/// when every value is the very same immutable object as before.
+#[derive(Default)]
+pub struct GroupValues {
+    values: Vec<Py<PyAny>>,
+    parsed: Option<Hyperparameters>,
+}
+
+fn immutable(value: &Bound<'_, PyAny>) -> bool {
+    value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_instance_of::<PyBool>()
+}
+
+/// The hyperparameters of a group dict (`group[name]` for each name), read by name, with a
+/// message naming the group for a missing key, a wrong type or a value out of range. A torch-style
+/// `"betas"` key is refused: these groups keep `beta1` and `beta2`, and a `betas` key set after
+/// construction (by hand, or by a scheduler written for torch) must not be silently ignored.
+pub fn from_group(
+    group: &Bound<'_, PyAny>,
+    g: usize,
+    cache: &mut GroupValues,
+) -> PyResult<Hyperparameters> {
+    let py = group.py();
+    let where_ = || format!("group {g}: ");
+    let Ok(dict) = group.cast::<PyDict>() else {
+        let name = super::ndarray::type_name(group);
+        return Err(PyTypeError::new_err(format!(
+            "param_groups[{g}] must be a dict, got {name}"
+        )));
+    };
+    let keys = [
+        intern!(py, "lr"),
+        intern!(py, "beta1"),
+        intern!(py, "beta2"),
+        intern!(py, "eps"),
+        intern!(py, "weight_decay"),
+        intern!(py, "maximize"),
+        intern!(py, "eps_inside_max"),
+        intern!(py, "decoupled_weight_decay"),
+    ];
+    if let Some(betas) = dict.get_item(intern!(py, "betas"))? {
+        let shown = betas.repr().map(|r| r.to_string()).unwrap_or_default();
+        return Err(PyValueError::new_err(format!(
+            "{}'betas' is not a key of adamax_rs.Adamax's groups, which keep 'beta1' and 'beta2'; \
+             set those instead of betas={shown} (or use adamax_rs.torch.Adamax, whose groups keep \
+             torch's 'betas')",
+            where_()
+        )));
+    }
+    let mut values = Vec::with_capacity(keys.len());
+    for (key, name) in keys.iter().zip(NUMBERS.iter().chain(FLAGS.iter())) {
+        match dict.get_item(key)? {
+            Some(v) => values.push(v),
+            None => {
+                return Err(PyValueError::new_err(format!(
+                    "{}missing hyperparameter '{name}'",
+                    where_()
+                )))
+            }
+        }
+    }
+    let same = cache.parsed.is_some()
+        && cache.values.len() == values.len()
+        && cache
+            .values
+            .iter()
+            .zip(&values)
+            .all(|(old, new)| old.is(new) && immutable(new));
+    if let (true, Some(parsed)) = (same, cache.parsed) {
+        return Ok(parsed);
+    }
+    let mut numbers = [0.0; 5];
+    for (i, name) in NUMBERS.iter().enumerate() {
+        numbers[i] = real_number(&values[i], name, &where_())?;
+    }
+    let mut flags = [false; 3];
+    for (i, name) in FLAGS.iter().enumerate() {
+        flags[i] = flag(&values[5 + i], name, &where_())?;
+    }
+    let h = validated(assemble(numbers, flags), &where_())?;
+    cache.values = values.into_iter().map(Bound::unbind).collect();
+    cache.parsed = Some(h);
+    Ok(h)
+}
+
+/// The hyperparameters of an Adamax step, checked (for the functional form and the torch front
+/// end, which pass them by keyword).
+#[pyclass(
+    module = "adamax_rs._core",
+    name = "Hyperparameters",
+    frozen,
+    skip_from_py_object
+)]
+#[derive(Clone, Copy)]
+pub struct PyHyperparameters(pub Hyperparameters);
+
+#[pymethods]
+impl PyHyperparameters {
+    /// Hyperparameters(*, lr, beta1, beta2, eps, weight_decay=0.0, maximize=False,
+    /// eps_inside_max=False, decoupled_weight_decay=False)
+    ///
+    /// Raises TypeError for a value of the wrong type, ValueError for one out of range.
+    #[new]
+    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = None, maximize = None, eps_inside_max = None, decoupled_weight_decay = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        lr: &Bound<'_, PyAny>,
+        beta1: &Bound<'_, PyAny>,
+        beta2: &Bound<'_, PyAny>,
+        eps: &Bound<'_, PyAny>,
+        weight_decay: Option<&Bound<'_, PyAny>>,
+        maximize: Option<&Bound<'_, PyAny>>,
+        eps_inside_max: Option<&Bound<'_, PyAny>>,
+        decoupled_weight_decay: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        super::errors::guarded(|| {
+            let number = |v: Option<&Bound<'_, PyAny>>, name: &str| {
+                v.map_or(Ok(0.0), |v| real_number(v, name, ""))
+            };
+            let option = |v: Option<&Bound<'_, PyAny>>, name: &str| {
+                v.map_or(Ok(false), |v| flag(v, name, ""))
+            };
+            let h = assemble(
+                [
+                    real_number(lr, "lr", "")?,
+                    real_number(beta1, "beta1", "")?,
+                    real_number(beta2, "beta2", "")?,
+                    real_number(eps, "eps", "")?,
+                    number(weight_decay, "weight_decay")?,
+                ],
+                [
+                    option(maximize, "maximize")?,
+                    option(eps_inside_max, "eps_inside_max")?,
+                    option(decoupled_weight_decay, "decoupled_weight_decay")?,
+                ],
+            );
+            Ok(PyHyperparameters(validated(h, "")?))
+        })
+    }
+
+    #[getter]
+    fn lr(&self) -> f64 {
+        self.0.lr
+    }
+    #[getter]
+    fn beta1(&self) -> f64 {
+        self.0.beta1
+    }
+    #[getter]
+    fn beta2(&self) -> f64 {
+        self.0.beta2
+    }
+    #[getter]
+    fn eps(&self) -> f64 {
+        self.0.eps
+    }
+    #[getter]
+    fn weight_decay(&self) -> f64 {
+        self.0.weight_decay
+    }
+    #[getter]
+    fn maximize(&self) -> bool {
+        self.0.maximize
+    }
+    #[getter]
+    fn eps_inside_max(&self) -> bool {
+        self.0.eps_inside_max
+    }
+    #[getter]
+    fn decoupled_weight_decay(&self) -> bool {
+        self.0.decoupled_weight_decay
+    }
+
+    fn __repr__(&self) -> String {
+        let h = &self.0;
+        let py_bool = |b: bool| if b { "True" } else { "False" };
+        format!(
+            "Hyperparameters(lr={}, beta1={}, beta2={}, eps={}, weight_decay={}, maximize={}, \
+             eps_inside_max={}, decoupled_weight_decay={})",
+            crate::kernel::PyFloat(h.lr),
+            crate::kernel::PyFloat(h.beta1),
+            crate::kernel::PyFloat(h.beta2),
+            crate::kernel::PyFloat(h.eps),
+            crate::kernel::PyFloat(h.weight_decay),
+            py_bool(h.maximize),
+            py_bool(h.eps_inside_max),
+            py_bool(h.decoupled_weight_decay)
+        )
+    }
+}

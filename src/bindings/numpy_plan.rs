@@ -1,0 +1,579 @@
+//! The numpy optimizer's step plan: what `adamax_rs.Adamax.step` runs.
+//!
+//! It reads the optimizer's `param_groups` and `state` itself, by name, and keeps per tensor what
+//! it checked last time: the parameter object, its state entry, and the checked descriptions of
+//! its parameter and state arrays. A step compares those with the arrays' live headers (a few
+//! loads each) and reads only the gradient in full, so a step over many small tensors costs little
+//! per tensor. Anything that changed (a rebound `p.data`, a new group, a replaced state entry, an
+//! array reshaped in place) is simply read and checked again.
+//!
+//! The step is all or nothing, interrupts included: everything is checked and every new state
+//! array allocated before any memory is written, and the step counts and new entries are
+//! committed right after the update, in Rust, with no Python code in between where a
+//! `KeyboardInterrupt` could land.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::engine::buffers::StepBuffers;
+use crate::engine::memory::Element;
+use crate::engine::step::{CheckedTensor, Role, StepMemory, TensorState};
+use crate::kernel::{Adamax, MAX_STEP};
+
+use super::arrays::{
+    problem_error, read_grad, state_and_grad, still_describes, GradRead, StateRule, TensorObjects,
+};
+use super::errors::{conflict_error, guarded, Place};
+use super::hyperparameters::{from_group, GroupValues};
+use super::ndarray::header_matches;
+use super::ndarray::{numpy, read_array, type_name};
+use super::parameter::{data_and_grad, fast_fields};
+use super::run::run_step;
+use super::state::{ParameterState, StateEntry};
+
+/// Which state an optimizer keeps for a parameter: its element type and whether a master copy.
+#[derive(Clone, Copy, Debug)]
+pub struct StatePolicy {
+    /// `None`: float32 for 16-bit parameters, the parameter's own precision otherwise.
+    pub dtype: Option<Element>,
+    /// Keep a master copy of 16-bit parameters in the state dtype.
+    pub master_weights: bool,
+}
+
+impl StateRule for StatePolicy {
+    fn state_element(&self, param: Element) -> Element {
+        let complex = param.real_part().is_some();
+        let real = match (self.dtype, param) {
+            (Some(d), _) => d,
+            (None, Element::Float16 | Element::BFloat16) => Element::Float32,
+            (None, p) => p.real_part().unwrap_or(p),
+        };
+        match (complex, real) {
+            (true, Element::Float64) => Element::Complex128,
+            (true, _) => Element::Complex64,
+            (false, r) => r,
+        }
+    }
+}
+
+impl StatePolicy {
+    /// Whether a parameter stored as `param` has a master copy.
+    pub fn wants_master(&self, param: Element) -> bool {
+        self.master_weights && matches!(param, Element::Float16 | Element::BFloat16)
+    }
+}
+
+/// A parameter's state arrays and step count, as its entry held them at the last step: valid
+/// while nothing in the optimizer's state changed from Python (its version).
+struct HeldState {
+    exp_avg: Py<PyAny>,
+    exp_inf: Py<PyAny>,
+    master: Option<Py<PyAny>>,
+    step: u64,
+}
+
+/// What the plan remembers of one parameter position. Holding the objects keeps the memory the
+/// checked `state` describes alive and in place, and their addresses meaningful for identity.
+#[derive(Default)]
+struct ParamCache {
+    param: Option<Py<PyAny>>,
+    entry: Option<Py<StateEntry>>,
+    data: Option<Py<PyAny>>,
+    held: Option<HeldState>,
+    state: Option<TensorState>,
+}
+
+#[derive(Default)]
+struct GroupCache {
+    values: GroupValues,
+    params: Vec<ParamCache>,
+}
+
+/// A tensor of this step.
+struct Stepped {
+    place: Place,
+    /// Holds the gradient for the step (the cache holds everything else); never read.
+    #[allow(dead_code)]
+    grad: Py<PyAny>,
+    step: u64,
+    /// State made by this step for a parameter stepped for the first time: its arrays, and the
+    /// entry they go into (new, or the parameter's empty one).
+    created: Option<(HeldState, Py<StateEntry>, bool)>,
+}
+
+/// Where the state's arrays sit in an entry (positions in the state's keys).
+#[derive(Clone, Copy)]
+struct Slots {
+    exp_avg: Option<usize>,
+    exp_inf: Option<usize>,
+    master: Option<usize>,
+}
+
+/// StepPlan(*, state_dtype=None, master_weights=False)
+/// --
+///
+/// The cached step of a numpy optimizer (``adamax_rs.Adamax`` keeps one).
+/// ``step(param_groups, state)`` updates every parameter that has a gradient.
+#[pyclass(module = "adamax_rs._core", name = "StepPlan")]
+pub struct StepPlan {
+    policy: StatePolicy,
+    state: Option<Py<ParameterState>>,
+    state_version: u64,
+    groups: Vec<GroupCache>,
+    /// Kept between steps: the written set, and the step's vectors (see `engine::buffers`).
+    buffers: StepBuffers,
+    grads: Vec<GradRead>,
+    places: Vec<Place>,
+    stepped: Vec<Stepped>,
+}
+
+fn state_dtype(value: Option<&str>) -> PyResult<Option<Element>> {
+    match value {
+        None => Ok(None),
+        Some("float32") => Ok(Some(Element::Float32)),
+        Some("float64") => Ok(Some(Element::Float64)),
+        Some(other) => Err(PyValueError::new_err(format!(
+            "state_dtype must be None, 'float32' or 'float64', got {other:?}"
+        ))),
+    }
+}
+
+/// The arrays of a new state: exp_avg, exp_inf and the master copy, if one is kept.
+type NewState<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
+
+/// A new state for a parameter whose data is `data`: zeros of the state dtype in the parameter's
+/// memory layout (so the step stays on the flat path), and the master copy if one is kept.
+fn new_state<'py>(
+    data: &Bound<'py, PyAny>,
+    policy: &StatePolicy,
+    place: Place,
+) -> PyResult<NewState<'py>> {
+    let py = data.py();
+    let param = read_array(data).map_err(|p| problem_error(place, Role::Param, p, None))?;
+    let np = numpy(py)?;
+    let dtype = np.call_method1("dtype", (policy.state_element(param.element).name(),))?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("dtype", &dtype)?;
+    let zeros_like = np.getattr("zeros_like")?;
+    let exp_avg = zeros_like.call((data,), Some(&kwargs))?;
+    let exp_inf = zeros_like.call((data,), Some(&kwargs))?;
+    let master = if policy.wants_master(param.element) {
+        let order = PyDict::new(py);
+        order.set_item("order", "K")?;
+        Some(data.call_method("astype", (&dtype,), Some(&order))?)
+    } else {
+        None
+    };
+    Ok((exp_avg, exp_inf, master))
+}
+
+fn params_of<'py>(group: &Bound<'py, PyAny>, g: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let params = group
+        .get_item(pyo3::intern!(group.py(), "params"))
+        .map_err(|_| {
+            PyValueError::new_err(format!("group {g}: a parameter group needs a 'params' key"))
+        })?;
+    if let Ok(list) = params.cast::<PyList>() {
+        return Ok(list.iter().collect());
+    }
+    if let Ok(tuple) = params.cast::<PyTuple>() {
+        return Ok(tuple.iter().collect());
+    }
+    Err(PyTypeError::new_err(format!(
+        "group {g}: 'params' must be a list of parameters, got {}",
+        type_name(&params)
+    )))
+}
+
+/// The arrays of a held state, as objects.
+fn held_objects<'py>(
+    py: Python<'py>,
+    place: Place,
+    data: &Bound<'py, PyAny>,
+    grad: &Bound<'py, PyAny>,
+    held: &HeldState,
+) -> TensorObjects<'py> {
+    TensorObjects {
+        place,
+        data: data.clone(),
+        grad: grad.clone(),
+        exp_avg: held.exp_avg.bind(py).clone(),
+        exp_inf: held.exp_inf.bind(py).clone(),
+        master: held.master.as_ref().map(|m| m.bind(py).clone()),
+        group: place.group,
+        step: held.step + 1,
+    }
+}
+
+/// Reads a parameter's entry: its arrays and step count, `None` when it is empty (never stepped).
+fn read_entry(
+    py: Python<'_>,
+    entry: &StateEntry,
+    slots: Slots,
+    wants_master: bool,
+    place: Place,
+) -> PyResult<Option<HeldState>> {
+    let (step, exp_avg, exp_inf, master) = entry.data.read(py, |d| {
+        let at = |slot: Option<usize>| {
+            slot.and_then(|i| d.arrays[i].as_ref())
+                .map(|a| a.clone_ref(py))
+        };
+        (
+            d.step,
+            at(slots.exp_avg),
+            at(slots.exp_inf),
+            at(slots.master),
+        )
+    });
+    if step.is_none() && exp_avg.is_none() && exp_inf.is_none() && master.is_none() {
+        return Ok(None);
+    }
+    let present = [
+        ("step", step.is_some()),
+        ("exp_avg", exp_avg.is_some()),
+        ("exp_inf", exp_inf.is_some()),
+        ("master", master.is_some() || !wants_master),
+    ];
+    let missing: Vec<String> = present
+        .iter()
+        .filter(|(_, here)| !here)
+        .map(|(name, _)| format!("'{name}'"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(place.value_error(format_args!("its state lacks {}", missing.join(", "))));
+    }
+    if master.is_some() && !wants_master {
+        return Err(place.value_error(
+            "its state has a 'master' copy, which only float16 and bfloat16 parameters of an \
+             optimizer with master_weights=True keep",
+        ));
+    }
+    let (Some(step), Some(exp_avg), Some(exp_inf)) = (step, exp_avg, exp_inf) else {
+        unreachable!("checked just above")
+    };
+    Ok(Some(HeldState {
+        exp_avg,
+        exp_inf,
+        master,
+        step,
+    }))
+}
+
+/// Everything one step needs besides the caches: the state, how its entries are laid out, the
+/// policy, and whether the state changed from Python since the last step.
+struct StepContext<'a> {
+    state: &'a ParameterState,
+    slots: Slots,
+    policy: StatePolicy,
+    relookup: bool,
+}
+
+/// One parameter position: `None` when it has no gradient this step; otherwise its gradient's
+/// description (pushed to `grads`) after bringing the cache up to date with its parameter and
+/// state. Makes the state of a parameter stepped for the first time (not yet stored anywhere).
+fn prepare<'py>(
+    cache: &mut ParamCache,
+    context: &StepContext<'_>,
+    place: Place,
+    param: Bound<'py, PyAny>,
+    grads: &mut Vec<GradRead>,
+) -> PyResult<Option<Stepped>> {
+    let py = param.py();
+    if !cache.param.as_ref().is_some_and(|p| p.is(&param)) {
+        *cache = ParamCache {
+            param: Some(param.clone().unbind()),
+            ..ParamCache::default()
+        };
+    }
+    // The fast path: an exact Parameter whose data is the array checked before, with the state
+    // held unchanged since (its version), only needs its gradient read.
+    let cached_data = cache.data.as_ref().map_or(0, |d| d.as_ptr() as usize);
+    if let Some((same_data, grad)) = fast_fields(&param, cached_data) {
+        let Some(grad) = grad else { return Ok(None) };
+        if let (true, false, Some(held), Some(state)) =
+            (same_data, context.relookup, &cache.held, &cache.state)
+        {
+            let data = cache.data.as_ref().expect("compared above").bind(py);
+            if header_matches(data, state.param()) {
+                grads.push(read_grad(place, data, &grad, state.param())?);
+                return Ok(Some(Stepped {
+                    place,
+                    grad: grad.unbind(),
+                    step: held.step + 1,
+                    created: None,
+                }));
+            }
+        }
+    }
+    let (data, grad) = data_and_grad(&param).map_err(|e| {
+        if e.is_instance_of::<PyAttributeError>(py) {
+            place.type_error(format_args!(
+                "expected a Parameter (an object with .data and .grad), got {}",
+                type_name(&param)
+            ))
+        } else {
+            e
+        }
+    })?;
+    let Some(grad) = grad else {
+        return Ok(None);
+    };
+    if context.relookup || cache.entry.is_none() {
+        cache.entry = context.state.entry(py, &param);
+        cache.held = None;
+    }
+    let policy = &context.policy;
+    let wants_master =
+        policy.master_weights && read_array(&data).is_ok_and(|r| policy.wants_master(r.element));
+    if cache.held.is_none() {
+        if let Some(entry) = &cache.entry {
+            cache.held = read_entry(py, entry.get(), context.slots, wants_master, place)?;
+        }
+    }
+    if !cache.data.as_ref().is_some_and(|d| d.is(&data)) {
+        cache.data = Some(data.clone().unbind());
+    }
+    let (objects, created) = match &cache.held {
+        Some(held) => {
+            if held.step >= MAX_STEP {
+                return Err(place.value_error(format_args!(
+                    "its step count {} cannot advance past 2**53",
+                    held.step
+                )));
+            }
+            (held_objects(py, place, &data, &grad, held), None)
+        }
+        None => {
+            let (exp_avg, exp_inf, master) = new_state(&data, policy, place)?;
+            let held = HeldState {
+                exp_avg: exp_avg.unbind(),
+                exp_inf: exp_inf.unbind(),
+                master: master.map(Bound::unbind),
+                step: 0,
+            };
+            let (entry, is_new) = match &cache.entry {
+                Some(e) => (e.clone_ref(py), false),
+                None => (Py::new(py, context.state.new_entry())?, true),
+            };
+            (
+                held_objects(py, place, &data, &grad, &held),
+                Some((held, entry, is_new)),
+            )
+        }
+    };
+    let current = cache
+        .state
+        .as_ref()
+        .filter(|s| still_describes(s, &objects));
+    let grad_raw = match current {
+        Some(state) => read_grad(place, &data, &grad, state.param())?,
+        None => {
+            cache.state = None;
+            let (state, grad_raw) = state_and_grad(&objects, Some(policy))?;
+            cache.state = Some(state);
+            GradRead::Other(grad_raw)
+        }
+    };
+    grads.push(grad_raw);
+    Ok(Some(Stepped {
+        place,
+        grad: grad.unbind(),
+        step: objects.step,
+        created,
+    }))
+}
+
+#[pymethods]
+impl StepPlan {
+    #[new]
+    #[pyo3(signature = (*, state_dtype = None, master_weights = false))]
+    fn new(state_dtype: Option<&str>, master_weights: bool) -> PyResult<Self> {
+        Ok(StepPlan {
+            policy: StatePolicy {
+                dtype: self::state_dtype(state_dtype)?,
+                master_weights,
+            },
+            state: None,
+            state_version: 0,
+            groups: Vec::new(),
+            buffers: StepBuffers::default(),
+            grads: Vec::new(),
+            places: Vec::new(),
+            stepped: Vec::new(),
+        })
+    }
+
+    /// step(param_groups, state)
+    /// --
+    ///
+    /// One Adamax step over every parameter of ``param_groups`` (a list of group dicts) that has
+    /// a gradient, with state in ``state`` (a ``ParameterState``). Raises ``TypeError`` or
+    /// ``ValueError`` naming the group and parameter, and then nothing has changed.
+    fn step(
+        &mut self,
+        py: Python<'_>,
+        param_groups: &Bound<'_, PyAny>,
+        state: &Bound<'_, ParameterState>,
+    ) -> PyResult<()> {
+        guarded(|| self.run(py, param_groups, state))
+    }
+}
+
+impl StepPlan {
+    fn run(
+        &mut self,
+        py: Python<'_>,
+        param_groups: &Bound<'_, PyAny>,
+        state: &Bound<'_, ParameterState>,
+    ) -> PyResult<()> {
+        let Ok(groups) = param_groups.cast::<PyList>() else {
+            return Err(PyTypeError::new_err(format!(
+                "param_groups must be a list of dicts, got {}",
+                type_name(param_groups)
+            )));
+        };
+        if !self.state.as_ref().is_some_and(|s| s.is(state)) {
+            self.groups.clear();
+            self.buffers.forget_writes();
+            self.state = Some(state.clone().unbind());
+        }
+        let state_ref = state.get();
+        let keys = Arc::clone(state_ref.schema());
+        let position = |name: &str| keys.0.iter().position(|k| k == name);
+        let context = StepContext {
+            state: state_ref,
+            slots: Slots {
+                exp_avg: position("exp_avg"),
+                exp_inf: position("exp_inf"),
+                master: position("master"),
+            },
+            policy: self.policy,
+            relookup: state_ref.current_version() != self.state_version,
+        };
+        self.groups.resize_with(groups.len(), GroupCache::default);
+        self.groups.truncate(groups.len());
+
+        // 1. Read every group's hyperparameters and every tensor's parameter and gradient, check
+        //    them (reusing the checks of unchanged parameters and state), and make missing state.
+        let mut hyperparameters = Vec::with_capacity(groups.len());
+        let mut stepped = std::mem::take(&mut self.stepped);
+        let mut grads = std::mem::take(&mut self.grads);
+        grads.clear();
+        let outcome = self.step_with(
+            py,
+            groups,
+            &context,
+            &mut hyperparameters,
+            &mut stepped,
+            &mut grads,
+        );
+        stepped.clear();
+        self.stepped = stepped;
+        self.grads = grads;
+        outcome
+    }
+
+    /// The body of a step; `stepped` and `grads` are the plan's vectors, lent for the step.
+    fn step_with<'py>(
+        &mut self,
+        py: Python<'py>,
+        groups: &Bound<'py, PyList>,
+        context: &StepContext<'_>,
+        hyperparameters: &mut Vec<crate::kernel::Hyperparameters>,
+        stepped: &mut Vec<Stepped>,
+        grads: &mut Vec<GradRead>,
+    ) -> PyResult<()> {
+        let state_ref = context.state;
+        for (g, group) in groups.iter().enumerate() {
+            let cache = &mut self.groups[g];
+            hyperparameters.push(from_group(&group, g, &mut cache.values)?);
+            let params = params_of(&group, g)?;
+            cache.params.resize_with(params.len(), ParamCache::default);
+            cache.params.truncate(params.len());
+            for (index, (param, slot)) in
+                params.into_iter().zip(cache.params.iter_mut()).enumerate()
+            {
+                if let Some(s) = prepare(slot, context, Place { group: g, index }, param, grads)? {
+                    stepped.push(s);
+                }
+            }
+        }
+
+        // 2. The step's memory: every tensor, checked against its gradient; the claims.
+        let mut tensors = self.buffers.tensors();
+        for (s, grad) in stepped.iter().zip(grads.iter()) {
+            let state = self.groups[s.place.group].params[s.place.index]
+                .state
+                .as_ref()
+                .ok_or_else(|| super::errors::internal("a tensor without its checked state"))?;
+            // SAFETY: `state` describes the arrays the cache holds for this tensor (its data array
+            // and held or new state arrays), compared with their live headers during this call or
+            // read from them when they were first held; holding them keeps that memory alive and
+            // in place (numpy never moves an array's buffer while a reference is held, except
+            // `resize(refcheck=False)`, numpy's documented unsafe escape). `grad` was read from
+            // the gradient that `stepped` holds. Both outlive the step, which ends in this call.
+            let checked =
+                unsafe { CheckedTensor::new(state, grad.as_array(), s.place.group, s.step) };
+            tensors.push(checked.map_err(|e| s.place.tensor_error(e))?);
+        }
+        self.places.clear();
+        self.places.extend(stepped.iter().map(|s| s.place));
+        let step = StepMemory::new(tensors, hyperparameters, &mut self.buffers)
+            .map_err(|c| conflict_error(&self.places, c))?;
+
+        // 3. Claim the memory, run, release.
+        let ran = run_step(py, &step, Adamax, &mut self.buffers);
+        step.finish(&mut self.buffers);
+        ran?;
+
+        // 4. Commit: step counts and new entries, without running any Python code.
+        let slots = context.slots;
+        for s in stepped.drain(..) {
+            let cache = &mut self.groups[s.place.group].params[s.place.index];
+            match s.created {
+                Some((held, entry, is_new)) => {
+                    entry.get().data.update(py, |d| {
+                        d.step = Some(s.step);
+                        let arrays = [
+                            (slots.exp_avg, Some(&held.exp_avg)),
+                            (slots.exp_inf, Some(&held.exp_inf)),
+                            (slots.master, held.master.as_ref()),
+                        ];
+                        for (slot, value) in arrays {
+                            if let (Some(slot), Some(value)) = (slot, value) {
+                                d.arrays[slot] = Some(value.clone_ref(py));
+                            }
+                        }
+                    });
+                    if is_new {
+                        if let Some(param) = &cache.param {
+                            drop(state_ref.insert(param.bind(py), entry.clone_ref(py)));
+                        }
+                    }
+                    cache.entry = Some(entry);
+                    cache.held = Some(HeldState {
+                        step: s.step,
+                        ..held
+                    });
+                }
+                None => {
+                    if let Some(entry) = &cache.entry {
+                        entry.get().data.update(py, |d| d.step = Some(s.step));
+                    }
+                    if let Some(held) = &mut cache.held {
+                        held.step = s.step;
+                    }
+                }
+            }
+        }
+        self.state_version = state_ref.current_version();
+        Ok(())
+    }
+}

@@ -1,0 +1,739 @@
+//! One step, from the arrays a front end read to the jobs that update them.
+//!
+//! 1. A front end describes each tensor's parameter and state arrays ([`RawArray`]s read from
+//!    their headers) and checks them once with [`TensorState::check`]: types, shapes, alignment,
+//!    writeability, layout. It keeps the result between steps, and each step only compares the
+//!    live headers with it.
+//! 2. Each step, the gradient is checked against its parameter ([`CheckedTensor::new`]).
+//! 3. [`StepMemory::new`] gathers the checked tensors and the claims on their memory (which fails
+//!    if two arrays of the step overlap).
+//! 4. The caller registers those claims ([`Registration`]) against steps on other threads, and
+//!    hands the registration to [`StepMemory::jobs`]. Only then can the typed slices exist: the
+//!    jobs borrow the step memory (so the descriptions, and the objects that the caller keeps
+//!    alive as long as it, outlive them) and carry the registration (so no other step touches
+//!    that memory while they run).
+
+use std::fmt;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::kernel::{
+    Coefficients, Float, Hyperparameters, StridedArray, StridedTensor, TensorSlices, Update,
+};
+
+use super::buffers::{recycle, StepBuffers};
+use super::claims::{Conflict, Registration, StepClaims};
+use super::job::{with_precision_types, Job, Precision, Work};
+use super::memory::{Dims, Element, Extent, LayoutError, RawArray};
+use super::schedule;
+
+/// The arrays of a tensor, in the order of claim tags (`tag = ROLES * tensor + role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Param,
+    Grad,
+    ExpAvg,
+    ExpInf,
+    Master,
+}
+
+/// Arrays per tensor (the number of [`Role`]s).
+pub const ROLES: usize = 5;
+
+impl Role {
+    /// The role of claim tag `tag`, and the index of its tensor in the step.
+    pub fn of_tag(tag: usize) -> (usize, Role) {
+        let role = [
+            Role::Param,
+            Role::Grad,
+            Role::ExpAvg,
+            Role::ExpInf,
+            Role::Master,
+        ][tag % ROLES];
+        (tag / ROLES, role)
+    }
+
+    /// How messages name the array.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Role::Param => "the parameter",
+            Role::Grad => "the gradient",
+            Role::ExpAvg => "exp_avg",
+            Role::ExpInf => "exp_inf",
+            Role::Master => "the master copy",
+        }
+    }
+}
+
+/// Why one tensor's arrays cannot be stepped. [`TensorError::is_type_error`] tells which Python
+/// exception it becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorError {
+    /// An array's description is unusable.
+    Layout { role: Role, error: LayoutError },
+    /// No kernel for this parameter type with this state type.
+    Unsupported { param: Element, state: Element },
+    /// An array's element type differs from the one it must have.
+    Dtype {
+        role: Role,
+        got: Element,
+        expected: Element,
+        like: Role,
+    },
+    /// An array's shape differs from the parameter's.
+    Shape {
+        role: Role,
+        got: Dims,
+        expected: Dims,
+    },
+    /// An array's start or strides are not multiples of its element size.
+    Misaligned { role: Role },
+    /// A written array may not be written.
+    ReadOnly { role: Role },
+    /// A written array reaches the same element through two indices.
+    SelfOverlap { role: Role },
+}
+
+impl TensorError {
+    /// `true` for errors of type (TypeError), `false` for errors of value (ValueError).
+    pub fn is_type_error(&self) -> bool {
+        matches!(
+            self,
+            TensorError::Unsupported { .. }
+                | TensorError::Dtype { .. }
+                | TensorError::Misaligned { .. }
+        )
+    }
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+impl fmt::Display for TensorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TensorError::Layout { role, error } => {
+                write!(f, "{} cannot be used: {error}", role.describe())
+            }
+            TensorError::Unsupported { param, state } => {
+                write!(f, "a {param} parameter with {state} state is not supported")
+            }
+            TensorError::Dtype {
+                role,
+                got,
+                expected,
+                like,
+            } => write!(
+                f,
+                "{} has dtype {got} but {} has dtype {expected}",
+                role.describe(),
+                like.describe()
+            ),
+            TensorError::Shape {
+                role,
+                got,
+                expected,
+            } => write!(
+                f,
+                "{} has shape {} but the parameter has shape {}",
+                role.describe(),
+                shape_text(got),
+                shape_text(expected)
+            ),
+            TensorError::Misaligned { role } => write!(
+                f,
+                "{} is not aligned to its element size; make an aligned copy first",
+                role.describe()
+            ),
+            TensorError::ReadOnly { role } => {
+                write!(f, "{} is read-only (not writeable)", role.describe())
+            }
+            TensorError::SelfOverlap { role } => write!(
+                f,
+                "{} reaches the same memory through different indices (a broadcast or \
+                 overlapping view); an array that is written needs one element per index",
+                role.describe()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TensorError {}
+
+/// A parameter and its state arrays, checked: what a front end keeps between steps.
+#[derive(Clone, Debug)]
+pub struct TensorState {
+    param: RawArray,
+    exp_avg: RawArray,
+    exp_inf: RawArray,
+    master: Option<RawArray>,
+    precision: Precision,
+    /// The element order shared by the parameter and its state when all are dense, so that one
+    /// flat loop pairs their elements.
+    flat_order: Option<SmallVec<[isize; 4]>>,
+    /// The bytes each written array touches (param, exp_avg, exp_inf, master), computed once.
+    written: [Option<Extent>; 4],
+    /// Bytes one update of this tensor moves.
+    cost: usize,
+    /// Where the flat loop's slices start (param, exp_avg, exp_inf, master) and how many values
+    /// they hold, when the flat loop applies.
+    flat: Option<FlatStarts>,
+    /// Unique in the process: two checks with the same id describe the same arrays.
+    id: u64,
+}
+
+/// The start of each array's flat slice, and its length in values of the storage type.
+#[derive(Clone, Copy, Debug)]
+struct FlatStarts {
+    starts: [usize; 4],
+    len: usize,
+}
+
+/// Numbers [`TensorState`]s, so that a step can tell cheaply whether its tensors are the ones of
+/// the previous step.
+static NEXT_STATE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn check_written(role: Role, array: &RawArray, param: &RawArray) -> Result<(), TensorError> {
+    array
+        .validate()
+        .map_err(|error| TensorError::Layout { role, error })?;
+    if array.shape != param.shape {
+        return Err(TensorError::Shape {
+            role,
+            got: array.shape.clone(),
+            expected: param.shape.clone(),
+        });
+    }
+    if !array.is_aligned() {
+        return Err(TensorError::Misaligned { role });
+    }
+    if !array.writeable {
+        return Err(TensorError::ReadOnly { role });
+    }
+    if array.overlaps_itself() {
+        return Err(TensorError::SelfOverlap { role });
+    }
+    Ok(())
+}
+
+/// Checks a gradient against its parameter: element type, shape, alignment.
+pub fn check_gradient(param: &RawArray, grad: &RawArray) -> Result<(), TensorError> {
+    grad.validate().map_err(|error| TensorError::Layout {
+        role: Role::Grad,
+        error,
+    })?;
+    if grad.element != param.element {
+        return Err(TensorError::Dtype {
+            role: Role::Grad,
+            got: grad.element,
+            expected: param.element,
+            like: Role::Param,
+        });
+    }
+    if grad.shape != param.shape {
+        return Err(TensorError::Shape {
+            role: Role::Grad,
+            got: grad.shape.clone(),
+            expected: param.shape.clone(),
+        });
+    }
+    if !grad.is_aligned() {
+        return Err(TensorError::Misaligned { role: Role::Grad });
+    }
+    Ok(())
+}
+
+impl TensorState {
+    /// Checks a parameter and its state arrays (and master copy).
+    pub fn check(
+        param: RawArray,
+        exp_avg: RawArray,
+        exp_inf: RawArray,
+        master: Option<RawArray>,
+    ) -> Result<TensorState, TensorError> {
+        check_written(Role::Param, &param, &param)?;
+        let others = [
+            (Role::ExpInf, Some(&exp_inf)),
+            (Role::Master, master.as_ref()),
+        ];
+        for (role, array) in others {
+            let Some(array) = array else { continue };
+            if array.element != exp_avg.element {
+                return Err(TensorError::Dtype {
+                    role,
+                    got: array.element,
+                    expected: exp_avg.element,
+                    like: Role::ExpAvg,
+                });
+            }
+        }
+        let both_complex =
+            param.element.real_part().is_some() == exp_avg.element.real_part().is_some();
+        let precision = match Precision::of(param.element, exp_avg.element) {
+            Some(p) if both_complex => p,
+            _ => {
+                return Err(TensorError::Unsupported {
+                    param: param.element,
+                    state: exp_avg.element,
+                })
+            }
+        };
+        check_written(Role::ExpAvg, &exp_avg, &param)?;
+        check_written(Role::ExpInf, &exp_inf, &param)?;
+        if let Some(master) = &master {
+            check_written(Role::Master, master, &param)?;
+        }
+        let order = param.element_order();
+        let arrays = [
+            Some(&param),
+            Some(&exp_avg),
+            Some(&exp_inf),
+            master.as_ref(),
+        ];
+        let flat = order.is_some()
+            && arrays
+                .into_iter()
+                .flatten()
+                .all(|a| a.is_dense() && a.element_order() == order);
+        let written = arrays.map(|a| a.and_then(RawArray::extent));
+        // Complex elements are pairs of reals: twice as many `P`/`S` values.
+        let pairs = if param.element.real_part().is_some() {
+            2
+        } else {
+            1
+        };
+        let len = param.len().unwrap_or(0) * pairs;
+        let cost = len * precision.bytes_per_element(master.is_some());
+        let flat_starts = flat.then(|| FlatStarts {
+            starts: arrays.map(|a| a.map_or(0, start)),
+            len,
+        });
+        Ok(TensorState {
+            param,
+            exp_avg,
+            exp_inf,
+            master,
+            precision,
+            flat_order: if flat { order } else { None },
+            written,
+            cost,
+            flat: flat_starts,
+            id: NEXT_STATE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// The parameter's description.
+    pub fn param(&self) -> &RawArray {
+        &self.param
+    }
+
+    /// The first moment's description.
+    pub fn exp_avg(&self) -> &RawArray {
+        &self.exp_avg
+    }
+
+    /// The infinity norm's description.
+    pub fn exp_inf(&self) -> &RawArray {
+        &self.exp_inf
+    }
+
+    /// The master copy's description, if there is one.
+    pub fn master(&self) -> Option<&RawArray> {
+        self.master.as_ref()
+    }
+}
+
+/// A gradient, as a front end read it.
+#[derive(Clone, Copy, Debug)]
+pub enum GradArray<'o> {
+    /// Laid out exactly like its parameter (element type, shape, strides), at this address: the
+    /// common case, for which nothing about the layout needs working out again.
+    LikeParam { address: usize },
+    /// Any other layout.
+    Other(&'o RawArray),
+}
+
+/// A tensor whose arrays passed every check, for one step.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckedTensor<'o> {
+    state: &'o TensorState,
+    grad: GradArray<'o>,
+    grad_extent: Option<Extent>,
+    flat: bool,
+    group: usize,
+    step: u64,
+}
+
+impl<'o> CheckedTensor<'o> {
+    /// Checks `grad` against the parameter of `state` for a step number `step` (>= 1) with the
+    /// hyperparameters of group `group`.
+    ///
+    /// # Safety
+    /// For `'o`, `state` and `grad` must describe the current memory of live arrays: the caller
+    /// read (or compared) their owners' headers for this step, and keeps those owners alive and
+    /// un-resized for `'o`. (The engine itself cannot read Python objects.)
+    pub unsafe fn new(
+        state: &'o TensorState,
+        grad: GradArray<'o>,
+        group: usize,
+        step: u64,
+    ) -> Result<Self, TensorError> {
+        let grad = match grad {
+            GradArray::LikeParam { address } => {
+                let param = &state.param;
+                if address % param.element.real_part().unwrap_or(param.element).size() != 0 {
+                    return Err(TensorError::Misaligned { role: Role::Grad });
+                }
+                // The parameter's extent, moved to the gradient's address.
+                let grad_extent = state.written[0].and_then(|e| {
+                    Some(Extent {
+                        start: address.checked_add(e.start.wrapping_sub(param.address))?,
+                        end: address.checked_add(e.end.wrapping_sub(param.address))?,
+                    })
+                });
+                if grad_extent.is_none() && !param.is_empty() {
+                    return Err(TensorError::Layout {
+                        role: Role::Grad,
+                        error: LayoutError::TooLarge,
+                    });
+                }
+                return Ok(CheckedTensor {
+                    state,
+                    grad: GradArray::LikeParam { address },
+                    grad_extent,
+                    flat: state.flat.is_some() || param.is_empty(),
+                    group,
+                    step,
+                });
+            }
+            GradArray::Other(grad) => grad,
+        };
+        check_gradient(&state.param, grad)?;
+        let grad_extent = grad.extent();
+        let flat = match (&state.flat_order, grad_extent) {
+            (Some(order), Some(e)) => {
+                // Dense: its elements fill its extent exactly (for arrays of one shape and
+                // element type, the same extent size as the parameter's, and no self-overlap).
+                let dense = e.end - e.start == state.param.len().unwrap_or(0) * grad.element.size()
+                    && !grad.overlaps_itself();
+                dense && grad.element_order().as_ref() == Some(order)
+            }
+            // No elements: nothing to update either way.
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        Ok(CheckedTensor {
+            state,
+            grad: GradArray::Other(grad),
+            grad_extent,
+            flat,
+            group,
+            step,
+        })
+    }
+}
+
+/// Why a step's memory cannot be used: two of its arrays overlap (tags name them).
+pub type StepError = Conflict;
+
+/// The coefficients of one (group, step number) pair, in both compute types.
+struct StepCoefficients {
+    single: Coefficients<f32>,
+    double: Coefficients<f64>,
+}
+
+/// Picks the coefficients of one compute type.
+trait CachedCoefficients: Float {
+    fn pick(c: &StepCoefficients) -> &Coefficients<Self>;
+}
+
+impl CachedCoefficients for f32 {
+    fn pick(c: &StepCoefficients) -> &Coefficients<f32> {
+        &c.single
+    }
+}
+
+impl CachedCoefficients for f64 {
+    fn pick(c: &StepCoefficients) -> &Coefficients<f64> {
+        &c.double
+    }
+}
+
+/// Every checked tensor of a step, the coefficients they use, and the step's claims.
+pub struct StepMemory<'o> {
+    tensors: Vec<CheckedTensor<'o>>,
+    /// One entry per run of tensors sharing a group and a step number.
+    coefficients: Vec<StepCoefficients>,
+    /// For each tensor, its entry in `coefficients`.
+    coefficient_of: Vec<u32>,
+    claims: Arc<StepClaims>,
+    cost: usize,
+}
+
+impl<'o> StepMemory<'o> {
+    /// Gathers `tensors` (with `hyperparameters[g]` for group `g`) and checks that no array
+    /// written overlaps another array of the step. `writes` keeps the written set between steps
+    /// (see [`WriteSetCache`]).
+    pub fn new(
+        tensors: Vec<CheckedTensor<'o>>,
+        hyperparameters: &[Hyperparameters],
+        buffers: &mut StepBuffers,
+    ) -> Result<Self, StepError> {
+        let mut read = std::mem::take(&mut buffers.reads);
+        read.clear();
+        let mut coefficients: Vec<StepCoefficients> = Vec::new();
+        let mut coefficient_of = std::mem::take(&mut buffers.coefficient_of);
+        coefficient_of.clear();
+        let mut last_key = None;
+        let mut cost = 0;
+        for (index, t) in tensors.iter().enumerate() {
+            if let Some(extent) = t.grad_extent {
+                read.push((extent, ROLES * index + Role::Grad as usize));
+            }
+            let key = (t.group, t.step);
+            if last_key != Some(key) {
+                let h = &hyperparameters[t.group];
+                coefficients.push(StepCoefficients {
+                    single: h.coefficients(t.step),
+                    double: h.coefficients(t.step),
+                });
+                last_key = Some(key);
+            }
+            coefficient_of.push((coefficients.len() - 1) as u32);
+            cost += t.state.cost;
+        }
+        // The written arrays are those of the tensors' checked states: the same sequence of states
+        // as the last step (by id) means the same written set, which is then not rebuilt.
+        let ids = tensors.iter().map(|t| t.state.id);
+        let claims =
+            match StepClaims::check(ids, || written_extents(&tensors), read, &mut buffers.writes) {
+                Ok(claims) => claims,
+                Err(conflict) => {
+                    buffers.keep_tensors(tensors);
+                    return Err(conflict);
+                }
+            };
+        Ok(StepMemory {
+            tensors,
+            coefficients,
+            coefficient_of,
+            claims: Arc::new(claims),
+            cost,
+        })
+    }
+
+    /// The claims to register before [`StepMemory::jobs`].
+    pub fn claims(&self) -> &Arc<StepClaims> {
+        &self.claims
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// `true` when no tensor is stepped.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Bytes the step moves through memory.
+    pub fn cost(&self) -> usize {
+        self.cost
+    }
+
+    /// Gives this step's vectors back to `buffers` for the next step.
+    pub fn finish(self, buffers: &mut StepBuffers) {
+        let StepMemory {
+            tensors,
+            coefficient_of,
+            claims,
+            ..
+        } = self;
+        buffers.keep_tensors(tensors);
+        buffers.coefficient_of = coefficient_of;
+        if let Ok(claims) = Arc::try_unwrap(claims) {
+            buffers.reads = claims.into_reads();
+        }
+    }
+
+    /// The typed jobs of this step, usable while `registration` (of exactly this step's claims)
+    /// is held. Gives the registration back if it is for other claims.
+    pub fn jobs(
+        &self,
+        registration: Registration,
+        buffers: &mut StepBuffers,
+    ) -> Result<Registered<'_>, Registration> {
+        if !registration.covers(&self.claims) {
+            return Err(registration);
+        }
+        let mut jobs: Vec<Job<'_>> = recycle(std::mem::take(&mut buffers.jobs));
+        jobs.reserve(self.tensors.len());
+        for (t, &k) in self.tensors.iter().zip(&self.coefficient_of) {
+            let coefficients = &self.coefficients[k as usize];
+            with_precision_types!(t.state.precision, |P, S, C| {
+                let c = <C as CachedCoefficients>::pick(coefficients);
+                // SAFETY: `registration` covers this step's claims (checked above), which were
+                // computed in `new` from these very descriptions: no array written overlaps any
+                // other array of the step or of another running step, and it stays so while the
+                // registration, which the returned value owns, is held. `TensorState::check` and
+                // `CheckedTensor::new` found the element types to be `P` (param, grad) and `S`
+                // (state), every array aligned and of the parameter's shape, and the written
+                // ones not self-overlapping; `CheckedTensor::new`'s contract keeps the memory
+                // valid for 'o, which outlives the borrow of `self`.
+                if let Some(work) = unsafe { work::<P, S, C>(t, c) } {
+                    jobs.push(Job::from(work));
+                }
+            });
+        }
+        let scratch = recycle(std::mem::take(&mut buffers.split));
+        Ok(Registered {
+            jobs,
+            scratch,
+            registration,
+        })
+    }
+}
+
+fn strided(raw: &RawArray) -> StridedArray<'_> {
+    StridedArray {
+        address: raw.address,
+        strides: &raw.strides,
+    }
+}
+
+/// The written extents of `tensors`, tagged with their place in the step.
+fn written_extents(tensors: &[CheckedTensor<'_>]) -> Vec<(Extent, usize)> {
+    const WRITTEN_ROLES: [Role; 4] = [Role::Param, Role::ExpAvg, Role::ExpInf, Role::Master];
+    let mut written = Vec::with_capacity(3 * tensors.len());
+    for (index, t) in tensors.iter().enumerate() {
+        for (extent, role) in t.state.written.iter().zip(WRITTEN_ROLES) {
+            if let Some(extent) = extent {
+                written.push((*extent, ROLES * index + role as usize));
+            }
+        }
+    }
+    written
+}
+
+/// The lowest address of a non-empty array.
+fn start(raw: &RawArray) -> usize {
+    raw.extent().map_or(raw.address, |e| e.start)
+}
+
+/// The work on one checked tensor; `None` when it has no elements.
+///
+/// # Safety
+/// The tensor's arrays must hold elements of types `P` (param, grad) and `S` (the others), and
+/// the caller must hold exclusive access to the written arrays and shared access to the gradient
+/// for `'s`, with their memory valid (see [`StepMemory::jobs`]).
+unsafe fn work<'s, P, S, C>(
+    t: &CheckedTensor<'s>,
+    c: &'s Coefficients<C>,
+) -> Option<Work<'s, P, S, C>> {
+    let s = t.state;
+    if s.param.is_empty() {
+        return None;
+    }
+    if let (true, Some(flat)) = (t.flat, s.flat) {
+        let n = flat.len;
+        let [param, exp_avg, exp_inf, master] = flat.starts;
+        let grad = t.grad_extent.map_or(0, |e| e.start);
+        // SAFETY: every array is dense with the same element order (`TensorState::check`,
+        // `CheckedTensor::new`), so its `n` values fill the bytes from its lowest address (its
+        // extent's start), in an order shared by all of them; the caller guarantees the rest
+        // (types, exclusivity, validity).
+        unsafe {
+            let slices = TensorSlices {
+                param: std::slice::from_raw_parts_mut(param as *mut P, n),
+                grad: std::slice::from_raw_parts(grad as *const P, n),
+                exp_avg: std::slice::from_raw_parts_mut(exp_avg as *mut S, n),
+                exp_inf: std::slice::from_raw_parts_mut(exp_inf as *mut S, n),
+                master: s
+                    .master
+                    .as_ref()
+                    .map(|_| std::slice::from_raw_parts_mut(master as *mut S, n)),
+            };
+            Some(Work::Flat(slices, c))
+        }
+    } else {
+        let moved;
+        let grad = match t.grad {
+            GradArray::Other(raw) => raw,
+            GradArray::LikeParam { address } => {
+                moved = RawArray {
+                    address,
+                    ..s.param.clone()
+                };
+                &moved
+            }
+        };
+        let [param, grad, exp_avg, exp_inf] =
+            [&s.param, grad, &s.exp_avg, &s.exp_inf].map(RawArray::as_real_pairs);
+        let master = s.master.as_ref().map(RawArray::as_real_pairs);
+        // SAFETY: each array has the parameter's shape and strides that stay inside its memory
+        // (its owner's header); the caller guarantees the rest.
+        let tensor = unsafe {
+            StridedTensor::new(
+                &param.shape,
+                strided(&param),
+                strided(&grad),
+                strided(&exp_avg),
+                strided(&exp_inf),
+                master.as_ref().map(strided),
+            )
+        };
+        Some(Work::Strided(tensor, c))
+    }
+}
+
+/// A step's jobs and the registration that makes them sound; `Send`, so it can run with the GIL
+/// released.
+pub struct Registered<'s> {
+    jobs: Vec<Job<'s>>,
+    scratch: Vec<Job<'s>>,
+    registration: Registration,
+}
+
+/// The emptied vectors of a step that ran, to give back to [`StepBuffers`].
+pub struct Spent {
+    jobs: Vec<Job<'static>>,
+    scratch: Vec<Job<'static>>,
+}
+
+impl Spent {
+    /// Puts the vectors back into `buffers`.
+    pub fn keep(self, buffers: &mut StepBuffers) {
+        buffers.jobs = self.jobs;
+        buffers.split = self.scratch;
+    }
+}
+
+impl Registered<'_> {
+    /// Runs `rule` over every job (on the pool when large), then releases the claims.
+    pub fn run<U: Update>(self, rule: U) -> Spent {
+        let Registered {
+            mut jobs,
+            mut scratch,
+            registration,
+        } = self;
+        schedule::run_jobs(&mut jobs, &mut scratch, rule);
+        drop(registration);
+        Spent {
+            jobs: recycle(jobs),
+            scratch: recycle(scratch),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The types the arithmetic runs in.
+
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// A compute type: `f32` or `f64`.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + 'static
+{
+    /// Rounds an `f64` to this type (round to nearest even).
+    fn from_f64(value: f64) -> Self;
+    /// The absolute value (clears the sign bit; NaN stays NaN).
+    fn abs(self) -> Self;
+    /// `true` for NaN.
+    fn is_nan(self) -> bool;
+    /// `self * a + b` with one rounding (as ATen's `fmadd`).
+    fn mul_add(self, a: Self, b: Self) -> Self;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            #[inline(always)]
+            fn from_f64(value: f64) -> Self {
+                value as $t
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+        }
+    };
+}
+
+impl_float!(f32);
+impl_float!(f64);
+
+/// `max(a, b)` that returns NaN when either operand is NaN, like `numpy.maximum`.
+///
+/// `f32::max` implements IEEE maxNum and would silently drop a NaN gradient; a diverging run
+/// must show up as NaN in the parameter instead.
+#[inline(always)]
+pub fn max_propagate_nan<T: Float>(a: T, b: T) -> T {
+    if b.is_nan() || b > a {
+        b
+    } else {
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_propagates_through_max_from_either_side() {
+        assert!(max_propagate_nan(f32::NAN, 1.0).is_nan());
+        assert!(max_propagate_nan(1.0, f32::NAN).is_nan());
+        assert_eq!(max_propagate_nan(1.0f64, 2.0), 2.0);
+        assert_eq!(max_propagate_nan(3.0f64, 2.0), 3.0);
+    }
+}
