@@ -346,3 +346,13 @@ def test_chained_scheduler_repr_names_its_schedulers():
     text = repr(chain(optimizer))
     assert text.startswith("ChainedScheduler([ConstantLR(last_epoch=0")
     assert "ExponentialLR" in text and "MultiStepLR" in text
+
+
+def test_an_attribute_that_is_not_a_json_value_is_named():
+    class Custom(S.StepLR):
+        def __init__(self, optimizer):
+            self.hook = object()
+            super().__init__(optimizer, step_size=2)
+
+    with pytest.raises(TypeError, match=r"Custom\.hook: object .* _not_saved"):
+        Custom(make_optimizer()).state_dict()

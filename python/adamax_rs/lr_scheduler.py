@@ -108,7 +108,10 @@ def _to_json(value: Any, where: str) -> Any:
         if len(value) == 1 and next(iter(value)) in _TAGS:
             raise TypeError(f"cannot save {where}: a dict whose only key is {next(iter(value))}")
         return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
-    raise TypeError(f"cannot save {where}: {type(value).__name__} {value!r} is not a JSON value")
+    raise TypeError(
+        f"cannot save {where}: {type(value).__name__} {value!r} is not a JSON value (a scheduler "
+        "class lists the attributes its constructor restores in _not_saved)"
+    )
 
 
 def _from_json(value: Any, where: str) -> Any:
