@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
+import pytest
+
 import adamax_rs
+from adamax_rs import __main__ as cli
 
 
 def run(*args: str) -> str:
@@ -36,3 +41,115 @@ def test_bench_runs_a_small_workload():
     out = run("bench", "--only", "1 x 1,000", "--seconds", "0.05", "--no-numpy")
     assert "| 1 x 1,000 float32 | adamax_rs |" in out
     assert "bandwidth probe" in out
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adamax_rs", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_demo_plot_writes_a_png(tmp_path):
+    path = tmp_path / "loss.png"
+    done = run_demo("--epochs", "3", "--plot", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"loss curve written to {path}" in done.stdout
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_plot_without_matplotlib_fails_before_training(tmp_path):
+    # A package named matplotlib ahead of site-packages that cannot be imported.
+    shim = tmp_path / "shim" / "matplotlib"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("no matplotlib here")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim.parent), *sys.path])}
+    path = tmp_path / "loss.png"
+    done = run_demo("--epochs", "50", "--plot", str(path), env=env)
+    assert done.returncode != 0
+    assert "matplotlib cannot be imported (no matplotlib here)" in done.stderr
+    assert "pip install matplotlib" in done.stderr
+    assert "Training" not in done.stdout and "epoch" not in done.stdout
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+def test_plot_into_a_missing_folder_fails_before_the_work(tmp_path, command):
+    path = tmp_path / "missing" / "plot.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "adamax_rs", command, "--plot", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert f"--plot {path}: the folder {path.parent} does not exist" in done.stderr
+
+
+def test_plot_that_cannot_be_written_after_training_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import matplotlib.figure
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    path = tmp_path / "loss.png"
+    code = cli.main(["demo", "--epochs", "2", "--samples", "200", "--plot", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "final: loss" in out  # it trained, then could not write
+    assert "the plot could not be written" in err and "No space left on device" in err
+
+
+def test_demo_progress_in_a_log_is_plain_lines():
+    # Bytes, not text: text mode would turn the carriage returns looked for into newlines.
+    done = subprocess.run(
+        [sys.executable, "-m", "adamax_rs", "demo", "--epochs", "12", "--samples", "200"]
+        + ["--every", "5"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"\r" not in done.stdout and b"\r" not in done.stderr, done.stderr
+    epochs = re.findall(rb"^  epoch +(\d+) ", done.stdout, flags=re.MULTILINE)
+    assert epochs == [b"1", b"5", b"10", b"12"]
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal (POSIX)")
+def test_demo_shows_a_progress_bar_on_a_terminal():
+    import fcntl
+    import struct
+    import termios
+
+    import tqdm  # noqa: F401  (a dev package: the bar needs it)
+
+    leader, follower = os.openpty()
+    # A new pseudo-terminal is 0 columns wide; tqdm would draw nothing in it.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adamax_rs", "demo", "--epochs", "5", "--samples", "200"],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the demo has exited
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert process.wait(timeout=300) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert re.search(r"\d+%\|", text), text  # tqdm's bar

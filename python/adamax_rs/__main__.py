@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import __version__
+from ._plot import PlotError, prepare_plot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_arguments(bench_parser)
 
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo.main(args)
-    return bench.main(args)
+    try:
+        # Before the work: a plot asked for that cannot be made stops the command now.
+        if getattr(args, "plot", None):
+            prepare_plot(args.plot)
+        if args.command == "demo":
+            return demo.main(args)
+        return bench.main(args)
+    except PlotError as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

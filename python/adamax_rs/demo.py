@@ -3,18 +3,20 @@
 The forward and backward passes are written out by hand; the optimizer is adamax_rs with a
 cosine learning-rate schedule. The same training then runs again with the numpy baseline
 optimizer (same schedule), to show that the losses are the same and how much time the
-optimizer step takes in each. A progress bar appears when ``tqdm`` is installed.
+optimizer step takes in each. On a terminal a progress bar shows (when ``tqdm`` is
+installed); otherwise, as in a log file, only a plain line every ``--every`` epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
 
-from ._plot import pyplot_or_explain
+from ._plot import prepare_plot, save_figure
 from .adamax import Adamax
 from .lr_scheduler import CosineAnnealingLR
 from .numpy_adamax import NumpyAdamax
@@ -111,9 +113,17 @@ def train(
     }
 
 
+def _on_terminal() -> bool:
+    """Whether both output streams are terminals (the bar goes to stderr, lines to stdout)."""
+    return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
+
+
 def _progress(total: int, quiet: bool) -> Any:
-    """A tqdm bar when tqdm is installed (and the output is wanted), else ``None``."""
-    if quiet:
+    """A tqdm bar on a terminal when tqdm is installed, else ``None``.
+
+    Not in a log: a bar redraws itself with carriage returns, which a file keeps.
+    """
+    if quiet or not _on_terminal():
         return None
     try:
         from tqdm import tqdm
@@ -123,10 +133,8 @@ def _progress(total: int, quiet: bool) -> Any:
 
 
 def plot_losses(path: str, ours: list[float], baseline: list[float] | None) -> None:
-    """Save the loss curves to ``path`` (PNG), or say why not."""
-    plt = pyplot_or_explain(path)
-    if plt is None:
-        return
+    """Save the loss curves to ``path`` (PNG); :class:`~adamax_rs._plot.PlotError` if not."""
+    plt = prepare_plot(path)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(range(1, len(ours) + 1), ours, label="adamax_rs.Adamax")
     if baseline is not None:
@@ -137,7 +145,7 @@ def plot_losses(path: str, ours: list[float], baseline: list[float] | None) -> N
     ax.set_title("Two spirals, numpy MLP")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     print(f"loss curve written to {path}")
 
 
@@ -167,12 +175,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the run with the numpy baseline"
     )
-    parser.add_argument("--plot", metavar="FILE.png", help="save the loss curve as a PNG")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="save the loss curve as a PNG (needs matplotlib, checked before training)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the demo; returns the process exit code."""
+    """Run the demo; returns the process exit code.
+
+    Raises
+    ------
+    PlotError
+        If ``--plot`` was given and the plot cannot be made (checked before training).
+    """
+    if args.plot:
+        prepare_plot(args.plot)
     print(
         f"Training a {args.layers}x{args.hidden} MLP on {args.samples} points of two spirals "
         f"with adamax_rs.Adamax(lr={args.lr}) and a cosine schedule, {args.epochs} epochs"

@@ -14,15 +14,28 @@ Use them exactly as in torch::
     for epoch in range(100):
         train_one_epoch(opt)
         sched.step()
+
+Every scheduler's ``state_dict()`` is made of JSON values only (no pickle needed to store it),
+nested schedulers' states included. To resume, build the optimizer and the scheduler as at the
+start, then load both: the schedule goes on exactly, bit for bit, as if it had not stopped::
+
+    opt = Adamax(params, lr=0.01)
+    sched = CosineAnnealingLR(opt, T_max=100)
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+
+Functions given to a scheduler (``lr_lambda``, ``scale_fn``) are not saved: pass the same ones
+to the constructor again.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable
 
 from .optimizer import Optimizer
@@ -65,6 +78,114 @@ def _per_group(value: Any, optimizer: Optimizer, name: str) -> list[Any]:
     return [value] * len(optimizer.param_groups)
 
 
+# -- state dicts as JSON values ------------------------------------------------------------
+#
+# A checkpoint stores scheduler states as JSON, so state_dict() turns the few Python values
+# JSON has no type for into one-key dicts tagged with the type, and load_state_dict() turns
+# them back: the loaded scheduler then holds exactly the values (and types) it saved.
+_TUPLE, _COUNTER, _FLOAT = "__tuple__", "__counter__", "__float__"
+_TAGS = (_TUPLE, _COUNTER, _FLOAT)
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _to_json(value: Any, where: str) -> Any:
+    """``value`` as JSON values (a new object: later changes to ``value`` do not reach it)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    # numpy's scalars too (a user may pass milestones or rates as numpy numbers).
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else {_FLOAT: repr(value)}
+    if isinstance(value, Counter):
+        return {_COUNTER: [[_to_json(k, where), n] for k, n in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        if len(value) == 1 and next(iter(value)) in _TAGS:
+            raise TypeError(f"cannot save {where}: a dict whose only key is {next(iter(value))}")
+        return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"cannot save {where}: {type(value).__name__} {value!r} is not a JSON value (a scheduler "
+        "class lists the attributes its constructor restores in _not_saved)"
+    )
+
+
+def _from_json(value: Any, where: str) -> Any:
+    """The inverse of :func:`_to_json`; a clear exception for anything it cannot produce."""
+    if value is None or isinstance(value, (bool, str, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_from_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where}: {type(value).__name__} is not a JSON value")
+    if len(value) == 1 and next(iter(value)) in _TAGS:
+        ((tag, inner),) = value.items()
+        if tag == _FLOAT:
+            if inner not in _NON_FINITE:
+                raise ValueError(f"{where}: {inner!r} is not one of {sorted(_NON_FINITE)}")
+            return _NON_FINITE[inner]
+        if not isinstance(inner, (list, tuple)):
+            raise TypeError(f"{where}: {tag} needs a list, got {type(inner).__name__}")
+        if tag == _TUPLE:
+            return tuple(_from_json(v, f"{where}[{i}]") for i, v in enumerate(inner))
+        counter: Counter[Any] = Counter()
+        for pair in inner:
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or isinstance(pair[1], bool)
+                or not isinstance(pair[1], int)
+            ):
+                raise ValueError(f"{where}: a counter entry must be [key, count], got {pair!r}")
+            counter[_from_json(pair[0], where)] = pair[1]
+        return counter
+    return {str(k): _from_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, numbers.Real):
+        return "a number"
+    for kind in (str, Counter, tuple, list, dict):
+        if isinstance(value, kind):
+            return f"a {kind.__name__}"
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _restored_like(saved: Any, current: Any, where: str) -> Any:
+    """``saved``, checked against the scheduler's own value: same kind, same length.
+
+    Numbers come back with the type of the current value where that is a numpy scalar (an
+    argument given as ``np.float32(0.9)``), so that the arithmetic after loading is the same.
+    """
+    if current is None:
+        return saved
+    if _kind(saved) != _kind(current):
+        raise TypeError(f"{where} must be {_kind(current)}, got {_kind(saved)}: {saved!r}")
+    number_type: Any = type(current)
+    if isinstance(current, numbers.Real) and number_type not in (bool, int, float):
+        return number_type(saved)
+    if isinstance(current, (list, tuple)):
+        if len(saved) != len(current):
+            raise ValueError(f"{where} must have {len(current)} entries, got {len(saved)}")
+        items = [
+            _restored_like(s, c, f"{where}[{i}]") for i, (s, c) in enumerate(zip(saved, current))
+        ]
+        return tuple(items) if isinstance(current, tuple) else items
+    if isinstance(current, dict) and not isinstance(current, Counter):
+        if set(saved) != set(current):
+            raise ValueError(f"{where} must have the keys {sorted(current)}, got {sorted(saved)}")
+        return {
+            key: _restored_like(saved[key], current[key], f"{where}[{key!r}]") for key in current
+        }
+    return saved
+
+
 class LRScheduler:
     """Base class: keeps ``last_epoch`` and writes ``get_lr()`` into each group's ``lr``.
 
@@ -79,6 +200,8 @@ class LRScheduler:
     """
 
     _get_lr_called_within_step = False
+    #: Attributes that :meth:`state_dict` leaves out; subclasses extend it.
+    _not_saved: tuple[str, ...] = ("optimizer",)
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
@@ -129,16 +252,73 @@ class LRScheduler:
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the optimizer (and, for lambdas, the functions themselves)."""
+        """The scheduler's state as JSON values, for :meth:`load_state_dict`.
+
+        Every attribute is saved except the optimizer and those a class lists in
+        ``_not_saved`` (functions, which the constructor receives again, and inner schedulers,
+        which the classes holding them save themselves). Tuples, ``Counter`` objects and
+        infinite floats are stored as one-key tagged dicts, so ``json.dumps(...,
+        allow_nan=False)`` accepts the result and loading restores them exactly.
+
+        Returns
+        -------
+        dict
+            A new dict of JSON values: later steps do not change it.
+
+        Raises
+        ------
+        TypeError
+            If an attribute holds something that is not a JSON value.
+        """
+        name = type(self).__name__
         return {
-            key: value
-            for key, value in self.__dict__.items()
-            if key not in ("optimizer", "lr_lambdas", "_schedulers", "scale_fn_custom")
+            key: _to_json(value, f"{name}.{key}")
+            for key, value in vars(self).items()
+            if key not in self._not_saved
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.__dict__.update(state_dict)
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`, also one that went through JSON.
+
+        Load it into a scheduler constructed as the saved one was (same arguments, same
+        functions), on an optimizer given the saved optimizer's state dict: every later rate
+        then equals the uninterrupted run's. Everything is checked before anything changes.
+
+        Parameters
+        ----------
+        state_dict : dict
+            What :meth:`state_dict` returned, or its JSON round trip.
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` is not a dict or holds a value of the wrong kind.
+        ValueError
+            If its keys are not this scheduler's (a state of another scheduler class or of
+            another configuration), or a list has the wrong length.
+        """
+        for scheduler, attributes in self._checked_state(state_dict):
+            scheduler.__dict__.update(attributes)
+
+    def _checked_state(
+        self, state_dict: Mapping[str, Any]
+    ) -> list[tuple[LRScheduler, dict[str, Any]]]:
+        """The attributes to set on this (and any inner) scheduler; changes nothing."""
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name} state_dict must be a dict, got {type(state_dict).__name__}")
+        mine = {key: value for key, value in vars(self).items() if key not in self._not_saved}
+        missing = sorted(set(mine) - set(state_dict))
+        unexpected = sorted(map(str, set(state_dict) - set(mine)))
+        if missing or unexpected:
+            raise ValueError(
+                f"not a state of this {name}: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        restored = {}
+        for key, current in mine.items():
+            where = f"{name} state_dict[{key!r}]"
+            restored[key] = _restored_like(_from_json(state_dict[key], where), current, where)
+        return [(self, restored)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(last_epoch={self.last_epoch}, last_lr={self._last_lr})"
@@ -146,6 +326,9 @@ class LRScheduler:
 
 class _LambdaScheduler(LRScheduler):
     """Shared by the schedulers driven by user functions of the epoch."""
+
+    # The user's functions come again from the constructor (torch does not save them either).
+    _not_saved = LRScheduler._not_saved + ("lr_lambdas",)
 
     def __init__(
         self, optimizer: Optimizer, lr_lambda: Lambda | Sequence[Lambda], last_epoch: int = -1
@@ -563,6 +746,8 @@ class CyclicLR(LRScheduler):
         The last step's index (-1 starts from the beginning).
     """
 
+    _not_saved = LRScheduler._not_saved + ("scale_fn_custom",)
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -773,7 +958,52 @@ class OneCycleLR(LRScheduler):
         return lrs
 
 
-class SequentialLR(LRScheduler):
+class _NestingScheduler(LRScheduler):
+    """Shared by the schedulers that drive other schedulers: their states nest."""
+
+    _schedulers: list[LRScheduler]
+    _not_saved = LRScheduler._not_saved + ("_schedulers",)
+
+    def state_dict(self) -> dict[str, Any]:
+        """This scheduler's state, with each inner scheduler's under ``"_schedulers"``.
+
+        Returns
+        -------
+        dict
+            JSON values, as :meth:`LRScheduler.state_dict`.
+        """
+        state = super().state_dict()
+        state["_schedulers"] = [scheduler.state_dict() for scheduler in self._schedulers]
+        return state
+
+    def _checked_state(
+        self, state_dict: Mapping[str, Any]
+    ) -> list[tuple[LRScheduler, dict[str, Any]]]:
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name} state_dict must be a dict, got {type(state_dict).__name__}")
+        if "_schedulers" not in state_dict:
+            raise ValueError(f"not a state of this {name}: no '_schedulers' key")
+        inner = state_dict["_schedulers"]
+        if not isinstance(inner, (list, tuple)):
+            raise TypeError(f"{name} state_dict['_schedulers'] must be a list")
+        if len(inner) != len(self._schedulers):
+            raise ValueError(
+                f"{name} state_dict has {len(inner)} schedulers, this one has "
+                f"{len(self._schedulers)}"
+            )
+        own = {key: value for key, value in state_dict.items() if key != "_schedulers"}
+        updates = super()._checked_state(own)
+        for i, (scheduler, saved) in enumerate(zip(self._schedulers, inner)):
+            try:
+                updates += scheduler._checked_state(saved)
+            except (TypeError, ValueError) as error:
+                where = f"{name} scheduler {i} ({type(scheduler).__name__})"
+                raise type(error)(f"{where}: {error}") from None
+        return updates
+
+
+class SequentialLR(_NestingScheduler):
     """Run ``schedulers`` one after another, switching at each of ``milestones``.
 
     Parameters
@@ -835,7 +1065,7 @@ class SequentialLR(LRScheduler):
         self._last_lr = scheduler.get_last_lr()
 
 
-class ChainedScheduler(LRScheduler):
+class ChainedScheduler(_NestingScheduler):
     """Step every scheduler in ``schedulers`` at each step (their effects compose).
 
     Parameters
@@ -868,6 +1098,10 @@ class ChainedScheduler(LRScheduler):
         for scheduler in self._schedulers:
             scheduler.step()
         self._last_lr = [g["lr"] for g in self._schedulers[-1].optimizer.param_groups]
+
+    def __repr__(self) -> str:
+        # No epoch of its own: each inner scheduler keeps one.
+        return f"ChainedScheduler([{', '.join(map(repr, self._schedulers))}])"
 
 
 class ReduceLROnPlateau(LRScheduler):
