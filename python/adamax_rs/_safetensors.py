@@ -7,6 +7,8 @@ offsets into the data that follows, which the tensors cover exactly, without gap
 overlaps) and may hold ``"__metadata__"``, an object of strings; then the data, little-endian,
 in C order, uncompressed. This code is written from that description; it does not use the
 ``safetensors`` package, but its files are readable by it (and by torch users through it).
+Files written here also record each tensor's CRC-32 in the metadata (:data:`CHECKSUMS`),
+and reading checks it.
 
 Reading checks every declared name, dtype, shape and offset against the file's real size
 before any data is read, so the caller can check them against what it expects and allocate
@@ -16,12 +18,15 @@ map, so a file shortened while it is being read gives ``ValueError``, not ``SIGB
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import math
+import re
 import struct
 import sys
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -46,11 +51,17 @@ try:  # bfloat16 exists in numpy only through ml_dtypes
 except ImportError:  # pragma: no cover - ml_dtypes is installed wherever bfloat16 is used
     pass
 
+#: The metadata entry with each tensor's CRC-32 (of its bytes as stored) and the CRC-32 of
+#: the other metadata entries (as ``"__metadata__"``), as 8 hex digits: safetensors itself
+#: has no checksum, and a flipped bit in a checkpoint must not go unseen.
+CHECKSUMS = "crc32"
+
+_CRC = re.compile(r"[0-9a-f]{8}")
 _MAX_DIMENSIONS = 32
 _CHUNK_BYTES = 16 << 20  # the most copied at once when an array must be converted to write it
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Header:
     """A file's metadata strings and its arrays by name (nothing read from the data yet)."""
 
@@ -143,6 +154,8 @@ def read_header(file: io.BufferedIOBase, size: int, max_header_bytes: int) -> He
         raise ValueError("the header's __metadata__ must map strings to strings")
     data_start = 8 + length
     tensors = {name: _entry(name, value, data_start) for name, value in document.items()}
+    if CHECKSUMS in metadata:
+        tensors = _with_checksums(tensors, metadata)
     position = data_start
     for declared in sorted(tensors.values(), key=lambda d: (d.offset, d.nbytes)):
         if declared.offset != position:
@@ -155,6 +168,30 @@ def read_header(file: io.BufferedIOBase, size: int, max_header_bytes: int) -> He
             f"the file holds {size - data_start}"
         )
     return Header(metadata, tensors)
+
+
+def _metadata_crc(metadata: Mapping[str, str]) -> int:
+    """The CRC-32 of the metadata strings but the checksums, in a canonical form."""
+    items = sorted((key, value) for key, value in metadata.items() if key != CHECKSUMS)
+    return zlib.crc32(json.dumps(items, separators=(",", ":")).encode("ascii"))
+
+
+def _with_checksums(tensors: dict[str, Declared], metadata: dict[str, str]) -> dict[str, Declared]:
+    """``tensors`` with their recorded CRCs, once the metadata's own CRC has been checked."""
+    checksums = _json_values.loads(metadata[CHECKSUMS], f"the {CHECKSUMS} entry")
+    if not isinstance(checksums, dict) or set(checksums) != set(tensors) | {"__metadata__"}:
+        raise ValueError(
+            f"the {CHECKSUMS} entry must give one checksum for every tensor and the metadata"
+        )
+    for name, value in checksums.items():
+        if not isinstance(value, str) or _CRC.fullmatch(value) is None:
+            raise ValueError(f"the checksum of {name!r} is not 8 hexadecimal digits")
+    if int(checksums["__metadata__"], 16) != _metadata_crc(metadata):
+        raise ValueError("the metadata does not match its CRC (the file is corrupted)")
+    return {
+        name: dataclasses.replace(declared, crc32=int(checksums[name], 16))
+        for name, declared in tensors.items()
+    }
 
 
 def little_endian(dtype: np.dtype) -> np.dtype:
@@ -203,11 +240,23 @@ def as_stored(array: np.ndarray) -> tuple[np.ndarray, bool]:
     return array, False
 
 
-def header_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    """The length prefix and header for ``tensors`` (already :func:`as_stored`), padded so
-    the data starts 8-byte aligned, with tensors ordered largest element first so every
-    tensor's data is aligned to its element size."""
-    entries: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+def header_bytes(
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str],
+    checksums: Mapping[str, int] | None = None,
+) -> bytes:
+    """The length prefix and header for ``tensors`` (already :func:`as_stored`).
+
+    The header is padded so the data starts 8-byte aligned, and tensors are ordered largest
+    element first so every tensor's data is aligned to its element size. The metadata gets
+    the :data:`CHECKSUMS` entry, with ``checksums`` (zeros when not given yet: every value
+    has the same width, so the header's length does not depend on them).
+    """
+    crcs = {name: f"{(checksums or {}).get(name, 0):08x}" for name in sorted(tensors)}
+    crcs["__metadata__"] = f"{_metadata_crc(metadata):08x}"
+    entries: dict[str, Any] = {
+        "__metadata__": {**metadata, CHECKSUMS: _json_values.dumps(crcs, CHECKSUMS)}
+    }
     offset = 0
     for name in order(tensors):
         array = tensors[name]
@@ -229,8 +278,25 @@ def order(tensors: Mapping[str, np.ndarray]) -> list[str]:
 
 
 def write(file: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Write ``tensors`` (already :func:`as_stored`) and ``metadata`` to ``file``."""
-    file.write(header_bytes(tensors, metadata))
+    """Write ``tensors`` (already :func:`as_stored`) and ``metadata`` to the seekable ``file``.
+
+    The CRC-32 of each tensor's bytes is computed as they are written, and the header, of
+    the same length, written again with them at the end: one pass over the data.
+    """
+    start = file.tell()
+    header = header_bytes(tensors, metadata)
+    file.write(header)
+    checksums = {}
     for name in order(tensors):
+        crc = 0
         for chunk in _little_endian_chunks(tensors[name]):
+            crc = zlib.crc32(chunk, crc)
             file.write(chunk)
+        checksums[name] = crc
+    end = file.tell()
+    final = header_bytes(tensors, metadata, checksums)
+    if len(final) != len(header):  # the widths are fixed; a difference is a bug
+        raise AssertionError("the header changed length")
+    file.seek(start)
+    file.write(final)
+    file.seek(end)
