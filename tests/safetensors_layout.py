@@ -86,9 +86,16 @@ def rewrite(path: Path, change, *, reseal: bool = True) -> None:
     documents = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "version")}
     documents.pop("crc32", None)
     change(header, documents)
-    metadata = header.setdefault("__metadata__", {})
+    kept = header.setdefault("__metadata__", {})
+    metadata = {k: kept[k] for k in ("format", "version", "crc32") if k in kept}
     for key, value in documents.items():
-        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+        if isinstance(value, str):
+            metadata[key] = value
+        elif key in kept and json.dumps(json.loads(kept[key])) == json.dumps(value):
+            metadata[key] = kept[key]  # unchanged: the same text, so its checksum still holds
+        else:
+            metadata[key] = json.dumps(value)
+    header["__metadata__"] = metadata
     if reseal:
         header = seal(header, data)
     write_raw(path, header, data)

@@ -69,8 +69,8 @@ VERSION = 2
 #: exactly, and far beyond any real run; a larger one would overflow the next step.
 MAX_STEP = 2**53
 
-_HEADER_BASE = 1 << 20
-_HEADER_PER_PARAMETER = 4096
+_HEADER_BASE = 256 << 10
+_HEADER_PER_PARAMETER = 2048
 _INDEX = r"(0|[1-9][0-9]{0,9})"
 _STATE_TENSOR = re.compile(rf"state/{_INDEX}/(.+)", re.DOTALL)
 _PARAM_TENSOR = re.compile(rf"param/{_INDEX}")
@@ -93,10 +93,11 @@ def _parameters(optimizer: Optimizer) -> list[Any]:
 def header_limit(optimizer: Optimizer) -> int:
     """The most bytes of metadata a checkpoint of ``optimizer`` may have.
 
-    1 MiB, plus 4 KiB per parameter: room for the hyperparameters, a scheduler's state and
-    the caller's ``extra`` values, and the description of every array. Loading reads no
-    larger header, zip directory or metadata (so a hostile file cannot make it allocate
-    more); saving refuses to write one.
+    256 KiB, plus 2 KiB per parameter: room for the hyperparameters, a scheduler's state,
+    the caller's ``extra`` values and the description of every array (a parameter's takes
+    about 300 bytes). Loading reads no larger header, zip directory or metadata, so a hostile
+    file cannot make it allocate more than about 25 times this (the most Python objects
+    that many bytes of JSON can make); saving refuses to write one.
     """
     return _HEADER_BASE + _HEADER_PER_PARAMETER * len(_parameters(optimizer))
 
