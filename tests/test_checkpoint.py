@@ -16,10 +16,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from safetensors_layout import read
+from safetensors_layout import read, rewrite
 
 import adamax_rs.checkpoint
-from adamax_rs import Adamax, Parameter, load_checkpoint, save_checkpoint
+from adamax_rs import Adamax, Optimizer, Parameter, load_checkpoint, save_checkpoint
 from checkpoint_writer import SHAPES, gradients, initial
 from conftest import assert_unchanged, snapshot
 from reference import ReferenceAdamax
@@ -382,3 +382,100 @@ def test_unchanged_helper_sees_a_change(trained):
     opt.state[params[0]]["exp_avg"][0, 0] += 1
     with pytest.raises(AssertionError):
         assert_unchanged(before, opt, params)
+
+
+class BlockQuantized(Optimizer):
+    """A stand-in for an optimizer with 8-bit state: uint8 codes shaped like the parameter,
+    one float32 scale per block of 4 elements, a float16 running value. Its step is a toy;
+    what matters is the state's keys, dtypes and shapes, which are not Adamax's."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.1})
+
+    @staticmethod
+    def blocks(param):
+        return (param.data.size + 3) // 4
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(
+                        step=0,
+                        codes=np.zeros(p.shape, np.uint8),
+                        scale=np.ones(self.blocks(p), np.float32),
+                        running=np.zeros(p.shape, np.float16),
+                    )
+                state["step"] += 1
+                state["codes"] += np.uint8(state["step"])
+                state["scale"] *= np.float32(1.5)
+                state["running"] += np.float16(0.25)
+
+    def _check_state(self, param, state, where):
+        expected = {
+            "codes": (param.shape, np.uint8),
+            "scale": ((self.blocks(param),), np.float32),
+            "running": (param.shape, np.float16),
+        }
+        if set(state) != {"step", *expected}:
+            raise ValueError(f"{where}: keys {sorted(state)}")
+        kept = {"step": int(state["step"])}
+        for key, (shape, dtype) in expected.items():
+            value = state[key]
+            if value.shape != shape or value.dtype != dtype:
+                raise ValueError(f"{where}: {key} is {value.dtype}{value.shape}")
+            kept[key] = np.array(value, copy=True)
+        return kept
+
+
+def test_state_with_other_keys_dtypes_and_shapes_round_trips(tmp_path):
+    params = [Parameter(np.zeros((3, 5), np.float32)), Parameter(np.zeros(2, np.float64))]
+    opt = BlockQuantized(params)
+    opt.step()
+    opt.step()
+    path = tmp_path / "q.safetensors"
+    save_checkpoint(opt, path)
+    metadata, arrays = read(path)
+    assert arrays["state/0/codes"].dtype == np.uint8
+    assert arrays["state/0/scale"].shape == (4,)
+    assert arrays["state/1/running"].dtype == np.float16
+    fresh = BlockQuantized(params)
+    load_checkpoint(fresh, path)
+    for p in params:
+        for key in ("codes", "scale", "running"):
+            assert fresh.state[p][key].dtype == opt.state[p][key].dtype
+            assert fresh.state[p][key].tobytes() == opt.state[p][key].tobytes()
+        assert fresh.state[p]["step"] == 2
+    # A scale array larger than the optimizer takes is refused before it is read.
+    rewrite(path, lambda header, docs: header["state/0/scale"].update(shape=[2, 2]))
+    before = snapshot(fresh, params)
+    with pytest.raises(ValueError, match="scale"):
+        load_checkpoint(fresh, path)
+    assert_unchanged(before, fresh, params)
+
+
+class RunsCode:
+    """Unpickling this creates a file: proof that code from a checkpoint ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_loading_never_runs_code_from_the_file(tmp_path, trained):
+    opt, params = trained
+    marker = tmp_path / "code-ran"
+    payload = np.array([RunsCode(str(marker))], dtype=object)
+    path = tmp_path / "evil.npz"
+    with open(path, "wb") as file:
+        np.savez(file, metadata=payload, **{"state/0/exp_avg": payload})
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError):
+        load_checkpoint(opt, path)
+    assert_unchanged(before, opt, params)
+    assert not marker.exists()
+    np.load(path, allow_pickle=True)["metadata"]  # what unpickling it does
+    assert marker.exists()
