@@ -14,9 +14,10 @@ step (so ``exp_avg`` and ``exp_inf`` exist: the state is 8 bytes per element):
 - ``training``: ``save_training_checkpoint`` / ``load_training_checkpoint`` (adds the
   parameter's values, 4 more bytes per element).
 
-Time is the median of ``--repeat`` runs (the file is in the page cache after the first;
-the write includes fsync). Peak memory is tracemalloc's peak above what was allocated
-before the call (numpy reports its array memory to tracemalloc), in a run of its own.
+Times are the best and the median of ``--repeat`` runs (the file is in the page cache
+after the first; the write includes fsync). Peak memory is tracemalloc's peak above what
+was allocated before the call (numpy reports its array memory to tracemalloc), in a run of
+its own.
 """
 
 from __future__ import annotations
@@ -101,13 +102,15 @@ def make(elements: int) -> tuple[Adamax, Parameter]:
     return opt, param
 
 
-def timed(action: Callable[[], None], repeat: int) -> float:
+def timed(action: Callable[[], None], repeat: int) -> tuple[float, float]:
+    """The best and the median time of ``repeat`` runs (the best is the least disturbed by
+    other work on a shared machine)."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times), statistics.median(times)
 
 
 def peak(action: Callable[[], None]) -> float:
@@ -141,8 +144,8 @@ def main() -> None:
             ),
         }
         print(
-            f"{'case':<14} {'write s':>8} {'read s':>8} {'write MiB':>10} {'read MiB':>9} "
-            f"{'file MiB':>9}"
+            f"{'case':<14} {'write s best/median':>20} {'read s best/median':>19} "
+            f"{'write MiB':>10} {'read MiB':>9} {'file MiB':>9}"
         )
         for name, (write, read) in cases.items():
             write_s = timed(write, args.repeat)
@@ -152,8 +155,8 @@ def main() -> None:
             target = {"npz-0.1.0": npz, "npz-read-now": npz, "safetensors": st, "training": tr}
             size = target[name].stat().st_size / 2**20
             print(
-                f"{name:<14} {write_s:8.3f} {read_s:8.3f} {write_mib:10.0f} {read_mib:9.0f} "
-                f"{size:9.1f}"
+                f"{name:<14} {write_s[0]:9.3f} / {write_s[1]:6.3f} {read_s[0]:8.3f} / "
+                f"{read_s[1]:6.3f} {write_mib:10.0f} {read_mib:9.0f} {size:9.1f}"
             )
 
 
