@@ -185,6 +185,9 @@ def test_a_scheduler_of_another_optimizer_is_refused(tmp_path):
     other, _ = model()
     with pytest.raises(ValueError, match="another optimizer"):
         save_training_checkpoint(opt, tmp_path / "x", scheduler=StepLR(other, 2))
+    with pytest.raises(TypeError, match="scheduler"):
+        save_training_checkpoint(opt, tmp_path / "x", scheduler="StepLR")
+    assert not (tmp_path / "x").exists()
     save_training_checkpoint(opt, tmp_path / "x", scheduler=StepLR(opt, 2))
     with pytest.raises(ValueError, match="another optimizer"):
         load_training_checkpoint(opt, tmp_path / "x", scheduler=StepLR(other, 2))

@@ -123,8 +123,7 @@ def _file_contents(
     extra_json = None if extra is None else _json_values.to_json_value(dict(extra), "extra")
     scheduler_json = None
     if scheduler is not None:
-        if getattr(scheduler, "optimizer", None) is not optimizer:
-            raise ValueError("the scheduler schedules another optimizer than the one saved")
+        _check_scheduler_argument(scheduler, optimizer)
         scheduler_json = {
             "class": type(scheduler).__name__,
             "state": _json_values.to_json_value(
