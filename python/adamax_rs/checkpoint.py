@@ -349,7 +349,8 @@ def _from_v2(header: _safetensors.Header) -> _Contents:
             raise ValueError(f"unexpected tensor {name[:80]!r}")
     if "parameters" in metadata:
         count = _index(metadata["parameters"], "the parameter count")
-        if sorted(parameters) != list(range(count)):
+        # The length first: a hostile count must not make a list of that many numbers.
+        if len(parameters) != count or sorted(parameters) != list(range(count)):
             raise ValueError(f"the file should hold param/0 to param/{count - 1}")
         contents.parameters = parameters
     elif parameters:
