@@ -269,6 +269,10 @@ V2_CASES = {
     "unexpected state array": lambda p: add_tensor(
         p, "state/0/junk", np.zeros((5, 4), np.float32), "F32"
     ),
+    "empty array with huge axes": lambda p: (
+        add_tensor(p, "state/0/junk", np.zeros(0, np.float32), "F32"),
+        rewrite(p, lambda h, d: h["state/0/junk"].update(shape=[0, 2**47, 2**47])),
+    ),
     "parameter count 10**10 - 1": documents_change(lambda d: d.update(parameters="9999999999")),
     "parameter without a count": lambda p: add_tensor(
         p, "param/0", np.zeros((5, 4), np.float32), "F32"
