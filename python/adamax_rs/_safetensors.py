@@ -36,20 +36,30 @@ from ._file_arrays import Declared
 
 __all__ = ["DTYPE_CODES", "Header", "as_stored", "header_bytes", "read_header", "write"]
 
-#: The element types read and written, by their safetensors names. Complex arrays are
-#: stored as pairs of reals (a trailing axis of 2), because safetensors has no complex128.
+#: The element types read and written, by their safetensors names, and BF16 (ml_dtypes'
+#: bfloat16, imported only when a file has it). Complex arrays are stored as pairs of reals
+#: (a trailing axis of 2), because safetensors has no complex128.
 DTYPE_CODES: dict[str, np.dtype] = {
     "U8": np.dtype("<u1"),
     "F16": np.dtype("<f2"),
     "F32": np.dtype("<f4"),
     "F64": np.dtype("<f8"),
 }
-try:  # bfloat16 exists in numpy only through ml_dtypes
-    import ml_dtypes
 
-    DTYPE_CODES["BF16"] = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is installed wherever bfloat16 is used
-    pass
+
+def _dtype_of(code: Any, name: str) -> np.dtype:
+    if code == "BF16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError(f"tensor {name!r} is bfloat16, which needs ml_dtypes") from None
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    if not isinstance(code, str) or code not in DTYPE_CODES:
+        allowed = ", ".join(sorted(DTYPE_CODES) + ["BF16"])
+        raise ValueError(f"tensor {name!r} has dtype {code!r}; readable dtypes are {allowed}")
+    return DTYPE_CODES[code]
+
 
 #: The metadata entry with each tensor's CRC-32 (of its bytes as stored) and the CRC-32 of
 #: the other metadata entries (as ``"__metadata__"``), as 8 hex digits: safetensors itself
@@ -90,10 +100,7 @@ def _entry(name: str, value: Any, data_start: int) -> Declared:
             f"tensor {name!r} must be described by exactly 'dtype', 'shape' and 'data_offsets'"
         )
     code = value["dtype"]
-    if not isinstance(code, str) or code not in DTYPE_CODES:
-        allowed = ", ".join(sorted(DTYPE_CODES))
-        raise ValueError(f"tensor {name!r} has dtype {code!r}; readable dtypes are {allowed}")
-    dtype = DTYPE_CODES[code]
+    dtype = _dtype_of(code, name)
     shape = _shape(value["shape"], name)
     offsets = value["data_offsets"]
     if (
@@ -204,6 +211,8 @@ def little_endian(dtype: np.dtype) -> np.dtype:
 
 def _code(dtype: np.dtype) -> str:
     stored = little_endian(dtype)
+    if stored.kind == "V" and stored.name == "bfloat16":
+        return "BF16"
     for code, known in DTYPE_CODES.items():
         if stored == known:
             return code
