@@ -1,15 +1,31 @@
 """Child process for the kill test: trains and saves a checkpoint after every step, forever.
 
 Gradients depend only on the step number, so the parent can recompute any step's state.
+The disk is made slow (1 ms more per chunk written), so that a kill often lands between two
+writes of a save: a save that is not atomic would then leave a torn file. Without it, a save
+this small reaches the page cache in one system call, which SIGKILL cannot tear.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
+import adamax_rs._safetensors as layout
 from adamax_rs import Adamax, Parameter, save_checkpoint
+
+_chunks = layout._little_endian_chunks
+
+
+def _slowly(array):
+    for chunk in _chunks(array):
+        time.sleep(0.001)
+        yield chunk
+
+
+layout._little_endian_chunks = _slowly
 
 SHAPES = [(256, 256), (1000,)]
 

@@ -15,7 +15,12 @@ from __future__ import annotations
 from . import functional, lr_scheduler
 from ._core import __version__, get_num_threads, set_num_threads, simd_level
 from .adamax import Adamax
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    load_training_checkpoint,
+    save_checkpoint,
+    save_training_checkpoint,
+)
 from .optimizer import Optimizer, ParameterState, StateEntry
 from .parameter import Parameter
 
@@ -29,8 +34,10 @@ __all__ = [
     "functional",
     "get_num_threads",
     "load_checkpoint",
+    "load_training_checkpoint",
     "lr_scheduler",
     "save_checkpoint",
+    "save_training_checkpoint",
     "set_num_threads",
     "simd_level",
 ]
