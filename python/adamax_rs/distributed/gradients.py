@@ -13,6 +13,7 @@ from ..dtypes import describe_supported, is_supported
 from ._mpi import communicator
 from .agreement import agree
 from .layout import real_dtype, transport_dtype
+from .mean import mean_in_place
 
 __all__ = ["allreduce_gradients", "broadcast_parameters"]
 
@@ -190,7 +191,8 @@ def allreduce_gradients(params: Any, comm: Any = None, *, average: bool = True) 
     bfloat16 gradients are summed in float32 (MPI cannot add 16-bit floats), divided by
     ``N`` in float32 and rounded once to their type: this is also what numpy does for
     ``(g0 + g1) / 2`` in float16 when the sum is exact. Complex gradients are reduced as
-    pairs of reals. The flat buffers are kept between calls (one per element type).
+    pairs of reals, and each part multiplied by ``1 / N``, which is how numpy computes a
+    complex ``sum / N``. The flat buffers are kept between calls (one per element type).
     """
     comm = communicator(comm)
     with _buffers_lock:
@@ -221,7 +223,12 @@ def allreduce_gradients(params: Any, comm: Any = None, *, average: bool = True) 
                 np.copyto(_flat_view(buffer, offset, datas[i]), present[i], casting="unsafe")
             comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
             if average:
-                np.divide(buffer, ranks, out=buffer)
+                runs = [
+                    (offset, offset + size)
+                    for i, offset, size in zip(indices, offsets, sizes)
+                    if datas[i].dtype.kind == "c"
+                ]
+                mean_in_place(buffer, ranks, runs)
             with np.errstate(over="ignore"):  # a float16 mean may overflow, as in numpy
                 for i, offset in zip(indices, offsets):
                     np.copyto(present[i], _flat_view(buffer, offset, datas[i]), casting="unsafe")

@@ -21,6 +21,7 @@ from ..parameter import Parameter
 from ._mpi import communicator
 from .agreement import agree
 from .layout import Piece, ShardLayout, Slot, flat_real, memory_order, transport_dtype
+from .mean import mean_in_place
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -38,7 +39,7 @@ PathLikeStr = Union[str, "PathLike[str]"]
 class _Bucket:
     """The buffers of one element type on this rank, kept between steps."""
 
-    def __init__(self, layout: ShardLayout, index: int, rank: int) -> None:
+    def __init__(self, layout: ShardLayout, index: int, rank: int, pieces: list[Piece]) -> None:
         bucket = layout.buckets[index]
         self.dtype = bucket.dtype
         self.counts = bucket.counts()
@@ -60,6 +61,15 @@ class _Bucket:
         self.gather_bits = self.flat.view(bits)[: bucket.size]
         self.gathered = self.gather_bits.view(bucket.dtype)
         self.slots = [s for s in layout.slots if s.bucket == index]
+        # Where this rank's range holds complex numbers (their mean is computed differently).
+        self.complex_runs: list[tuple[int, int]] = []
+        for piece in pieces:
+            if piece.slot.bucket != index or piece.slot.dtype.kind != "c" or not piece.size:
+                continue
+            start = piece.slot.offset + piece.start - self.lo
+            if self.complex_runs and self.complex_runs[-1][1] == start:
+                start = self.complex_runs.pop()[0]
+            self.complex_runs.append((start, piece.slot.offset + piece.stop - self.lo))
 
     def nbytes(self) -> int:
         extra = self.shard_grad.nbytes if self.shard_grad is not self.shard_sum else 0
@@ -94,7 +104,7 @@ class _Shard:
                     flat[piece.start : piece.stop], name=f"{name}[{piece.start}:{piece.stop}]"
                 )
             )
-        self.buckets = [_Bucket(layout, b, rank) for b in range(len(layout.buckets))]
+        self.buckets = [_Bucket(layout, b, rank, self.pieces) for b in range(len(layout.buckets))]
         self.piece_grads = []
         for piece in self.pieces:
             bucket = self.buckets[piece.slot.bucket]
@@ -470,7 +480,7 @@ class ShardedAdamax(Adamax):
             t = self._timed("pack", t)
             comm.Reduce_scatter(bucket.flat, bucket.shard_sum, bucket.counts, op=MPI.SUM)
             t = self._timed("reduce_scatter", t)
-            np.divide(bucket.shard_sum, ranks, out=bucket.shard_sum)
+            mean_in_place(bucket.shard_sum, ranks, bucket.complex_runs)
             if bucket.shard_grad is not bucket.shard_sum:
                 with np.errstate(over="ignore"):  # a float16 mean may overflow, as in numpy
                     np.copyto(bucket.shard_grad, bucket.shard_sum, casting="unsafe")
