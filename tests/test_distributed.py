@@ -51,8 +51,10 @@ if MPIEXEC is None:
     pytest.skip(MISSING, allow_module_level=True)
 
 
-def mpirun(ranks: int, *args: object, module: bool = False, timeout: int = TIMEOUT) -> str:
-    """Run the worker (or ``python -m adamax_rs`` with ``module``) on ``ranks`` ranks."""
+def launch(ranks: int, *args: object, module: bool = False) -> tuple[int, str, str]:
+    """Run the worker (or ``python -m adamax_rs`` with ``module``) on ``ranks`` ranks; return
+    the exit code and output. A run that outlives TIMEOUT is killed, with every rank, and
+    fails the test."""
     target = ["-m", "adamax_rs"] if module else [str(WORKER)]
     command = [MPIEXEC, "-n", str(ranks), sys.executable, *target, *map(str, args)]
     # All ranks on this machine, started by fork: no ssh, no host names to resolve.
@@ -63,18 +65,24 @@ def mpirun(ranks: int, *args: object, module: bool = False, timeout: int = TIMEO
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        start_new_session=True,
+        start_new_session=True,  # its own process group, so a hang can be killed whole
     )
     try:
-        out, err = process.communicate(timeout=timeout)
+        out, err = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
         pytest.fail(
-            f"{' '.join(command)} did not finish in {timeout} s (a hang):\n{out[-3000:]}\n"
+            f"{' '.join(command)} did not finish in {TIMEOUT} s (a hang):\n{out[-3000:]}\n"
             f"{err[-3000:]}"
         )
-    assert process.returncode == 0, f"{' '.join(command)} failed:\n{out[-3000:]}\n{err[-6000:]}"
+    return process.returncode, out, err
+
+
+def mpirun(ranks: int, *args: object, module: bool = False) -> str:
+    """:func:`launch`, which must succeed; returns its standard output."""
+    code, out, err = launch(ranks, *args, module=module)
+    assert code == 0, f"mpiexec -n {ranks} {args} failed:\n{out[-3000:]}\n{err[-6000:]}"
     return out
 
 
@@ -344,3 +352,23 @@ def test_training_resumes_across_rank_counts_and_one_process(tmp_path):
         v.nbytes for e in want["state"].values() for v in e.values() if isinstance(v, np.ndarray)
     )
     assert sum(sizes) == whole and max(sizes) - min(sizes) <= 3 * 4 * 3
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+
+def test_demo_trains_data_parallel_with_the_single_process_losses():
+    out = mpirun(2, "demo", "--distributed", "--epochs", "6", "--samples", "400", module=True)
+    assert out.count("Training a") == 1, out  # only rank 0 prints
+    difference = re.search(r"largest loss difference from one process: ([0-9.e+-]+)", out)
+    assert difference, out
+    assert float(difference.group(1)) < 1e-6, out
+    assert re.search(r"optimizer state per rank: [0-9.]+ KiB, [0-9.]+ KiB", out), out
+    losses = [float(x) for x in re.findall(r"epoch +\d+ +loss ([0-9.]+)", out)]
+    assert len(losses) == 2 and losses[-1] < losses[0], out
+
+
+def test_demo_refuses_a_global_batch_the_ranks_cannot_share():
+    code, out, _ = launch(3, "demo", "--distributed", "--batch-size", "64", module=True)
+    assert code == 2
+    assert "--batch-size 64 must be a multiple of the 3 ranks" in out

@@ -169,10 +169,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plot", metavar="FILE.png", help="save the loss curve as a PNG")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train data-parallel on the ranks of mpiexec, with ShardedAdamax (needs mpi4py)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
+    if args.distributed:
+        from .distributed.demo import main as distributed_main
+
+        return distributed_main(args)
     print(
         f"Training a {args.layers}x{args.hidden} MLP on {args.samples} points of two spirals "
         f"with adamax_rs.Adamax(lr={args.lr}) and a cosine schedule, {args.epochs} epochs"
