@@ -72,7 +72,7 @@ def train(problem: str, params: list, opt: ShardedAdamax, steps: range, same=Fal
 
 
 def new_params(problem: str) -> list:
-    return [adamax_rs.Parameter(v.copy()) for v in cases.initial_values(problem)]
+    return [adamax_rs.Parameter(v.copy(order="K")) for v in cases.initial_values(problem)]
 
 
 # -- scenarios ----------------------------------------------------------------------------------
@@ -214,6 +214,15 @@ def refused(outdir: Path) -> None:
     attempt(record, "other_lr", step_with(other_lr, rank=0), opt, params, restore_lr)
     attempt(record, "missing_grad", step_with(missing_grad, rank=0), opt, params)
     attempt(record, "shares_memory", step_with(shares_memory), opt, params)
+    original = params[5].data
+
+    def replaced_data():
+        params[5].data = np.zeros(2, np.float32)
+
+    def put_back():
+        params[5].data = original
+
+    attempt(record, "replaced_data", step_with(replaced_data), opt, params, put_back)
 
     def closure():
         if RANK == culprit:
@@ -337,15 +346,69 @@ def resume(outdir: Path, source: str, target: str, first: str, last: str) -> Non
     write(outdir, target, {}, {"local_state_bytes": opt.local_state_bytes()})
 
 
+def roundtrip(outdir: Path) -> None:
+    """State dicts from one process to N ranks and back: 2 steps alone, 2 steps sharded,
+    1 step alone again."""
+    problem = "float32"
+    alone_params = new_params(problem)
+    alone = adamax_rs.Adamax(cases.groups(problem, alone_params), **cases.options(problem))
+    for step in range(2):
+        for g, group in enumerate(alone.param_groups):
+            group["lr"] = cases.learning_rate(problem, step, g)
+        for number, p in enumerate(alone_params):
+            p.grad = cases.mean_gradient(problem, SIZE, step, number)
+        alone.step()
+    params = [adamax_rs.Parameter(p.data.copy(order="K")) for p in alone_params]
+    opt = ShardedAdamax(cases.groups(problem, params), **cases.options(problem))
+    opt.load_state_dict(alone.state_dict())
+    train(problem, params, opt, range(2, 4))
+    back_params = [adamax_rs.Parameter(p.data.copy(order="K")) for p in params]
+    back = adamax_rs.Adamax(cases.groups(problem, back_params), **cases.options(problem))
+    back.load_state_dict(opt.state_dict())
+    for g, group in enumerate(back.param_groups):
+        group["lr"] = cases.learning_rate(problem, 4, g)
+    for number, p in enumerate(back_params):
+        p.grad = cases.mean_gradient(problem, SIZE, 4, number)
+    back.step()
+    arrays = {f"param/{i}": p.data for i, p in enumerate(back_params)}
+    write(outdir, "roundtrip", arrays, flatten_state_dict(back.state_dict(), arrays))
+
+
+def growing(outdir: Path) -> None:
+    """Groups added with add_param_group after two steps (the state is re-sharded), and a
+    parameter's .data replaced by a new array between steps."""
+    problem = "float32"
+    params = new_params(problem)
+    groups = cases.groups(problem, params)
+    opt = ShardedAdamax([groups[0]], **cases.options(problem))
+    sizes = [len(g["params"]) for g in groups]
+    for step in range(2):
+        opt.param_groups[0]["lr"] = cases.learning_rate(problem, step, 0)
+        for number in range(sizes[0]):
+            params[number].grad = cases.gradient(problem, RANK, step, number)
+        opt.step()
+    bytes_before = opt.local_state_bytes()
+    for group in groups[1:]:
+        opt.add_param_group(group)
+    params[0].data = params[0].data.copy(order="F")
+    train(problem, params, opt, range(2, cases.STEPS))
+    arrays = {f"param/{i}": p.data for i, p in enumerate(params)}
+    meta = flatten_state_dict(opt.state_dict(), arrays)
+    meta["bytes_before"] = bytes_before
+    write(outdir, "growing", arrays, meta)
+
+
 def suite(outdir: Path) -> None:
     """The scenarios that need no arguments, in one launch."""
-    for scenario in (exact, memory, refused, allreduce):
+    for scenario in (exact, memory, refused, allreduce, roundtrip, growing):
         scenario(outdir)
 
 
 SCENARIOS = {
     "suite": suite,
     "exact": exact,
+    "roundtrip": roundtrip,
+    "growing": growing,
     "memory": memory,
     "refused": refused,
     "allreduce": allreduce,

@@ -114,7 +114,7 @@ def suite(request, tmp_path_factory):
 
 def reference_run(problem: str, ranks: int, steps=range(cases.STEPS)):
     """``adamax_rs.Adamax`` in this process, stepped with the mean of the ranks' gradients."""
-    params = [adamax_rs.Parameter(v.copy()) for v in cases.initial_values(problem)]
+    params = [adamax_rs.Parameter(v.copy(order="K")) for v in cases.initial_values(problem)]
     opt = adamax_rs.Adamax(cases.groups(problem, params), **cases.options(problem))
     for step in steps:
         for g, group in enumerate(opt.param_groups):
@@ -159,6 +159,9 @@ def test_sharded_steps_equal_one_process_bit_for_bit(suite, problem):
     ranks, outdir = suite
     params, opt = reference_run(problem, ranks)
     expected = opt.state_dict()
+    orders = [order for *_, order in cases.specs(problem)]
+    for p, order in zip(params, orders):  # the Fortran-ordered parameters really are
+        assert p.data.flags.f_contiguous if order == "F" else p.data.flags.c_contiguous
     for rank in range(ranks):
         arrays, meta = read(outdir, f"exact-{problem}", rank)
         for i, p in enumerate(params):
@@ -226,6 +229,49 @@ def test_allreduce_gradients_and_broadcast_parameters(suite):
             assert bits(arrays[f"broadcast/{number}"]) == bits(expected)
 
 
+def test_state_dicts_go_from_one_process_to_n_ranks_and_back(suite):
+    """2 steps of a single-process Adamax, its state dict loaded into ShardedAdamax, 2 steps
+    on N ranks, that state dict loaded into a single-process Adamax, 1 step: the same as 5
+    single-process steps, bit for bit."""
+    ranks, outdir = suite
+    params, opt = reference_run("float32", ranks)
+    expected = opt.state_dict()
+    for rank in range(ranks):
+        arrays, meta = read(outdir, "roundtrip", rank)
+        for i, p in enumerate(params):
+            assert bits(arrays[f"param/{i}"]) == bits(p.data), f"rank {rank}, parameter {i}"
+        assert_state_dict_equal(arrays, meta, expected)
+
+
+def test_added_groups_and_replaced_arrays_keep_the_single_process_result(suite):
+    ranks, outdir = suite
+    problem = "float32"
+    params = [adamax_rs.Parameter(v.copy(order="K")) for v in cases.initial_values(problem)]
+    groups = cases.groups(problem, params)
+    opt = adamax_rs.Adamax([groups[0]], **cases.options(problem))
+    first = len(groups[0]["params"])
+    for step in range(2):
+        opt.param_groups[0]["lr"] = cases.learning_rate(problem, step, 0)
+        for number in range(first):
+            params[number].grad = cases.mean_gradient(problem, ranks, step, number)
+        opt.step()
+    for group in groups[1:]:
+        opt.add_param_group(group)
+    for step in range(2, cases.STEPS):
+        for g, group in enumerate(opt.param_groups):
+            group["lr"] = cases.learning_rate(problem, step, g)
+        for number, p in enumerate(params):
+            p.grad = cases.mean_gradient(problem, ranks, step, number)
+        opt.step()
+    expected = opt.state_dict()
+    for rank in range(ranks):
+        arrays, meta = read(outdir, "growing", rank)
+        for i, p in enumerate(params):
+            assert bits(arrays[f"param/{i}"]) == bits(p.data), f"rank {rank}, parameter {i}"
+        assert_state_dict_equal(arrays, meta, expected)
+        assert meta["bytes_before"] > 0
+
+
 # -- refused inputs -----------------------------------------------------------------------------
 
 STEP_ERRORS = {
@@ -235,6 +281,11 @@ STEP_ERRORS = {
     "not_an_array": ("last", TypeError, "group 0, parameter 0: the gradient must be a numpy"),
     "bad_lr": ("last", ValueError, "group 1: Invalid learning rate"),
     "shares_memory": ("last", ValueError, "group 2, parameter 1: the parameter shares memory"),
+    "replaced_data": (
+        "last",
+        ValueError,
+        r"group 1, parameter 2: .data was replaced by an array of shape \[2\]",
+    ),
     "closure": ("last", RuntimeError, "the data loader failed"),
     "bad_state_dict": ("last", ValueError, "state of parameter 0: 'exp_avg' has shape"),
     "missing_checkpoint": ("last", FileNotFoundError, "missing.npz"),
@@ -311,7 +362,7 @@ def test_training_resumes_across_rank_counts_and_one_process(tmp_path):
             opt.step()
 
     def fresh():
-        params = [adamax_rs.Parameter(v.copy()) for v in cases.initial_values(problem)]
+        params = [adamax_rs.Parameter(v.copy(order="K")) for v in cases.initial_values(problem)]
         return params, adamax_rs.Adamax(cases.groups(problem, params), **cases.options(problem))
 
     def save_params(params, name):
