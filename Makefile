@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEV_PACKAGES := "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "tqdm>=4" "ml_dtypes>=0.2"
+# MPI for adamax_rs.distributed and its tests: mpi4py and the MPICH wheel (mpiexec in .venv/bin).
+MPI_PACKAGES := "mpi4py>=4" "mpich"
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: all venv build demo test test-rust test-python test-package bench lint format clean
@@ -14,7 +16,7 @@ all: test
 $(VENV)/.ready: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(DEV_PACKAGES)
+	$(PY) -m pip install --quiet $(DEV_PACKAGES) $(MPI_PACKAGES)
 	touch $@
 
 venv: $(VENV)/.ready
