@@ -93,7 +93,15 @@ def gradient(problem: str, rank: int, step: int, number: int) -> np.ndarray | No
     k = rng.integers(-31, 32, size=shape)
     if dtype.kind == "c":
         k = k + 1j * rng.integers(-31, 32, size=shape)
-    return np.array(k / 16.0, dtype=dtype, order=order)
+    # Gradients in other layouts than their parameter's: the other memory order, or strided.
+    if (number + step) % 3 == 0:
+        order = "C" if order == "F" else "F"
+    grad = np.array(k / 16.0, dtype=dtype, order=order)
+    if (number + step) % 5 == 1 and grad.ndim == 1:
+        strided = np.zeros(2 * grad.size, dtype)
+        strided[::2] = grad
+        grad = strided[::2]
+    return grad
 
 
 def mean_gradient(problem: str, ranks: int, step: int, number: int) -> np.ndarray | None:

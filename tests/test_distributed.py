@@ -98,15 +98,25 @@ def read(outdir: Path, name: str, rank: int) -> tuple[dict, dict]:
 _suites: dict[int, Path] = {}
 
 
-@pytest.fixture(params=[2, 3, 4], ids=lambda n: f"{n}ranks")
-def suite(request, tmp_path_factory):
-    """The worker's suite (exact steps, memory, refused inputs, allreduce), once per size."""
-    ranks = request.param
+def run_suite(ranks: int, tmp_path_factory) -> tuple[int, Path]:
+    """The worker's suite (exact steps, memory, refused inputs, allreduce, state dict round
+    trips, added groups), launched once per number of ranks."""
     if ranks not in _suites:
         outdir = tmp_path_factory.mktemp(f"suite{ranks}")
         mpirun(ranks, "suite", outdir)
         _suites[ranks] = outdir
     return ranks, _suites[ranks]
+
+
+@pytest.fixture(params=[1, 2, 3, 4], ids=lambda n: f"{n}ranks")
+def suite(request, tmp_path_factory):
+    return run_suite(request.param, tmp_path_factory)
+
+
+@pytest.fixture(params=[2, 3, 4], ids=lambda n: f"{n}ranks")
+def several(request, tmp_path_factory):
+    """As ``suite``, for what needs a second rank (one rank cannot disagree with another)."""
+    return run_suite(request.param, tmp_path_factory)
 
 
 # -- the single-process reference ---------------------------------------------------------------
@@ -300,8 +310,8 @@ STEP_ERRORS = {
 }
 
 
-def test_bad_input_on_one_rank_raises_on_every_rank_and_changes_nothing(suite):
-    ranks, outdir = suite
+def test_bad_input_on_one_rank_raises_on_every_rank_and_changes_nothing(several):
+    ranks, outdir = several
     records = [
         {e["case"]: e for e in read(outdir, "refused", rank)[1]["record"]} for rank in range(ranks)
     ]
@@ -328,10 +338,10 @@ def test_bad_input_on_one_rank_raises_on_every_rank_and_changes_nothing(suite):
                 assert entry["value_error"] == issubclass(error, ValueError)
 
 
-def test_good_steps_after_refused_ones_equal_one_process(suite):
+def test_good_steps_after_refused_ones_equal_one_process(several):
     """Every refused call above left no trace: the training continues as if they never
     happened, and the gradients a refused allreduce saw are untouched."""
-    ranks, outdir = suite
+    ranks, outdir = several
     params, opt = reference_run("float32", ranks)
     expected = opt.state_dict()
     for rank in range(ranks):

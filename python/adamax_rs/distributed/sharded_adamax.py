@@ -468,6 +468,9 @@ class ShardedAdamax(Adamax):
 
         shard, comm = self._shard, self.comm
         ranks = comm.Get_size()
+        if ranks == 1:
+            self._update_alone(grads, hyper)
+            return
         t = time.perf_counter()
         active = [any(grads[s.number] is not None for s in b.slots) for b in shard.buckets]
         for bucket, on in zip(shard.buckets, active):
@@ -503,9 +506,36 @@ class ShardedAdamax(Adamax):
             )
             t = self._timed("allgather", t)
             for slot in bucket.slots:
-                if grads[slot.number] is not None:
-                    np.copyto(shard.arrays[slot.number], slot.shaped(bucket.gathered))
+                begin, end = slot.offset, slot.offset + slot.size
+                if grads[slot.number] is None or (bucket.lo <= begin and end <= bucket.hi):
+                    continue  # not stepped, or all of it this rank's: updated in place already
+                target = flat_real(shard.arrays[slot.number], slot.order)
+                for a, b in ((begin, min(end, bucket.lo)), (max(begin, bucket.hi), end)):
+                    if a < b:  # the parts other ranks updated
+                        target[a - begin : b - begin] = bucket.gathered[a:b]
             t = self._timed("unpack", t)
+
+    def _update_alone(self, grads: list[np.ndarray | None], hyper: list[dict[str, Any]]) -> None:
+        """One rank: the mean is the gradient itself, and there is nobody to exchange with.
+        The pieces are whole parameters; their gradients are views of the caller's arrays
+        where the memory order allows, copies otherwise."""
+        shard = self._shard
+        t = time.perf_counter()
+        for piece, piece_param, view in zip(shard.pieces, shard.piece_params, shard.piece_grads):
+            slot, grad = piece.slot, grads[piece.slot.number]
+            if grad is None:
+                piece_param.grad = None
+            elif grad.flags.aligned and (
+                grad.flags.c_contiguous if slot.order == "C" else grad.flags.f_contiguous
+            ):
+                piece_param.grad = flat_real(grad, slot.order)
+            else:
+                np.copyto(slot.shaped(shard.buckets[slot.bucket].shard_grad), grad)
+                piece_param.grad = view
+        for inner_group, values in zip(shard.inner.param_groups, hyper):
+            inner_group.update(values)
+        shard.inner.step()
+        self._timed("update", t)
 
     def _describe_step(self, rows: list[np.ndarray]) -> str:
         groups = len(self.param_groups)
