@@ -47,12 +47,15 @@ class _Bucket:
         self.lo, self.hi = bucket.bounds[rank], bucket.bounds[rank + 1]
         transport = transport_dtype(bucket.dtype)
         # The whole bucket: gradients go out of it, and updated parameters come back into it.
-        self.flat = np.zeros(bucket.size, transport)
-        # This rank's range of the summed gradients, and the mean in the parameters' type.
-        self.shard_sum = np.zeros(self.hi - self.lo, transport)
+        alone = layout.ranks == 1  # nothing to exchange: no flat buffer, no sums
+        self.flat = np.zeros(0 if alone else bucket.size, transport)
+        # This rank's range of the summed gradients, and the mean in the parameters' type
+        # (alone: room for copies of gradients whose layout cannot be viewed; calloc'ed, so
+        # it takes memory only where used).
+        self.shard_sum = np.zeros(0 if alone else self.hi - self.lo, transport)
         self.shard_grad = (
             np.zeros(self.hi - self.lo, bucket.dtype)
-            if transport != bucket.dtype
+            if alone or transport != bucket.dtype
             else self.shard_sum
         )
         # Parameters travel back as raw bits (a copy must not round anything); a 16-bit
