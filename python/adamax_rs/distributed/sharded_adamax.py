@@ -47,15 +47,14 @@ class _Bucket:
         self.lo, self.hi = bucket.bounds[rank], bucket.bounds[rank + 1]
         transport = transport_dtype(bucket.dtype)
         # The whole bucket: gradients go out of it, and updated parameters come back into it.
-        alone = layout.ranks == 1  # nothing to exchange: no flat buffer, no sums
+        # Alone, nothing is exchanged: no buffers at all.
+        alone = layout.ranks == 1
         self.flat = np.zeros(0 if alone else bucket.size, transport)
-        # This rank's range of the summed gradients, and the mean in the parameters' type
-        # (alone: room for copies of gradients whose layout cannot be viewed; calloc'ed, so
-        # it takes memory only where used).
+        # This rank's range of the summed gradients, and the mean in the parameters' type.
         self.shard_sum = np.zeros(0 if alone else self.hi - self.lo, transport)
         self.shard_grad = (
-            np.zeros(self.hi - self.lo, bucket.dtype)
-            if alone or transport != bucket.dtype
+            np.zeros(0 if alone else self.hi - self.lo, bucket.dtype)
+            if transport != bucket.dtype
             else self.shard_sum
         )
         # Parameters travel back as raw bits (a copy must not round anything); a 16-bit
@@ -521,20 +520,17 @@ class ShardedAdamax(Adamax):
     def _update_alone(self, grads: list[np.ndarray | None], hyper: list[dict[str, Any]]) -> None:
         """One rank: the mean is the gradient itself, and there is nobody to exchange with.
         The pieces are whole parameters; their gradients are views of the caller's arrays
-        where the memory order allows, copies otherwise."""
+        where the memory order allows, copies in the parameter's order otherwise."""
         shard = self._shard
         t = time.perf_counter()
-        for piece, piece_param, view in zip(shard.pieces, shard.piece_params, shard.piece_grads):
+        for piece, piece_param in zip(shard.pieces, shard.piece_params):
             slot, grad = piece.slot, grads[piece.slot.number]
-            if grad is None:
-                piece_param.grad = None
-            elif grad.flags.aligned and (
-                grad.flags.c_contiguous if slot.order == "C" else grad.flags.f_contiguous
+            if grad is not None and not (
+                grad.flags.aligned
+                and (grad.flags.c_contiguous if slot.order == "C" else grad.flags.f_contiguous)
             ):
-                piece_param.grad = flat_real(grad, slot.order)
-            else:
-                np.copyto(slot.shaped(shard.buckets[slot.bucket].shard_grad), grad)
-                piece_param.grad = view
+                grad = grad.flatten(order=slot.order)
+            piece_param.grad = None if grad is None else flat_real(grad, slot.order)
         for inner_group, values in zip(shard.inner.param_groups, hyper):
             inner_group.update(values)
         shard.inner.step()
