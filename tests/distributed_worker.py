@@ -398,6 +398,23 @@ def growing(outdir: Path) -> None:
     write(outdir, "growing", arrays, meta)
 
 
+def abort(outdir: Path) -> None:
+    """The last rank fails after the gradients were exchanged (as if it ran out of memory
+    creating its state): the job must end, not hang and not go on with unequal ranks."""
+    params = [adamax_rs.Parameter(np.zeros(10, np.float32))]
+    opt = ShardedAdamax(params)
+    params[0].grad = np.ones(10, np.float32)
+    if RANK == SIZE - 1:
+
+        def out_of_memory(closure=None):
+            raise MemoryError("no room for the state")
+
+        opt.shard_optimizer.step = out_of_memory
+    opt.step()
+    opt.step()  # never reached on any rank
+    (outdir / f"went-on-{RANK}").write_text("the job went on after a failed step")
+
+
 def suite(outdir: Path) -> None:
     """The scenarios that need no arguments, in one launch."""
     for scenario in (exact, memory, allreduce, roundtrip, growing):
@@ -415,6 +432,7 @@ SCENARIOS = {
     "refused": refused,
     "allreduce": allreduce,
     "resume": resume,
+    "abort": abort,
 }
 
 

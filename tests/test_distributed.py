@@ -57,8 +57,15 @@ def launch(ranks: int, *args: object, module: bool = False) -> tuple[int, str, s
     fails the test."""
     target = ["-m", "adamax_rs"] if module else [str(WORKER)]
     command = [MPIEXEC, "-n", str(ranks), sys.executable, *target, *map(str, args)]
-    # All ranks on this machine, started by fork: no ssh, no host names to resolve.
-    env = {**os.environ, "HYDRA_LAUNCHER": "fork"}
+    env = {
+        **os.environ,
+        # All ranks on this machine, started by fork: no ssh, no host names to resolve.
+        "HYDRA_LAUNCHER": "fork",
+        # The same for Open MPI's mpiexec (MPICH ignores these): more ranks than cores, root.
+        "OMPI_MCA_rmaps_base_oversubscribe": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -355,6 +362,14 @@ def test_good_steps_after_refused_ones_equal_one_process(several):
         for number in (0, 2):  # untouched by the refused allreduce_gradients calls
             grad = cases.gradient("float32", rank, 2, number)
             assert bits(arrays[f"grad_after/{number}"]) == bits(grad)
+
+
+def test_a_rank_failing_after_the_exchange_aborts_the_job_instead_of_hanging(tmp_path):
+    code, _, err = launch(3, "abort", tmp_path)
+    assert code != 0
+    assert "rank 2 of 3 failed while the ranks were exchanging data" in err
+    assert "MemoryError: no room for the state" in err
+    assert not list(tmp_path.glob("went-on-*"))
 
 
 # -- checkpoints across rank counts -------------------------------------------------------------
