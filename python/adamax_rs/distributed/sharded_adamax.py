@@ -17,140 +17,26 @@ from ..adamax import Adamax
 from ..checkpoint import load_checkpoint as _load_checkpoint
 from ..checkpoint import save_checkpoint as _save_checkpoint
 from ..dtypes import is_half, state_dtype_for
-from ..parameter import Parameter
 from ._mpi import communicator
 from .agreement import agree
-from .layout import Piece, ShardLayout, Slot, flat_real, memory_order, transport_dtype
+from .consistency import (
+    describe_layouts,
+    describe_loaded,
+    describe_step,
+    layout_row,
+    loaded_row,
+    step_row,
+)
+from .layout import ShardLayout, Slot, flat_real, memory_order
 from .mean import mean_in_place
+from .shard import HYPERPARAMETER_KEYS, Shard, hyperparameters
 
 if TYPE_CHECKING:
     from mpi4py import MPI
 
 __all__ = ["ShardedAdamax"]
 
-#: The hyperparameters of a group, as ``adamax_rs.Adamax`` documents them.
-NUMERIC_KEYS = ("lr", "beta1", "beta2", "eps", "weight_decay")
-FLAG_KEYS = ("maximize", "eps_inside_max", "decoupled_weight_decay")
-HYPERPARAMETER_KEYS = NUMERIC_KEYS + FLAG_KEYS
-
 PathLikeStr = Union[str, "PathLike[str]"]
-
-
-class _Bucket:
-    """The buffers of one element type on this rank, kept between steps."""
-
-    def __init__(self, layout: ShardLayout, index: int, rank: int, pieces: list[Piece]) -> None:
-        bucket = layout.buckets[index]
-        self.dtype = bucket.dtype
-        self.counts = bucket.counts()
-        self.displacements = bucket.displacements()
-        self.lo, self.hi = bucket.bounds[rank], bucket.bounds[rank + 1]
-        transport = transport_dtype(bucket.dtype)
-        # The whole bucket: gradients go out of it, and updated parameters come back into it.
-        # Alone, nothing is exchanged: no buffers at all.
-        alone = layout.ranks == 1
-        self.flat = np.zeros(0 if alone else bucket.size, transport)
-        # This rank's range of the summed gradients, and the mean in the parameters' type.
-        self.shard_sum = np.zeros(0 if alone else self.hi - self.lo, transport)
-        self.shard_grad = (
-            np.zeros(0 if alone else self.hi - self.lo, bucket.dtype)
-            if transport != bucket.dtype
-            else self.shard_sum
-        )
-        # Parameters travel back as raw bits (a copy must not round anything); a 16-bit
-        # bucket uses the first half of the float32 buffer's memory.
-        bits = np.dtype(f"u{bucket.dtype.itemsize}")
-        self.gather_bits = self.flat.view(bits)[: bucket.size]
-        self.gathered = self.gather_bits.view(bucket.dtype)
-        self.slots = [s for s in layout.slots if s.bucket == index]
-        # Where this rank's range holds complex numbers (their mean is computed differently).
-        self.complex_runs: list[tuple[int, int]] = []
-        for piece in pieces:
-            if piece.slot.bucket != index or piece.slot.dtype.kind != "c" or not piece.size:
-                continue
-            start = piece.slot.offset + piece.start - self.lo
-            if self.complex_runs and self.complex_runs[-1][1] == start:
-                start = self.complex_runs.pop()[0]
-            self.complex_runs.append((start, piece.slot.offset + piece.stop - self.lo))
-
-    def nbytes(self) -> int:
-        extra = self.shard_grad.nbytes if self.shard_grad is not self.shard_sum else 0
-        return int(self.flat.nbytes + self.shard_sum.nbytes + extra)
-
-
-class _Shard:
-    """Everything one rank keeps for a layout: its pieces as Parameters, their inner Adamax,
-    and the buffers. Built completely before it replaces the previous one."""
-
-    def __init__(
-        self,
-        layout: ShardLayout,
-        rank: int,
-        params: list[Any],
-        arrays: list[np.ndarray],
-        hyper: list[dict[str, Any]],
-        options: dict[str, Any],
-    ) -> None:
-        self.layout = layout
-        self.params = params
-        # The arrays the pieces view: each parameter's ``.data`` when it was last checked.
-        self.arrays = arrays
-        self.pieces = layout.pieces(rank)
-        self.piece_params: list[Parameter] = []
-        for piece in self.pieces:
-            slot = piece.slot
-            flat = flat_real(arrays[slot.number], slot.order)
-            name = getattr(params[slot.number], "name", None) or slot.where()
-            self.piece_params.append(
-                Parameter(
-                    flat[piece.start : piece.stop], name=f"{name}[{piece.start}:{piece.stop}]"
-                )
-            )
-        self.buckets = [_Bucket(layout, b, rank, self.pieces) for b in range(len(layout.buckets))]
-        self.piece_grads = []
-        for piece in self.pieces:
-            bucket = self.buckets[piece.slot.bucket]
-            start = piece.slot.offset + piece.start - bucket.lo
-            self.piece_grads.append(bucket.shard_grad[start : start + piece.size])
-        groups: list[dict[str, Any]] = [{"params": [], **h} for h in hyper]
-        for piece, piece_param in zip(self.pieces, self.piece_params):
-            groups[piece.slot.group]["params"].append(piece_param)
-        self.inner = Adamax(groups, **options)
-
-    def piece_state(self, piece: Piece, full: Mapping[str, Any]) -> dict[str, Any]:
-        """The part of a full-size state entry that ``piece`` keeps."""
-        out: dict[str, Any] = {}
-        for key, value in full.items():
-            if isinstance(value, np.ndarray):
-                out[key] = flat_real(value, piece.slot.order)[piece.start : piece.stop]
-            else:
-                out[key] = value
-        return out
-
-    def load(self, full_state: Mapping[Any, Mapping[str, Any]]) -> None:
-        """Give the inner optimizer the slices of ``full_state`` (keyed by the user's
-        parameters) that this rank keeps; validated and copied by ``Adamax.load_state_dict``."""
-        numbers: dict[int, int] = {}
-        groups: list[dict[str, Any]] = []
-        for group in self.inner.param_groups:
-            indices = []
-            for piece_param in group["params"]:
-                numbers[id(piece_param)] = len(numbers)
-                indices.append(numbers[id(piece_param)])
-            groups.append({**_hyperparameters(group), "params": indices})
-        state: dict[int, dict[str, Any]] = {}
-        for piece, piece_param in zip(self.pieces, self.piece_params):
-            entry = full_state.get(self.params[piece.slot.number])
-            if entry:
-                state[numbers[id(piece_param)]] = self.piece_state(piece, entry)
-        self.inner.load_state_dict({"state": state, "param_groups": groups})
-
-    def nbytes(self) -> int:
-        return sum(b.nbytes() for b in self.buckets)
-
-
-def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: group[key] for key in HYPERPARAMETER_KEYS}
 
 
 def _abort(comm: MPI.Intracomm, error: BaseException) -> None:
@@ -258,8 +144,8 @@ class ShardedAdamax(Adamax):
             layout = ShardLayout.of([g["params"] for g in self.param_groups], self.comm.Get_size())
         except Exception as caught:
             error = caught
-        shared = _layout_row(layout) if layout is not None else None
-        agree(self.comm, error, shared, _describe_layouts)
+        shared = layout_row(layout) if layout is not None else None
+        agree(self.comm, error, shared, describe_layouts)
         assert layout is not None
         self._shard = self._new_shard(
             layout, [p.data for g in self.param_groups for p in g["params"]]
@@ -280,12 +166,12 @@ class ShardedAdamax(Adamax):
         layout: ShardLayout,
         arrays: list[np.ndarray],
         groups: list[dict[str, Any]] | None = None,
-    ) -> _Shard:
+    ) -> Shard:
         """A shard of ``layout`` over ``arrays``, with the hyperparameters of ``groups``
         (``param_groups`` by default)."""
         params = [p for g in self.param_groups for p in g["params"]]
-        hyper = [_hyperparameters(g) for g in (groups or self.param_groups)]
-        return _Shard(layout, self.comm.Get_rank(), params, arrays, hyper, self._options())
+        hyper = [hyperparameters(g) for g in (groups or self.param_groups)]
+        return Shard(layout, self.comm.Get_rank(), params, arrays, hyper, self._options())
 
     def _check_structure(self) -> None:
         """Raise unless ``param_groups`` still lists the parameters the shard was built for."""
@@ -311,13 +197,13 @@ class ShardedAdamax(Adamax):
                 )
             number += len(listed)
 
-    def _checked_hyperparameters(self) -> list[dict[str, Any]]:
+    def _checkedhyperparameters(self) -> list[dict[str, Any]]:
         out = []
         for g, group in enumerate(self.param_groups):
             for key in HYPERPARAMETER_KEYS:
                 if key not in group:
                     raise ValueError(f"group {g}: missing hyperparameter {key!r}")
-            hyper = _hyperparameters(group)
+            hyper = hyperparameters(group)
             try:
                 # The public functional form checks types and ranges exactly as a step does;
                 # with no arrays it changes nothing.
@@ -443,10 +329,10 @@ class ShardedAdamax(Adamax):
                 if closure is not None:
                     loss = closure()
                 self._check_structure()
-                hyper = self._checked_hyperparameters()
+                hyper = self._checkedhyperparameters()
                 replaced = self._replaced_arrays()
                 grads = self._checked_gradients()
-                shared = _step_row(hyper, grads)
+                shared = step_row(hyper, grads)
             except Exception as caught:
                 error = caught
             agree(self.comm, error, shared, self._describe_step)
@@ -537,37 +423,7 @@ class ShardedAdamax(Adamax):
         self._timed("update", t)
 
     def _describe_step(self, rows: list[np.ndarray]) -> str:
-        groups = len(self.param_groups)
-        width = len(HYPERPARAMETER_KEYS)
-        if len({row.size for row in rows}) > 1:
-            return "the ranks have different numbers of parameter groups or parameters"
-        for column in range(rows[0].size):
-            values = [int(row[column]) for row in rows]
-            if len(set(values)) == 1:
-                continue
-            if column < groups * width:
-                g, k = divmod(column, width)
-                key = HYPERPARAMETER_KEYS[k]
-                shown = [
-                    np.array(v, np.int64).view(np.float64).item()
-                    if k < len(NUMERIC_KEYS)
-                    else bool(v)
-                    for v in values
-                ]
-                listed = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(shown))
-                return (
-                    f"group {g}: {key} differs between ranks ({listed}); every rank must step "
-                    "with the same hyperparameters"
-                )
-            slot = self._shard.layout.slots[column - groups * width]
-            have = [r for r, v in enumerate(values) if v]
-            lack = [r for r, v in enumerate(values) if not v]
-            return (
-                f"{slot.where()}: it has a gradient on ranks {have} but None on ranks {lack}; "
-                "give it a gradient on every rank (zeros if it took no part in this rank's "
-                "loss) or None on every rank"
-            )
-        return "the ranks disagree"
+        return describe_step(rows, len(self.param_groups), self._shard.layout.slots)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -686,10 +542,10 @@ class ShardedAdamax(Adamax):
             load(scratch)
             shard = self._new_shard(self._shard.layout, arrays, scratch.param_groups)
             shard.load(scratch.state)
-            shared = _loaded_row(scratch)
+            shared = loaded_row(scratch)
         except Exception as caught:
             error = caught
-        agree(self.comm, error, shared, _describe_loaded)
+        agree(self.comm, error, shared, describe_loaded)
         assert shard is not None
         self._shard = shard
         self.param_groups = [
@@ -738,7 +594,7 @@ class ShardedAdamax(Adamax):
             except Exception as caught:
                 error = caught
             try:
-                agree(self.comm, error, _layout_row(layout) if layout else None, _describe_layouts)
+                agree(self.comm, error, layout_row(layout) if layout else None, describe_layouts)
             except Exception:
                 del self.param_groups[before:]
                 raise
@@ -814,69 +670,3 @@ class _ById(Mapping[Any, Mapping[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _bits(values: list[float]) -> np.ndarray:
-    return np.array(values, np.float64).view(np.int64)
-
-
-def _step_row(hyper: list[dict[str, Any]], grads: list[np.ndarray | None]) -> np.ndarray:
-    """What must be the same on every rank for a step: the hyperparameters (numbers as their
-    float64 bits, flags as 0/1) and, per parameter, whether it has a gradient."""
-    row: list[int] = []
-    for h in hyper:
-        row.extend(int(_bits([float(h[k])])[0]) for k in NUMERIC_KEYS)
-        row.extend(int(bool(h[k])) for k in FLAG_KEYS)
-    row.extend(int(g is not None) for g in grads)
-    return np.array(row, np.int64)
-
-
-def _layout_row(layout: ShardLayout) -> np.ndarray:
-    """The layout's description: group sizes, then (size, dtype, order, shape) per parameter."""
-    row: list[int] = [len(layout.group_sizes), *layout.group_sizes]
-    for slot in layout.slots:
-        code = int.from_bytes(slot.dtype.str.encode()[:7].ljust(7, b"\0"), "little")
-        shape = list(slot.shape)[:8] + [-1] * (8 - min(8, len(slot.shape)))
-        row.extend([slot.size, code, ord(slot.order), len(slot.shape), *shape])
-    return np.array(row, np.int64)
-
-
-def _describe_layouts(rows: list[np.ndarray]) -> str:
-    first = [int(v) for v in rows[0][: int(rows[0][0]) + 1]]
-    for r, row in enumerate(rows[1:], 1):
-        groups = [int(v) for v in row[: int(row[0]) + 1]]
-        if groups != first:
-            return (
-                f"the parameter groups differ between ranks: rank 0 has groups of "
-                f"{first[1:]} parameters, rank {r} has {groups[1:]}"
-            )
-    width = 12
-    tables = [row[len(first) :].reshape(-1, width) for row in rows]
-    sizes = first[1:]
-    for number in range(tables[0].shape[0]):
-        entries = {t[number].tobytes() for t in tables}
-        if len(entries) > 1:
-            g = next(i for i in range(len(sizes)) if number < sum(sizes[: i + 1]))
-            position = number - sum(sizes[:g])
-            return (
-                f"group {g}, parameter {position} differs between ranks (shape, dtype or memory "
-                "order); every rank must build the optimizer over the same parameters"
-            )
-    return "the parameters differ between ranks"
-
-
-def _loaded_row(scratch: Adamax) -> np.ndarray:
-    """Step counts and hyperparameters of a loaded state: the same on every rank."""
-    params = [p for g in scratch.param_groups for p in g["params"]]
-    steps = [int(scratch.state.get(p, {}).get("step", -1)) for p in params]
-    values: list[float] = []
-    for g in scratch.param_groups:
-        values.extend(float(g[k]) for k in HYPERPARAMETER_KEYS)
-    return np.concatenate([np.array(steps, np.int64), _bits(values)])
-
-
-def _describe_loaded(rows: list[np.ndarray]) -> str:
-    return (
-        "the ranks loaded different state dicts (their step counts or hyperparameters "
-        "differ); every rank must load the same one"
-    )
