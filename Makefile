@@ -8,8 +8,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The demo's extras (tqdm, matplotlib for --plot) are here so that the README's commands work.
-DEV_PACKAGES := "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "tqdm>=4" "matplotlib>=3" "ml_dtypes>=0.2"
+# The demo's extras (tqdm, matplotlib for --plot) are here so that the README's commands work;
+# safetensors checks that the checkpoint files are readable by the reference implementation.
+DEV_PACKAGES := "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "tqdm>=4" "matplotlib>=3" "ml_dtypes>=0.2" "safetensors>=0.4"
+# MPI for adamax_rs.distributed and its tests: mpi4py and the MPICH wheel (mpiexec in .venv/bin).
+MPI_PACKAGES := "mpi4py>=4" "mpich"
 ARGS ?=
 export VIRTUAL_ENV := $(abspath $(VENV))
 
@@ -22,7 +25,7 @@ $(VENV)/.ready: pyproject.toml Makefile
 	@echo ">>> Making $(VENV) with the dev packages: about 30 s with a warm pip cache, a few minutes without"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off --upgrade pip
-	$(PY) -m pip install --progress-bar off $(DEV_PACKAGES)
+	$(PY) -m pip install --progress-bar off $(DEV_PACKAGES) $(MPI_PACKAGES)
 	touch $@
 
 venv: $(VENV)/.ready

@@ -181,6 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="save the loss curve as a PNG (needs matplotlib, checked before training)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train data-parallel on the ranks of mpiexec, with ShardedAdamax (needs mpi4py)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -191,6 +196,10 @@ def main(args: argparse.Namespace) -> int:
     PlotError
         If ``--plot`` was given and the plot cannot be made (checked before training).
     """
+    if args.distributed:
+        from .distributed.demo import main as distributed_main
+
+        return distributed_main(args)
     if args.plot:
         prepare_plot(args.plot)
     print(

@@ -1,0 +1,121 @@
+"""Agreeing on a verdict before any data moves.
+
+Every collective operation here first checks its input locally, then runs :func:`agree`: one
+small ``Allgather`` of an error code and a digest of whatever must be the same on every rank
+(hyperparameters, which parameters have gradients, shapes). If any rank failed or the digests
+differ, every rank raises, and all of them raise before the first byte of data is exchanged.
+So a bad input can neither leave a rank waiting in a collective that the others skipped (a
+deadlock) nor let some ranks update while others do not (divergence).
+
+Only on failure is more exchanged: the failing rank's message, and the full rows of the
+values that differ, so that the error can say what differs where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .errors import OtherRankError, OtherRankTypeError, OtherRankValueError
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+__all__ = ["agree"]
+
+_OK, _TYPE, _VALUE, _OTHER = 0, 1, 2, 3
+_PEER_ERRORS: dict[int, type[OtherRankError]] = {
+    _TYPE: OtherRankTypeError,
+    _VALUE: OtherRankValueError,
+    _OTHER: OtherRankError,
+}
+
+
+def _code(error: BaseException | None) -> int:
+    if error is None:
+        return _OK
+    if isinstance(error, TypeError):
+        return _TYPE
+    if isinstance(error, ValueError):
+        return _VALUE
+    return _OTHER
+
+
+def digest(values: np.ndarray) -> int:
+    """A 63-bit digest of an array's bytes, the same on every rank for the same values."""
+    raw = hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=8).digest()
+    return int.from_bytes(raw, "little") >> 1
+
+
+def _broadcast_text(comm: MPI.Intracomm, root: int, text: str) -> str:
+    data = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    length = np.array([data.size], dtype=np.int64)
+    comm.Bcast(length, root=root)
+    buffer = data.copy() if comm.Get_rank() == root else np.empty(int(length[0]), np.uint8)
+    comm.Bcast(buffer, root=root)
+    return buffer.tobytes().decode("utf-8", "replace")
+
+
+def gather_rows(comm: MPI.Intracomm, row: np.ndarray) -> list[np.ndarray]:
+    """Every rank's int64 ``row`` (lengths may differ), on every rank."""
+    mine = np.ascontiguousarray(row, dtype=np.int64)
+    lengths = np.empty(comm.Get_size(), np.int64)
+    comm.Allgather(np.array([mine.size], np.int64), lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    table = np.empty(int(offsets[-1]), np.int64)
+    comm.Allgatherv(mine, [table, (lengths.tolist(), offsets[:-1].tolist())])
+    return [table[offsets[r] : offsets[r + 1]] for r in range(comm.Get_size())]
+
+
+def agree(
+    comm: MPI.Intracomm,
+    error: BaseException | None,
+    shared: np.ndarray | None = None,
+    describe: Callable[[list[np.ndarray]], str] | None = None,
+) -> None:
+    """Raise on every rank if ``error`` is set on any rank, or ``shared`` differs between ranks.
+
+    Collective: every rank of ``comm`` must call it at the same point.
+
+    Parameters
+    ----------
+    comm : MPI.Intracomm
+        The ranks that must agree.
+    error : Exception or None
+        This rank's local verdict: the exception its checks raised, or ``None``.
+    shared : numpy.ndarray of int64, optional
+        Values that must be the same on every rank (compared by digest).
+    describe : callable, optional
+        Given every rank's ``shared`` row, returns the message saying what differs.
+
+    Raises
+    ------
+    Exception
+        On a failing rank, its own ``error``, unchanged.
+    OtherRankTypeError, OtherRankValueError, OtherRankError
+        On the other ranks, when some rank failed: the class matches the first failing
+        rank's error, and the message quotes it.
+    ValueError
+        On every rank, when no rank failed but ``shared`` differs between ranks.
+    """
+    size = comm.Get_size()
+    local = np.array(
+        [_code(error), digest(shared) if shared is not None and error is None else 0], np.int64
+    )
+    table = np.empty((size, 2), np.int64)
+    comm.Allgather(local, table)
+    failed = [int(r) for r in np.flatnonzero(table[:, 0])]
+    if failed:
+        root = failed[0]
+        text = _broadcast_text(comm, root, f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        also = f" (ranks {', '.join(map(str, failed[1:]))} failed too)" if failed[1:] else ""
+        kind = _PEER_ERRORS[int(table[root, 0])]
+        raise kind(f"rank {root} of {size} failed{also}, so nothing changed: {text}", tuple(failed))
+    if shared is not None and len(set(table[:, 1].tolist())) > 1:
+        rows = gather_rows(comm, shared)
+        message = describe(rows) if describe is not None else "the ranks disagree"
+        raise ValueError(message)

@@ -1,0 +1,121 @@
+"""What must be the same on every rank, as rows of int64 for :func:`agreement.agree`, and the
+messages that say what differs when it is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..adamax import Adamax
+from .layout import ShardLayout, Slot
+from .shard import FLAG_KEYS, HYPERPARAMETER_KEYS, NUMERIC_KEYS
+
+__all__ = [
+    "step_row",
+    "describe_step",
+    "layout_row",
+    "describe_layouts",
+    "loaded_row",
+    "describe_loaded",
+]
+
+
+def _bits(values: list[float]) -> np.ndarray:
+    return np.array(values, np.float64).view(np.int64)
+
+
+def step_row(hyper: list[dict[str, Any]], grads: list[np.ndarray | None]) -> np.ndarray:
+    """What must be the same on every rank for a step: the hyperparameters (numbers as their
+    float64 bits, flags as 0/1) and, per parameter, whether it has a gradient."""
+    row: list[int] = []
+    for h in hyper:
+        row.extend(int(_bits([float(h[k])])[0]) for k in NUMERIC_KEYS)
+        row.extend(int(bool(h[k])) for k in FLAG_KEYS)
+    row.extend(int(g is not None) for g in grads)
+    return np.array(row, np.int64)
+
+
+def layout_row(layout: ShardLayout) -> np.ndarray:
+    """The layout's description: group sizes, then (size, dtype, order, shape) per parameter."""
+    row: list[int] = [len(layout.group_sizes), *layout.group_sizes]
+    for slot in layout.slots:
+        code = int.from_bytes(slot.dtype.str.encode()[:7].ljust(7, b"\0"), "little")
+        shape = list(slot.shape)[:8] + [-1] * (8 - min(8, len(slot.shape)))
+        row.extend([slot.size, code, ord(slot.order), len(slot.shape), *shape])
+    return np.array(row, np.int64)
+
+
+def describe_layouts(rows: list[np.ndarray]) -> str:
+    """The first difference between the ranks' layout rows (see :func:`layout_row`)."""
+    first = [int(v) for v in rows[0][: int(rows[0][0]) + 1]]
+    for r, row in enumerate(rows[1:], 1):
+        groups = [int(v) for v in row[: int(row[0]) + 1]]
+        if groups != first:
+            return (
+                f"the parameter groups differ between ranks: rank 0 has groups of "
+                f"{first[1:]} parameters, rank {r} has {groups[1:]}"
+            )
+    width = 12
+    tables = [row[len(first) :].reshape(-1, width) for row in rows]
+    sizes = first[1:]
+    for number in range(tables[0].shape[0]):
+        entries = {t[number].tobytes() for t in tables}
+        if len(entries) > 1:
+            g = next(i for i in range(len(sizes)) if number < sum(sizes[: i + 1]))
+            position = number - sum(sizes[:g])
+            return (
+                f"group {g}, parameter {position} differs between ranks (shape, dtype or memory "
+                "order); every rank must build the optimizer over the same parameters"
+            )
+    return "the parameters differ between ranks"
+
+
+def loaded_row(scratch: Adamax) -> np.ndarray:
+    """Step counts and hyperparameters of a loaded state: the same on every rank."""
+    params = [p for g in scratch.param_groups for p in g["params"]]
+    steps = [int(scratch.state.get(p, {}).get("step", -1)) for p in params]
+    values: list[float] = []
+    for g in scratch.param_groups:
+        values.extend(float(g[k]) for k in HYPERPARAMETER_KEYS)
+    return np.concatenate([np.array(steps, np.int64), _bits(values)])
+
+
+def describe_loaded(rows: list[np.ndarray]) -> str:
+    """The message for state dicts that differ between ranks (see :func:`loaded_row`)."""
+    return (
+        "the ranks loaded different state dicts (their step counts or hyperparameters "
+        "differ); every rank must load the same one"
+    )
+
+
+def describe_step(rows: list[np.ndarray], groups: int, slots: tuple[Slot, ...]) -> str:
+    """What differs between the ranks' step rows (see :func:`step_row`)."""
+    width = len(HYPERPARAMETER_KEYS)
+    if len({row.size for row in rows}) > 1:
+        return "the ranks have different numbers of parameter groups or parameters"
+    for column in range(rows[0].size):
+        values = [int(row[column]) for row in rows]
+        if len(set(values)) == 1:
+            continue
+        if column < groups * width:
+            g, k = divmod(column, width)
+            key = HYPERPARAMETER_KEYS[k]
+            shown = [
+                np.array(v, np.int64).view(np.float64).item() if k < len(NUMERIC_KEYS) else bool(v)
+                for v in values
+            ]
+            listed = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(shown))
+            return (
+                f"group {g}: {key} differs between ranks ({listed}); every rank must step "
+                "with the same hyperparameters"
+            )
+        slot = slots[column - groups * width]
+        have = [r for r, v in enumerate(values) if v]
+        lack = [r for r, v in enumerate(values) if not v]
+        return (
+            f"{slot.where()}: it has a gradient on ranks {have} but None on ranks {lack}; "
+            "give it a gradient on every rank (zeros if it took no part in this rank's "
+            "loss) or None on every rank"
+        )
+    return "the ranks disagree"
