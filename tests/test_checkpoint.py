@@ -392,6 +392,9 @@ class BlockQuantized(Optimizer):
     def __init__(self, params):
         super().__init__(params, {"lr": 0.1})
 
+    def state_keys(self):
+        return ("codes", "scale", "running")
+
     @staticmethod
     def blocks(param):
         return (param.data.size + 3) // 4

@@ -331,12 +331,20 @@ impl StateEntry {
         Ok(out)
     }
 
-    /// Sets each item of `other` (a mapping), checking each as `entry[key] = value` does.
-    fn update(&self, other: &Bound<'_, PyAny>) -> PyResult<()> {
-        let items = other.call_method0("items")?;
-        for item in items.try_iter()? {
-            let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
-            self.set(&key, &value, "")?;
+    /// Sets each item of `other` (a mapping) and of the keywords, checking each as
+    /// `entry[key] = value` does, as ``dict.update``.
+    #[pyo3(signature = (other = None, **keywords))]
+    fn update(
+        &self,
+        other: Option<&Bound<'_, PyAny>>,
+        keywords: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        for mapping in other.into_iter().chain(keywords.map(|k| k.as_any())) {
+            let items = mapping.call_method0("items")?;
+            for item in items.try_iter()? {
+                let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+                self.set(&key, &value, "")?;
+            }
         }
         Ok(())
     }
