@@ -74,7 +74,10 @@ def describe_layouts(rows: list[np.ndarray]) -> str:
 def loaded_row(scratch: Adamax) -> np.ndarray:
     """Step counts and hyperparameters of a loaded state: the same on every rank."""
     params = [p for g in scratch.param_groups for p in g["params"]]
-    steps = [int(scratch.state.get(p, {}).get("step", -1)) for p in params]
+    steps = []
+    for p in params:
+        entry = scratch.state.get(p)
+        steps.append(int(entry["step"]) if entry is not None and "step" in entry else -1)
     values: list[float] = []
     for g in scratch.param_groups:
         values.extend(float(g[k]) for k in HYPERPARAMETER_KEYS)

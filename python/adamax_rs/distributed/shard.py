@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..adamax import Adamax
+from ..optimizer import ParameterState, StateEntry
 from ..parameter import Parameter
 from .layout import Piece, ShardLayout, flat_real, transport_dtype
 
@@ -114,7 +115,7 @@ class Shard:
             groups[piece.slot.group]["params"].append(piece_param)
         self.inner = Adamax(groups, **options)
 
-    def piece_state(self, piece: Piece, full: Mapping[str, Any]) -> dict[str, Any]:
+    def piece_state(self, piece: Piece, full: StateEntry | Mapping[str, Any]) -> dict[str, Any]:
         """The part of a full-size state entry that ``piece`` keeps."""
         out: dict[str, Any] = {}
         for key, value in full.items():
@@ -124,7 +125,7 @@ class Shard:
                 out[key] = value
         return out
 
-    def load(self, full_state: Mapping[Any, Mapping[str, Any]]) -> None:
+    def load(self, full_state: ParameterState | Mapping[Any, Mapping[str, Any]]) -> None:
         """Give the inner optimizer the slices of ``full_state`` (keyed by the user's
         parameters) that this rank keeps; validated and copied by ``Adamax.load_state_dict``."""
         numbers: dict[int, int] = {}
