@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _core
-from ._plot import pyplot_or_explain
-from .adamax import Adamax
-from .numpy_adamax import NumpyAdamax
-from .parameter import Parameter
+from .. import _core
+from .._plot import pyplot_or_explain
+from ..adamax import Adamax
+from ..numpy_adamax import NumpyAdamax
+from ..parameter import Parameter
 
 M = 1 << 20
 
