@@ -1,0 +1,215 @@
+"""The benchmark's output: the machine, then markdown tables of the results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import _core
+from .timing import Result, paired_ratio, per_tensor_overhead
+from .workloads import Workload
+
+__all__ = [
+    "format_time",
+    "machine_line",
+    "memory_line",
+    "print_overhead_table",
+    "print_summary",
+    "print_table",
+    "print_thread_table",
+]
+
+Rows = Sequence[tuple[Workload, list[Result]]]
+
+
+def format_time(seconds: float) -> str:
+    """``"2.41 us"``, ``"3.10 ms"`` or ``"1.20 s"``; ``"-"`` for no time."""
+    if seconds != seconds:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> str:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return f", {int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return ""
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, where the system has them."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return "unknown"
+
+
+def machine_line(torch_version: str | None) -> str:
+    """CPU, cores, memory, SIMD level, versions, threads and load: what the times depend on."""
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    torch = sys.modules.get("torch")
+    torch_threads = f" (threads {torch.get_num_threads()})" if torch is not None else ""
+    return (
+        f"{_cpu_model()}, {cores} cores ({usable} usable){_memory_gib()}, {platform.system()}; "
+        f"adamax_rs {_core.__version__} ({_core.simd_level()}, threads "
+        f"{_core.get_num_threads()}), numpy {np.__version__}, "
+        f"torch {torch_version or 'not installed'}{torch_threads}, "
+        f"Python {platform.python_version()}; load average {load_average()}"
+    )
+
+
+def memory_line() -> str:
+    """This process's peak resident memory, where the system tells it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return ""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux counts KiB, macOS bytes.
+    gib = peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+    return f"peak memory of the benchmark: {gib:.1f} GiB; load average now {load_average()}"
+
+
+def _adamax_rs(results: list[Result]) -> Result:
+    return results[0]
+
+
+def _reference(results: list[Result]) -> Result | None:
+    return next((r for r in results if r.reference), None)
+
+
+def print_table(rows: Rows) -> None:
+    """One row per workload and implementation: time, GB/s, time relative to adamax_rs, and
+    for adamax_rs on a workload with a reference, what each tensor costs over one tensor."""
+    print(
+        "| workload | implementation | time per step | GB/s | time / adamax_rs "
+        "| per-tensor overhead |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for workload, results in rows:
+        ours = _adamax_rs(results)
+        reference = _reference(results)
+        for r in results:
+            if r.note or not r.seconds:
+                print(f"| {workload.name} | {r.implementation} | {r.note or '-'} | | | |")
+                continue
+            overhead = ""
+            if r is ours and reference is not None and ours.seconds and reference.seconds:
+                overhead = format_time(per_tensor_overhead(ours, reference, workload.tensors))
+            print(
+                f"| {workload.name} | {r.implementation} | {format_time(r.median)} | "
+                f"{r.gb_per_second:.1f} | {r.median / ours.median:.2f}x | {overhead} |"
+            )
+
+
+def overhead_rows(rows: Rows) -> list[tuple[Workload, Result, float, float]]:
+    """(workload, reference, step / reference, overhead per tensor in seconds) for each
+    workload that was timed beside a reference."""
+    out = []
+    for workload, results in rows:
+        ours, reference = _adamax_rs(results), _reference(results)
+        if reference is None or not ours.seconds or not reference.seconds:
+            continue
+        out.append(
+            (
+                workload,
+                reference,
+                paired_ratio(ours, reference),
+                per_tensor_overhead(ours, reference, workload.tensors),
+            )
+        )
+    return out
+
+
+def verdict(ratio: float, target: float | None) -> str:
+    """``"PASS"`` when ``ratio`` is within ``target``, ``"miss"`` when not, ``""`` for none."""
+    if target is None:
+        return ""
+    return "PASS" if ratio <= target else "miss"
+
+
+def print_overhead_table(rows: Rows) -> None:
+    """adamax_rs's step against its reference, with the targets of issues 10 and 11."""
+    lines = overhead_rows(rows)
+    if not lines:
+        return
+    print(
+        "| workload | tensors | adamax_rs step | reference | reference time "
+        "| step / reference | overhead per tensor | target | |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|---:|---|")
+    for workload, reference, ratio, overhead in lines:
+        ours = _adamax_rs(next(results for w, results in rows if w is workload))
+        target = f"<= {workload.target:g}x" if workload.target is not None else ""
+        name = reference.implementation.removeprefix("reference: ")
+        print(
+            f"| {workload.name} | {workload.tensors:,} | {format_time(ours.median)} | {name} | "
+            f"{format_time(reference.median)} | {ratio:.2f}x | {format_time(overhead)} | "
+            f"{target} | {verdict(ratio, workload.target)} |"
+        )
+
+
+def print_summary(rows: Rows) -> None:
+    """One line per workload: adamax_rs against the probe and the fastest torch rows."""
+    for workload, results in rows:
+        by_name = {r.implementation: r.median for r in results if r.seconds and not r.note}
+        ours = by_name.get("adamax_rs")
+        if ours is None:
+            continue
+        parts = []
+        if "bandwidth probe" in by_name:
+            parts.append(f"{by_name['bandwidth probe'] / ours:.0%} of the probe's speed")
+        adamax = [by_name[k] for k in ("torch for-loop", "torch foreach") if k in by_name]
+        if adamax:
+            parts.append(f"{min(adamax) / ours:.1f}x faster than the faster torch Adamax")
+        if "torch fused Adam" in by_name:
+            parts.append(f"{by_name['torch fused Adam'] / ours:.1f}x torch fused Adam's speed")
+        print(f"- {workload.name}: adamax_rs {format_time(ours)}, " + ", ".join(parts))
+
+
+def print_thread_table(workload_tables: Sequence[tuple[Workload, dict[int, list[Result]]]]) -> None:
+    """Time and GB/s of each implementation at each thread count; adamax_rs's speed-up over
+    the first count."""
+    if not workload_tables:
+        return
+    names = [r.implementation for r in next(iter(workload_tables[0][1].values()))]
+    print("| workload | threads | " + " | ".join(names) + " | adamax_rs speed-up |")
+    print("|---|---:|" + "---:|" * len(names) + "---:|")
+    for workload, table in workload_tables:
+        first = None
+        for count, results in table.items():
+            cells = []
+            for r in results:
+                if r.note or not r.seconds:
+                    cells.append(r.note or "-")
+                else:
+                    cells.append(f"{format_time(r.median)}, {r.gb_per_second:.1f} GB/s")
+            ours = _adamax_rs(results).median
+            first = ours if first is None else first
+            print(
+                f"| {workload.name} | {count} | " + " | ".join(cells) + f" | {first / ours:.2f}x |"
+            )
