@@ -6,6 +6,11 @@ time, one after another. A neighbour on a shared machine that slows one round sl
 entry in it alike, and the median over rounds discards the worst rounds. Because the entries
 of one round ran side by side, ratios between two of them are taken round by round (paired),
 then their median.
+
+Before each batch of steps the benchmark pauses for :data:`SETTLE_SECONDS`: worker threads
+spin for a while after their work (torch's OpenMP threads for a few milliseconds after each
+parallel region), and on a machine with few cores a spinning thread left over from one entry
+would slow the next one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Callable
 from .implementations import Step
 
 __all__ = ["Entry", "Result", "paired_ratio", "per_tensor_overhead", "time_interleaved"]
+
+#: The pause before each batch, long enough for spinning worker threads to go to sleep.
+SETTLE_SECONDS = 0.01
 
 
 @dataclass
@@ -71,6 +79,7 @@ def _batch(entry: Entry, calls: int) -> float:
     """Seconds for ``calls`` steps, the garbage collector off as timeit has it."""
     if entry.before is not None:
         entry.before()
+    time.sleep(SETTLE_SECONDS)
     step = entry.step
     collecting = gc.isenabled()
     gc.disable()
