@@ -38,7 +38,7 @@ M = 1 << 20
 #: first two, with 16M for 64M).
 THREAD_WORKLOADS: tuple[str, ...] = ("1 x 64M float32", "1,000 x 1,000 float32")
 #: ``--threads 1,2,4``: the implementations timed unless ``--implementations`` says otherwise.
-THREAD_IMPLEMENTATIONS = "adamax_rs,bandwidth probe,torch foreach,torch fused Adam"
+THREAD_IMPLEMENTATIONS = "adamax_rs,adamax_rs.torch,bandwidth probe,torch foreach,torch fused Adam"
 
 
 def _thread_counts(text: str) -> list[int]:
@@ -142,9 +142,8 @@ def choose_workloads(args: argparse.Namespace, thread_table: bool = False) -> li
             names = tuple(n.replace("64M", "16M") for n in names)
         chosen = [w for w in WORKLOADS if w.name in names]
         return chosen[:1] + model_workloads + chosen[1:]
-    if args.quick:
-        return [w for w in WORKLOADS if w.elements < 64 * M]
-    return WORKLOADS + model_workloads
+    small = [w for w in WORKLOADS if w.elements < 64 * M] if args.quick else WORKLOADS
+    return small + model_workloads
 
 
 def _import_torch_if_used(impls: list[Implementation]) -> str | None:

@@ -187,7 +187,8 @@ def print_summary(rows: Rows) -> None:
         if adamax:
             parts.append(f"{min(adamax) / ours:.1f}x faster than the faster torch Adamax")
         if "torch fused Adam" in by_name:
-            parts.append(f"{by_name['torch fused Adam'] / ours:.1f}x torch fused Adam's speed")
+            fused = by_name["torch fused Adam"] / ours
+            parts.append(f"torch fused Adam takes {fused:.1f}x as long")
         print(f"- {workload.name}: adamax_rs {format_time(ours)}, " + ", ".join(parts))
 
 

@@ -110,7 +110,7 @@ def time_interleaved(
     seconds: float,
     min_rounds: int = 5,
     max_rounds: int = 200,
-    round_seconds: float = 0.05,
+    round_seconds: float | None = None,
 ) -> None:
     """Time ``entries`` in interleaved rounds; each result gets one time per round.
 
@@ -121,9 +121,12 @@ def time_interleaved(
     seconds : float
         Rounds go on until this much time has passed (at least ``min_rounds`` rounds, at
         most ``max_rounds``).
-    round_seconds : float
-        About how long each entry runs in a round (at least one step).
+    round_seconds : float, optional
+        About how long each entry runs in a round (at least one step): by default 50 ms,
+        less when ``seconds`` is under a second (a smoke test's budget).
     """
+    if round_seconds is None:
+        round_seconds = min(0.05, seconds / 20)
     for entry in entries:
         _calibrate(entry, round_seconds)
     deadline = time.perf_counter() + seconds
