@@ -99,11 +99,3 @@ def save_figure(figure: Any, path: str, option: str = "--plot") -> None:
         raise PlotError(f"{option} {path}: the plot could not be written ({error})") from None
     finally:
         plt.close(figure)
-
-
-def pyplot_or_explain(path: str) -> Any:
-    """``matplotlib.pyplot``, or :class:`PlotError`: the old name of :func:`prepare_plot`.
-
-    Kept for callers not yet moved to :func:`prepare_plot`; it no longer returns ``None``.
-    """
-    return prepare_plot(path)
