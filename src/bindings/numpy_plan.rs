@@ -19,7 +19,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
-use crate::engine::memory::Element;
 use crate::engine::step::{CheckedTensor, Role, StepMemory, TensorState};
 use crate::kernel::{Adamax, MAX_STEP};
 
@@ -31,40 +30,9 @@ use super::hyperparameters::{from_group, GroupValues};
 use super::ndarray::header_matches;
 use super::ndarray::{numpy, read_array, type_name};
 use super::parameter::{data_and_grad, fast_fields};
+use super::policy::{state_dtype, StatePolicy};
 use super::run::run_step;
 use super::state::{ParameterState, StateEntry};
-
-/// Which state an optimizer keeps for a parameter: its element type and whether a master copy.
-#[derive(Clone, Copy, Debug)]
-pub struct StatePolicy {
-    /// `None`: float32 for 16-bit parameters, the parameter's own precision otherwise.
-    pub dtype: Option<Element>,
-    /// Keep a master copy of 16-bit parameters in the state dtype.
-    pub master_weights: bool,
-}
-
-impl StateRule for StatePolicy {
-    fn state_element(&self, param: Element) -> Element {
-        let complex = param.real_part().is_some();
-        let real = match (self.dtype, param) {
-            (Some(d), _) => d,
-            (None, Element::Float16 | Element::BFloat16) => Element::Float32,
-            (None, p) => p.real_part().unwrap_or(p),
-        };
-        match (complex, real) {
-            (true, Element::Float64) => Element::Complex128,
-            (true, _) => Element::Complex64,
-            (false, r) => r,
-        }
-    }
-}
-
-impl StatePolicy {
-    /// Whether a parameter stored as `param` has a master copy.
-    pub fn wants_master(&self, param: Element) -> bool {
-        self.master_weights && matches!(param, Element::Float16 | Element::BFloat16)
-    }
-}
 
 /// A parameter's state arrays and step count, as its entry held them at the last step: valid
 /// while nothing in the optimizer's state changed from Python (its version).
@@ -128,17 +96,6 @@ pub struct StepPlan {
     grads: Vec<GradRead>,
     places: Vec<Place>,
     stepped: Vec<Stepped>,
-}
-
-fn state_dtype(value: Option<&str>) -> PyResult<Option<Element>> {
-    match value {
-        None => Ok(None),
-        Some("float32") => Ok(Some(Element::Float32)),
-        Some("float64") => Ok(Some(Element::Float64)),
-        Some(other) => Err(PyValueError::new_err(format!(
-            "state_dtype must be None, 'float32' or 'float64', got {other:?}"
-        ))),
-    }
 }
 
 /// The arrays of a new state: exp_avg, exp_inf and the master copy, if one is kept.
@@ -395,9 +352,10 @@ impl StepPlan {
     #[new]
     #[pyo3(signature = (*, state_dtype = None, master_weights = false))]
     fn new(state_dtype: Option<&str>, master_weights: bool) -> PyResult<Self> {
+        let state_dtype_of = self::state_dtype;
         Ok(StepPlan {
             policy: StatePolicy {
-                dtype: self::state_dtype(state_dtype)?,
+                dtype: state_dtype_of(state_dtype)?,
                 master_weights,
             },
             state: None,
