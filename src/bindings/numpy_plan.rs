@@ -68,8 +68,8 @@ struct Stepped {
     grad: Py<PyAny>,
     step: u64,
     /// State made by this step for a parameter stepped for the first time: its arrays, and the
-    /// entry they go into (new, or the parameter's empty one).
-    created: Option<(HeldState, Py<StateEntry>, bool)>,
+    /// entry they go into (new, or the parameter's empty one). Boxed: rare, and large.
+    created: Option<Box<(HeldState, Py<StateEntry>, bool)>>,
 }
 
 /// Where the state's arrays sit in an entry (positions in the state's keys).
@@ -321,7 +321,7 @@ fn prepare<'py>(
             };
             (
                 held_objects(py, place, &data, &grad, &held),
-                Some((held, entry, is_new)),
+                Some(Box::new((held, entry, is_new))),
             )
         }
     };
@@ -335,7 +335,7 @@ fn prepare<'py>(
             cache.state = None;
             let (state, grad_raw) = state_and_grad(&objects, Some(policy))?;
             cache.state = Some(state);
-            GradRead::Other(grad_raw)
+            GradRead::Other(Box::new(grad_raw))
         }
     };
     grads.push(grad_raw);
@@ -495,7 +495,7 @@ impl StepPlan {
         let slots = context.slots;
         for s in stepped.drain(..) {
             let cache = &mut self.groups[s.place.group].params[s.place.index];
-            match s.created {
+            match s.created.map(|created| *created) {
                 Some((held, entry, is_new)) => {
                     entry.get().data.update(py, |d| {
                         d.step = Some(s.step);
