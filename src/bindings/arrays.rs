@@ -140,7 +140,8 @@ pub fn still_describes(state: &TensorState, objects: &TensorObjects<'_>) -> bool
 /// is kept.
 pub enum GradRead {
     LikeParam(usize),
-    Other(RawArray),
+    /// Boxed: rare, and large (a step keeps one of these per tensor).
+    Other(Box<RawArray>),
 }
 
 impl GradRead {
@@ -166,5 +167,5 @@ pub fn read_grad(
     if let Some(address) = address_if_like(grad, param) {
         return Ok(GradRead::LikeParam(address));
     }
-    read(grad, place, Role::Grad, Some(param.element)).map(GradRead::Other)
+    read(grad, place, Role::Grad, Some(param.element)).map(|raw| GradRead::Other(Box::new(raw)))
 }

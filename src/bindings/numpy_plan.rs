@@ -19,7 +19,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
-use crate::engine::memory::Element;
 use crate::engine::step::{CheckedTensor, Role, StepMemory, TensorState};
 use crate::kernel::{Adamax, MAX_STEP};
 
@@ -31,40 +30,9 @@ use super::hyperparameters::{from_group, GroupValues};
 use super::ndarray::header_matches;
 use super::ndarray::{numpy, read_array, type_name};
 use super::parameter::{data_and_grad, fast_fields};
+use super::policy::{state_dtype, StatePolicy};
 use super::run::run_step;
 use super::state::{ParameterState, StateEntry};
-
-/// Which state an optimizer keeps for a parameter: its element type and whether a master copy.
-#[derive(Clone, Copy, Debug)]
-pub struct StatePolicy {
-    /// `None`: float32 for 16-bit parameters, the parameter's own precision otherwise.
-    pub dtype: Option<Element>,
-    /// Keep a master copy of 16-bit parameters in the state dtype.
-    pub master_weights: bool,
-}
-
-impl StateRule for StatePolicy {
-    fn state_element(&self, param: Element) -> Element {
-        let complex = param.real_part().is_some();
-        let real = match (self.dtype, param) {
-            (Some(d), _) => d,
-            (None, Element::Float16 | Element::BFloat16) => Element::Float32,
-            (None, p) => p.real_part().unwrap_or(p),
-        };
-        match (complex, real) {
-            (true, Element::Float64) => Element::Complex128,
-            (true, _) => Element::Complex64,
-            (false, r) => r,
-        }
-    }
-}
-
-impl StatePolicy {
-    /// Whether a parameter stored as `param` has a master copy.
-    pub fn wants_master(&self, param: Element) -> bool {
-        self.master_weights && matches!(param, Element::Float16 | Element::BFloat16)
-    }
-}
 
 /// A parameter's state arrays and step count, as its entry held them at the last step: valid
 /// while nothing in the optimizer's state changed from Python (its version).
@@ -100,8 +68,8 @@ struct Stepped {
     grad: Py<PyAny>,
     step: u64,
     /// State made by this step for a parameter stepped for the first time: its arrays, and the
-    /// entry they go into (new, or the parameter's empty one).
-    created: Option<(HeldState, Py<StateEntry>, bool)>,
+    /// entry they go into (new, or the parameter's empty one). Boxed: rare, and large.
+    created: Option<Box<(HeldState, Py<StateEntry>, bool)>>,
 }
 
 /// Where the state's arrays sit in an entry (positions in the state's keys).
@@ -128,17 +96,6 @@ pub struct StepPlan {
     grads: Vec<GradRead>,
     places: Vec<Place>,
     stepped: Vec<Stepped>,
-}
-
-fn state_dtype(value: Option<&str>) -> PyResult<Option<Element>> {
-    match value {
-        None => Ok(None),
-        Some("float32") => Ok(Some(Element::Float32)),
-        Some("float64") => Ok(Some(Element::Float64)),
-        Some(other) => Err(PyValueError::new_err(format!(
-            "state_dtype must be None, 'float32' or 'float64', got {other:?}"
-        ))),
-    }
 }
 
 /// The arrays of a new state: exp_avg, exp_inf and the master copy, if one is kept.
@@ -364,7 +321,7 @@ fn prepare<'py>(
             };
             (
                 held_objects(py, place, &data, &grad, &held),
-                Some((held, entry, is_new)),
+                Some(Box::new((held, entry, is_new))),
             )
         }
     };
@@ -378,7 +335,7 @@ fn prepare<'py>(
             cache.state = None;
             let (state, grad_raw) = state_and_grad(&objects, Some(policy))?;
             cache.state = Some(state);
-            GradRead::Other(grad_raw)
+            GradRead::Other(Box::new(grad_raw))
         }
     };
     grads.push(grad_raw);
@@ -395,9 +352,10 @@ impl StepPlan {
     #[new]
     #[pyo3(signature = (*, state_dtype = None, master_weights = false))]
     fn new(state_dtype: Option<&str>, master_weights: bool) -> PyResult<Self> {
+        let state_dtype_of = self::state_dtype;
         Ok(StepPlan {
             policy: StatePolicy {
-                dtype: self::state_dtype(state_dtype)?,
+                dtype: state_dtype_of(state_dtype)?,
                 master_weights,
             },
             state: None,
@@ -537,7 +495,7 @@ impl StepPlan {
         let slots = context.slots;
         for s in stepped.drain(..) {
             let cache = &mut self.groups[s.place.group].params[s.place.index];
-            match s.created {
+            match s.created.map(|created| *created) {
                 Some((held, entry, is_new)) => {
                     entry.get().data.update(py, |d| {
                         d.step = Some(s.step);
