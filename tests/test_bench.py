@@ -26,6 +26,7 @@ from adamax_rs.bench.workloads import ONE_TENSOR, UFUNC, Workload
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 TORCH_ROWS = ("torch for-loop", "torch foreach", "torch fused Adam")
+HAS_TORCH_FRONT = HAVE_TORCH and importlib.util.find_spec("adamax_rs.torch") is not None
 
 
 def need_torch():
@@ -236,6 +237,14 @@ def test_format_time(seconds, text):
     assert report.format_time(seconds) == text
 
 
+def test_busy_machine_is_said(monkeypatch):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.5, 1.0, 1.0))
+    assert f"load average {cores + 0.5:.2f} on {cores} cores" in report.busy_line()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.6, 9.0, 9.0))
+    assert report.busy_line() == ""
+
+
 def test_verdict():
     assert report.verdict(1.49, 1.5) == "PASS"
     assert report.verdict(1.5, 1.5) == "PASS"
@@ -341,8 +350,7 @@ def test_time_workload_times_every_row_and_the_reference(capsys):
         assert (by_name[name].note == "") == HAVE_TORCH, by_name[name].note
     if IN_CI:
         assert HAVE_TORCH, "torch must be installed in CI for the benchmark's torch rows"
-    has_torch_front = importlib.util.find_spec("adamax_rs.torch") is not None and HAVE_TORCH
-    assert (by_name["adamax_rs.torch"].note == "not available") == (not has_torch_front)
+    assert (by_name["adamax_rs.torch"].note == "not available") == (not HAS_TORCH_FRONT)
 
 
 def test_time_workload_really_steps_the_parameters():
@@ -365,6 +373,25 @@ def test_mixed_precision_workload_times_only_rows_that_keep_float32_state():
     assert by_name["adamax_rs"].seconds and by_name["bandwidth probe"].seconds
     assert by_name["numpy by hand"].note.startswith("n/a")
     assert all(by_name[name].note for name in TORCH_ROWS)
+    if HAS_TORCH_FRONT:
+        assert by_name["adamax_rs.torch"].seconds
+
+
+def test_adamax_rs_torch_row_keeps_float32_state_for_half_parameters():
+    need_torch()
+    if not HAS_TORCH_FRONT:
+        if IN_CI:
+            pytest.fail("adamax_rs.torch must be importable in CI")
+        pytest.skip("adamax_rs.torch is not in this build")
+    (impl,) = [i for i in implementations.IMPLEMENTATIONS if i.name == "adamax_rs.torch"]
+    params, grads = workloads.make_arrays(((16,),), np.float16, seed=2)
+    before = params[0].copy()
+    step = impl.make(params, grads)
+    step()
+    optimizer = step.__self__
+    (state,) = optimizer.state.values()
+    assert str(state["exp_avg"].dtype) == "torch.float32"
+    assert not np.array_equal(params[0], before)  # it stepped the numpy array's memory
 
 
 def test_missing_modules_are_named():

@@ -19,6 +19,7 @@ from .implementations import IMPLEMENTATIONS, Implementation, select
 from .models import MODELS
 from .parallel import time_parallel_optimizers
 from .report import (
+    busy_line,
     machine_line,
     memory_line,
     print_overhead_table,
@@ -118,7 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "1,2,4: a thread-scaling table instead (default workloads: 64M float32, GPT-2 small "
         f"shapes, 1,000 x 1,000; implementations: {THREAD_IMPLEMENTATIONS})",
     )
-    parser.add_argument("--plot", metavar="FILE.png", help="draw time per step against size")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw each implementation's time relative to adamax_rs, workload by workload",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
@@ -169,6 +174,9 @@ def main(args: argparse.Namespace) -> int:
     if not thread_table:
         set_threads(args.threads[0])
     print(machine_line(torch_version))
+    busy = busy_line()
+    if busy:
+        print(busy)
     workloads = choose_workloads(args, thread_table)
     seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
     if thread_table:

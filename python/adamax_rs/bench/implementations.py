@@ -140,9 +140,13 @@ def _torch_fused_adam(tensors: list[Any]) -> Any:
 
 
 def _adamax_rs_torch(tensors: list[Any]) -> Any:
-    # The torch front of adamax_rs takes torch.optim.Adamax's arguments.
+    # The torch front of adamax_rs takes torch.optim.Adamax's arguments, and state_dtype:
+    # float32 state for 16-bit parameters, as adamax_rs.Adamax keeps it.
+    import torch
+
     module = importlib.import_module("adamax_rs.torch")
-    return module.Adamax(tensors, lr=LR)
+    half = tensors[0].dtype in (torch.float16, torch.bfloat16)
+    return module.Adamax(tensors, lr=LR, state_dtype=torch.float32 if half else None)
 
 
 #: Every row, in the order the tables print them; adamax_rs comes first (the ratios' base).
@@ -160,7 +164,8 @@ IMPLEMENTATIONS = [
         "adamax_rs.torch",
         _torch_optimizer(_adamax_rs_torch),
         requires=("torch", "adamax_rs.torch"),
-        description="adamax_rs stepping torch tensors",
+        mixed_precision=True,
+        description="adamax_rs.torch.Adamax: adamax_rs stepping torch tensors",
     ),
     Implementation(
         "numpy by hand", _numpy, description="the same formula, one numpy ufunc per operation"

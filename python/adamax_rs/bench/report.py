@@ -14,6 +14,7 @@ from .timing import Result, paired_ratio, per_tensor_overhead
 from .workloads import Workload
 
 __all__ = [
+    "busy_line",
     "format_time",
     "machine_line",
     "memory_line",
@@ -70,7 +71,7 @@ def load_average() -> str:
 def machine_line(torch_version: str | None) -> str:
     """CPU, cores, memory, SIMD level, versions, threads and load: what the times depend on."""
     cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    usable = _usable_cores()
     torch = sys.modules.get("torch")
     torch_threads = f" (threads {torch.get_num_threads()})" if torch is not None else ""
     return (
@@ -79,6 +80,34 @@ def machine_line(torch_version: str | None) -> str:
         f"{_core.get_num_threads()}), numpy {np.__version__}, "
         f"torch {torch_version or 'not installed'}{torch_threads}, "
         f"Python {platform.python_version()}; load average {load_average()}"
+    )
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def busy_line() -> str:
+    """A warning when other programs keep the cores busy before the benchmark starts, or ``""``.
+
+    With a core taken, a thread pool loses most: a thread waiting at a barrier spins on the
+    core its partner needs. torch's OpenMP rows can then take many times their usual time
+    (each parallel region of each tensor waits for the scheduler), adamax_rs's less (a small
+    step stays on the calling thread).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return ""
+    cores = _usable_cores()
+    if load < cores - 0.5:
+        return ""
+    return (
+        f"note: the machine is busy (load average {load:.2f} on {cores} cores): multi-threaded "
+        "rows, torch's OpenMP ones above all, are slowed most; interleaved rounds spread the "
+        "noise over all rows, but compare runs with care"
     )
 
 
