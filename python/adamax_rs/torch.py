@@ -198,8 +198,23 @@ class Adamax(Optimizer):
             _refuse_unsupported(param_group, f"param group {len(self.param_groups)}: ")
         super().add_param_group(param_group)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps only defaults, state and param_groups; the state dtype is needed too.
+        state: dict[str, Any] = super().__getstate__()
+        state["state_dtype"] = self.state_dtype
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state_dtype = state.pop("state_dtype", None)
         super().__setstate__(state)
+        if "_plan" not in self.__dict__:
+            # Unpickled or deep-copied (load_state_dict comes here too, with the plan in place):
+            # the plan and the lock are not copied, so make them.
+            self.state_dtype = state_dtype
+            self._plan = _core.TorchStepPlan(state_dtype=_STATE_DTYPES[state_dtype])
+            self._lock = threading.RLock()
+            track(self)
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -218,23 +233,45 @@ class Adamax(Optimizer):
 
         torch's loader casts every floating-point state value to its parameter's dtype; the
         state then gets this optimizer's state dtype back from the saved values (so float32
-        state saved for a bfloat16 parameter is not rounded through bfloat16).
+        state saved for a bfloat16 parameter is not rounded through bfloat16). That happens
+        after the load pre-hooks, from the state dict they leave, and before the post-hooks.
         """
-        saved_state = state_dict.get("state", {}) if isinstance(state_dict, Mapping) else {}
-        saved_groups = state_dict.get("param_groups", []) if isinstance(state_dict, Mapping) else []
+        loaded: list[Mapping[str, Any]] = []
+
+        def keep_what_is_loaded(optimizer: Optimizer, state_dict: Any) -> None:
+            loaded.append(state_dict)
+
+        def restore_state_dtypes(optimizer: Optimizer) -> None:
+            self._restore_state_dtypes(loaded[-1])
+
         with self._lock:
-            super().load_state_dict(state_dict)
-            indices = [i for group in saved_groups for i in group.get("params", [])]
-            params = [p for group in self.param_groups for p in group["params"]]
-            for index, param in zip(indices, params):
-                saved = saved_state.get(index)
-                if not saved or param not in self.state:
-                    continue
-                target = self._state_dtype_for(param)
-                for key in ("exp_avg", "exp_inf"):
-                    value = saved.get(key)
-                    if isinstance(value, torch.Tensor) and value.dtype != target:
-                        self.state[param][key] = value.to(dtype=target, copy=True)
+            # Registered last among the pre-hooks and first among the post-hooks.
+            before = self.register_load_state_dict_pre_hook(keep_what_is_loaded)
+            after = self.register_load_state_dict_post_hook(restore_state_dtypes, prepend=True)
+            try:
+                super().load_state_dict(state_dict)
+            finally:
+                before.remove()
+                after.remove()
+
+    def _restore_state_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        saved_state = state_dict.get("state", {})
+        saved_groups = state_dict.get("param_groups", [])
+        indices = [i for group in saved_groups for i in group.get("params", [])]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param in zip(indices, params):
+            saved = saved_state.get(index)
+            if not saved or param not in self.state:
+                continue
+            target = self._state_dtype_for(param)
+            for key in ("exp_avg", "exp_inf"):
+                value = saved.get(key)
+                loaded = self.state[param].get(key)
+                if isinstance(value, torch.Tensor) and isinstance(loaded, torch.Tensor):
+                    if loaded.dtype != target:
+                        self.state[param][key] = value.to(
+                            dtype=target, device=param.device, copy=True
+                        )
 
     def _state_dtype_for(self, param: torch.Tensor) -> torch.dtype:
         if param.is_complex():
