@@ -311,8 +311,9 @@ class Adamax(Optimizer):
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}{error}") from None
 
-    def _create_state(self, missing: list[tuple[int, int]]) -> list[torch.Tensor]:
-        created = []
+    def _create_state(self, missing: list[tuple[int, int]], created: list[torch.Tensor]) -> None:
+        """Create the state of the ``missing`` parameters, listing each in ``created`` (so that
+        the caller can take it all back when one is refused)."""
         for g, index in missing:
             param = self.param_groups[g]["params"][index]
             _check_tensor(param, f"group {g}, parameter {index}")
@@ -326,7 +327,6 @@ class Adamax(Optimizer):
                 param, dtype=dtype, memory_format=torch.preserve_format
             )
             created.append(param)
-        return created
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single Adamax step over every parameter that has a gradient.
@@ -360,8 +360,9 @@ class Adamax(Optimizer):
             hyperparameters = [self._hyperparameters(g, i) for i, g in enumerate(self.param_groups)]
             missing = self._plan.step(self.param_groups, self.state, hyperparameters)
             if missing:
-                created = self._create_state(missing)
+                created: list[torch.Tensor] = []
                 try:
+                    self._create_state(missing, created)
                     missing = self._plan.step(self.param_groups, self.state, hyperparameters)
                 except BaseException:
                     # Nothing was updated: leave the state as it was before this step.
