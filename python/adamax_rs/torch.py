@@ -313,20 +313,24 @@ class Adamax(Optimizer):
 
     def _create_state(self, missing: list[tuple[int, int]], created: list[torch.Tensor]) -> None:
         """Create the state of the ``missing`` parameters, listing each in ``created`` (so that
-        the caller can take it all back when one is refused)."""
+        the caller can take it all back when one is refused, or on KeyboardInterrupt)."""
         for g, index in missing:
             param = self.param_groups[g]["params"][index]
             _check_tensor(param, f"group {g}, parameter {index}")
             dtype = self._state_dtype_for(param)
-            state = self.state[param]
-            state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-            state["exp_avg"] = torch.zeros_like(
-                param, dtype=dtype, memory_format=torch.preserve_format
-            )
-            state["exp_inf"] = torch.zeros_like(
-                param, dtype=dtype, memory_format=torch.preserve_format
-            )
+            entry = {
+                "step": torch.tensor(0.0, dtype=_scalar_dtype()),
+                "exp_avg": torch.zeros_like(
+                    param, dtype=dtype, memory_format=torch.preserve_format
+                ),
+                "exp_inf": torch.zeros_like(
+                    param, dtype=dtype, memory_format=torch.preserve_format
+                ),
+            }
+            # Listed first and stored whole: an interrupt between two statements leaves no
+            # entry that is partial or not listed.
             created.append(param)
+            self.state[param] = entry
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single Adamax step over every parameter that has a gradient.
@@ -365,13 +369,22 @@ class Adamax(Optimizer):
                     self._create_state(missing, created)
                     missing = self._plan.step(self.param_groups, self.state, hyperparameters)
                 except BaseException:
-                    # Nothing was updated: leave the state as it was before this step.
+                    # Take back the new state unless the step was committed (its count moved):
+                    # the plan can raise after the update, e.g. a KeyboardInterrupt in the
+                    # Python code it calls last (torch.autograd.graph.increment_version).
                     for param in created:
-                        self.state.pop(param, None)
+                        entry = self.state.get(param)
+                        if entry is None or _never_stepped(entry):
+                            self.state.pop(param, None)
                     raise
                 if missing:
                     raise RuntimeError("adamax_rs internal error: state missing after creation")
         return loss
+
+
+def _never_stepped(entry: Mapping[str, Any]) -> bool:
+    step = entry.get("step")
+    return not isinstance(step, torch.Tensor) or step.numel() != 1 or step.item() == 0
 
 
 def _scalar_dtype() -> torch.dtype:
