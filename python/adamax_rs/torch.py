@@ -198,8 +198,23 @@ class Adamax(Optimizer):
             _refuse_unsupported(param_group, f"param group {len(self.param_groups)}: ")
         super().add_param_group(param_group)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps only defaults, state and param_groups; the state dtype is needed too.
+        state: dict[str, Any] = super().__getstate__()
+        state["state_dtype"] = self.state_dtype
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state_dtype = state.pop("state_dtype", None)
         super().__setstate__(state)
+        if "_plan" not in self.__dict__:
+            # Unpickled or deep-copied (load_state_dict comes here too, with the plan in place):
+            # the plan and the lock are not copied, so make them.
+            self.state_dtype = state_dtype
+            self._plan = _core.TorchStepPlan(state_dtype=_STATE_DTYPES[state_dtype])
+            self._lock = threading.RLock()
+            track(self)
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -218,23 +233,45 @@ class Adamax(Optimizer):
 
         torch's loader casts every floating-point state value to its parameter's dtype; the
         state then gets this optimizer's state dtype back from the saved values (so float32
-        state saved for a bfloat16 parameter is not rounded through bfloat16).
+        state saved for a bfloat16 parameter is not rounded through bfloat16). That happens
+        after the load pre-hooks, from the state dict they leave, and before the post-hooks.
         """
-        saved_state = state_dict.get("state", {}) if isinstance(state_dict, Mapping) else {}
-        saved_groups = state_dict.get("param_groups", []) if isinstance(state_dict, Mapping) else []
+        loaded: list[Mapping[str, Any]] = []
+
+        def keep_what_is_loaded(optimizer: Optimizer, state_dict: Any) -> None:
+            loaded.append(state_dict)
+
+        def restore_state_dtypes(optimizer: Optimizer) -> None:
+            self._restore_state_dtypes(loaded[-1])
+
         with self._lock:
-            super().load_state_dict(state_dict)
-            indices = [i for group in saved_groups for i in group.get("params", [])]
-            params = [p for group in self.param_groups for p in group["params"]]
-            for index, param in zip(indices, params):
-                saved = saved_state.get(index)
-                if not saved or param not in self.state:
-                    continue
-                target = self._state_dtype_for(param)
-                for key in ("exp_avg", "exp_inf"):
-                    value = saved.get(key)
-                    if isinstance(value, torch.Tensor) and value.dtype != target:
-                        self.state[param][key] = value.to(dtype=target, copy=True)
+            # Registered last among the pre-hooks and first among the post-hooks.
+            before = self.register_load_state_dict_pre_hook(keep_what_is_loaded)
+            after = self.register_load_state_dict_post_hook(restore_state_dtypes, prepend=True)
+            try:
+                super().load_state_dict(state_dict)
+            finally:
+                before.remove()
+                after.remove()
+
+    def _restore_state_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        saved_state = state_dict.get("state", {})
+        saved_groups = state_dict.get("param_groups", [])
+        indices = [i for group in saved_groups for i in group.get("params", [])]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param in zip(indices, params):
+            saved = saved_state.get(index)
+            if not saved or param not in self.state:
+                continue
+            target = self._state_dtype_for(param)
+            for key in ("exp_avg", "exp_inf"):
+                value = saved.get(key)
+                loaded = self.state[param].get(key)
+                if isinstance(value, torch.Tensor) and isinstance(loaded, torch.Tensor):
+                    if loaded.dtype != target:
+                        self.state[param][key] = value.to(
+                            dtype=target, device=param.device, copy=True
+                        )
 
     def _state_dtype_for(self, param: torch.Tensor) -> torch.dtype:
         if param.is_complex():
@@ -274,22 +311,26 @@ class Adamax(Optimizer):
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}{error}") from None
 
-    def _create_state(self, missing: list[tuple[int, int]]) -> list[torch.Tensor]:
-        created = []
+    def _create_state(self, missing: list[tuple[int, int]], created: list[torch.Tensor]) -> None:
+        """Create the state of the ``missing`` parameters, listing each in ``created`` (so that
+        the caller can take it all back when one is refused, or on KeyboardInterrupt)."""
         for g, index in missing:
             param = self.param_groups[g]["params"][index]
             _check_tensor(param, f"group {g}, parameter {index}")
             dtype = self._state_dtype_for(param)
-            state = self.state[param]
-            state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-            state["exp_avg"] = torch.zeros_like(
-                param, dtype=dtype, memory_format=torch.preserve_format
-            )
-            state["exp_inf"] = torch.zeros_like(
-                param, dtype=dtype, memory_format=torch.preserve_format
-            )
+            entry = {
+                "step": torch.tensor(0.0, dtype=_scalar_dtype()),
+                "exp_avg": torch.zeros_like(
+                    param, dtype=dtype, memory_format=torch.preserve_format
+                ),
+                "exp_inf": torch.zeros_like(
+                    param, dtype=dtype, memory_format=torch.preserve_format
+                ),
+            }
+            # Listed first and stored whole: an interrupt between two statements leaves no
+            # entry that is partial or not listed.
             created.append(param)
-        return created
+            self.state[param] = entry
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single Adamax step over every parameter that has a gradient.
@@ -323,17 +364,27 @@ class Adamax(Optimizer):
             hyperparameters = [self._hyperparameters(g, i) for i, g in enumerate(self.param_groups)]
             missing = self._plan.step(self.param_groups, self.state, hyperparameters)
             if missing:
-                created = self._create_state(missing)
+                created: list[torch.Tensor] = []
                 try:
+                    self._create_state(missing, created)
                     missing = self._plan.step(self.param_groups, self.state, hyperparameters)
                 except BaseException:
-                    # Nothing was updated: leave the state as it was before this step.
+                    # Take back the new state unless the step was committed (its count moved):
+                    # the plan can raise after the update, e.g. a KeyboardInterrupt in the
+                    # Python code it calls last (torch.autograd.graph.increment_version).
                     for param in created:
-                        self.state.pop(param, None)
+                        entry = self.state.get(param)
+                        if entry is None or _never_stepped(entry):
+                            self.state.pop(param, None)
                     raise
                 if missing:
                     raise RuntimeError("adamax_rs internal error: state missing after creation")
         return loss
+
+
+def _never_stepped(entry: Mapping[str, Any]) -> bool:
+    step = entry.get("step")
+    return not isinstance(step, torch.Tensor) or step.numel() != 1 or step.item() == 0
 
 
 def _scalar_dtype() -> torch.dtype:

@@ -70,6 +70,7 @@ struct DLPackExchangeAPI {
 }
 
 const DL_CPU: i32 = 1;
+const DL_UINT: u8 = 1;
 const DL_FLOAT: u8 = 2;
 const DL_BFLOAT: u8 = 4;
 const DL_COMPLEX: u8 = 5;
@@ -97,6 +98,7 @@ fn element_of(dtype: DLDataType) -> Option<Element> {
         (DL_FLOAT, 64) => Element::Float64,
         (DL_COMPLEX, 64) => Element::Complex64,
         (DL_COMPLEX, 128) => Element::Complex128,
+        (DL_UINT, 8) => Element::UInt8,
         _ => return None,
     })
 }
@@ -289,6 +291,7 @@ fn describe_from_python(obj: &Bound<'_, PyAny>) -> Result<RawArray, TensorProble
         "torch.float64" => Element::Float64,
         "torch.complex64" => Element::Complex64,
         "torch.complex128" => Element::Complex128,
+        "torch.uint8" => Element::UInt8,
         _ => return Err(TensorProblem::Dtype(name)),
     };
     let shape: Vec<usize> = obj

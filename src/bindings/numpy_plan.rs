@@ -19,18 +19,20 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
+use crate::engine::memory::Element;
 use crate::engine::step::{CheckedTensor, Role, StepMemory, TensorState};
+use crate::kernel::blockwise::BLOCK;
 use crate::kernel::{Adamax, MAX_STEP};
 
 use super::arrays::{
-    problem_error, read_grad, state_and_grad, still_describes, GradRead, StateRule, TensorObjects,
+    problem_error, read_grad, state_and_grad, still_describes, GradRead, TensorObjects,
 };
 use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::{from_group, GroupValues};
 use super::ndarray::header_matches;
 use super::ndarray::{numpy, read_array, type_name};
 use super::parameter::{data_and_grad, fast_fields};
-use super::policy::{state_dtype, StatePolicy};
+use super::policy::{state_kind, StatePolicy};
 use super::run::run_step;
 use super::state::{ParameterState, StateEntry};
 
@@ -40,6 +42,8 @@ struct HeldState {
     exp_avg: Py<PyAny>,
     exp_inf: Py<PyAny>,
     master: Option<Py<PyAny>>,
+    /// The block scales of 8-bit state.
+    scales: Option<[Py<PyAny>; 2]>,
     step: u64,
 }
 
@@ -78,6 +82,8 @@ struct Slots {
     exp_avg: Option<usize>,
     exp_inf: Option<usize>,
     master: Option<usize>,
+    exp_avg_scale: Option<usize>,
+    exp_inf_scale: Option<usize>,
 }
 
 /// StepPlan(*, state_dtype=None, master_weights=False)
@@ -98,37 +104,51 @@ pub struct StepPlan {
     stepped: Vec<Stepped>,
 }
 
-/// The arrays of a new state: exp_avg, exp_inf and the master copy, if one is kept.
-type NewState<'py> = (
-    Bound<'py, PyAny>,
-    Bound<'py, PyAny>,
-    Option<Bound<'py, PyAny>>,
-);
-
-/// A new state for a parameter whose data is `data`: zeros of the state dtype in the parameter's
-/// memory layout (so the step stays on the flat path), and the master copy if one is kept.
-fn new_state<'py>(
-    data: &Bound<'py, PyAny>,
-    policy: &StatePolicy,
-    place: Place,
-) -> PyResult<NewState<'py>> {
+/// A new state for a parameter whose data is `data`: zeros of the state's dtype in the
+/// parameter's memory layout (so the step stays on the flat path), block scales for 8-bit state,
+/// and the master copy if one is kept.
+fn new_state(data: &Bound<'_, PyAny>, policy: &StatePolicy, place: Place) -> PyResult<HeldState> {
     let py = data.py();
     let param = read_array(data).map_err(|p| problem_error(place, Role::Param, p, None))?;
     let np = numpy(py)?;
-    let dtype = np.call_method1("dtype", (policy.state_element(param.element).name(),))?;
+    let state = policy.state_element(&param);
+    if state == Element::BFloat16 {
+        // numpy knows bfloat16 once ml_dtypes is imported.
+        py.import("ml_dtypes")?;
+    }
+    let dtype = np.call_method1("dtype", (state.name(),))?;
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", &dtype)?;
     let zeros_like = np.getattr("zeros_like")?;
-    let exp_avg = zeros_like.call((data,), Some(&kwargs))?;
-    let exp_inf = zeros_like.call((data,), Some(&kwargs))?;
-    let master = if policy.wants_master(param.element) {
-        let order = PyDict::new(py);
-        order.set_item("order", "K")?;
-        Some(data.call_method("astype", (&dtype,), Some(&order))?)
+    let exp_avg = zeros_like.call((data,), Some(&kwargs))?.unbind();
+    let exp_inf = zeros_like.call((data,), Some(&kwargs))?.unbind();
+    let scales = if state == Element::UInt8 {
+        let blocks = param.len().unwrap_or(0).div_ceil(BLOCK);
+        let zeros = |_: usize| -> PyResult<Py<PyAny>> {
+            Ok(np.call_method1("zeros", (blocks, "float32"))?.unbind())
+        };
+        Some([zeros(0)?, zeros(1)?])
     } else {
         None
     };
-    Ok((exp_avg, exp_inf, master))
+    let master = if policy.wants_master(param.element) {
+        let master_dtype = np.call_method1("dtype", (policy.master_element(&param).name(),))?;
+        let order = PyDict::new(py);
+        order.set_item("order", "K")?;
+        Some(
+            data.call_method("astype", (&master_dtype,), Some(&order))?
+                .unbind(),
+        )
+    } else {
+        None
+    };
+    Ok(HeldState {
+        exp_avg,
+        exp_inf,
+        master,
+        scales,
+        step: 0,
+    })
 }
 
 fn params_of<'py>(group: &Bound<'py, PyAny>, g: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
@@ -164,6 +184,10 @@ fn held_objects<'py>(
         exp_avg: held.exp_avg.bind(py).clone(),
         exp_inf: held.exp_inf.bind(py).clone(),
         master: held.master.as_ref().map(|m| m.bind(py).clone()),
+        scales: held
+            .scales
+            .as_ref()
+            .map(|[a, b]| [a.bind(py).clone(), b.bind(py).clone()]),
         group: place.group,
         step: held.step + 1,
     }
@@ -177,19 +201,26 @@ fn read_entry(
     wants_master: bool,
     place: Place,
 ) -> PyResult<Option<HeldState>> {
-    let (step, exp_avg, exp_inf, master) = entry.data.read(py, |d| {
+    let (step, [exp_avg, exp_inf, master, avg_scale, inf_scale]) = entry.data.read(py, |d| {
         let at = |slot: Option<usize>| {
             slot.and_then(|i| d.arrays[i].as_ref())
                 .map(|a| a.clone_ref(py))
         };
         (
             d.step,
-            at(slots.exp_avg),
-            at(slots.exp_inf),
-            at(slots.master),
+            [
+                at(slots.exp_avg),
+                at(slots.exp_inf),
+                at(slots.master),
+                at(slots.exp_avg_scale),
+                at(slots.exp_inf_scale),
+            ],
         )
     });
-    if step.is_none() && exp_avg.is_none() && exp_inf.is_none() && master.is_none() {
+    let nothing = [&exp_avg, &exp_inf, &master, &avg_scale, &inf_scale]
+        .iter()
+        .all(|a| a.is_none());
+    if step.is_none() && nothing {
         return Ok(None);
     }
     let present = [
@@ -197,6 +228,8 @@ fn read_entry(
         ("exp_avg", exp_avg.is_some()),
         ("exp_inf", exp_inf.is_some()),
         ("master", master.is_some() || !wants_master),
+        ("exp_inf_scale", inf_scale.is_some() || avg_scale.is_none()),
+        ("exp_avg_scale", avg_scale.is_some() || inf_scale.is_none()),
     ];
     let missing: Vec<String> = present
         .iter()
@@ -215,10 +248,15 @@ fn read_entry(
     let (Some(step), Some(exp_avg), Some(exp_inf)) = (step, exp_avg, exp_inf) else {
         unreachable!("checked just above")
     };
+    let scales = match (avg_scale, inf_scale) {
+        (Some(a), Some(b)) => Some([a, b]),
+        _ => None,
+    };
     Ok(Some(HeldState {
         exp_avg,
         exp_inf,
         master,
+        scales,
         step,
     }))
 }
@@ -308,13 +346,7 @@ fn prepare<'py>(
             (held_objects(py, place, &data, &grad, held), None)
         }
         None => {
-            let (exp_avg, exp_inf, master) = new_state(&data, policy, place)?;
-            let held = HeldState {
-                exp_avg: exp_avg.unbind(),
-                exp_inf: exp_inf.unbind(),
-                master: master.map(Bound::unbind),
-                step: 0,
-            };
+            let held = new_state(&data, policy, place)?;
             let (entry, is_new) = match &cache.entry {
                 Some(e) => (e.clone_ref(py), false),
                 None => (Py::new(py, context.state.new_entry())?, true),
@@ -352,10 +384,10 @@ impl StepPlan {
     #[new]
     #[pyo3(signature = (*, state_dtype = None, master_weights = false))]
     fn new(state_dtype: Option<&str>, master_weights: bool) -> PyResult<Self> {
-        let state_dtype_of = self::state_dtype;
+        let kind = state_kind(state_dtype)?;
         Ok(StepPlan {
             policy: StatePolicy {
-                dtype: state_dtype_of(state_dtype)?,
+                kind,
                 master_weights,
             },
             state: None,
@@ -411,6 +443,8 @@ impl StepPlan {
                 exp_avg: position("exp_avg"),
                 exp_inf: position("exp_inf"),
                 master: position("master"),
+                exp_avg_scale: position("exp_avg_scale"),
+                exp_inf_scale: position("exp_inf_scale"),
             },
             policy: self.policy,
             relookup: state_ref.current_version() != self.state_version,
@@ -503,6 +537,8 @@ impl StepPlan {
                             (slots.exp_avg, Some(&held.exp_avg)),
                             (slots.exp_inf, Some(&held.exp_inf)),
                             (slots.master, held.master.as_ref()),
+                            (slots.exp_avg_scale, held.scales.as_ref().map(|[a, _]| a)),
+                            (slots.exp_inf_scale, held.scales.as_ref().map(|[_, b]| b)),
                         ];
                         for (slot, value) in arrays {
                             if let (Some(slot), Some(value)) = (slot, value) {

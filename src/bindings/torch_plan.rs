@@ -24,12 +24,11 @@ use crate::engine::step::{
 };
 use crate::kernel::{Adamax, Hyperparameters, MAX_STEP};
 
-use super::arrays::StateRule;
 use super::dlpack::{reader, TensorProblem, TensorReader};
 use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::PyHyperparameters;
 use super::ndarray::type_name;
-use super::policy::{state_dtype, StatePolicy};
+use super::policy::{state_kind, StatePolicy};
 use super::run::run_step;
 
 /// What the plan remembers of one parameter position.
@@ -47,6 +46,7 @@ struct TorchTensor<'py> {
     _exp_avg: Bound<'py, PyAny>,
     _exp_inf: Bound<'py, PyAny>,
     _step_tensor: Bound<'py, PyAny>,
+    _scales: Option<[Bound<'py, PyAny>; 2]>,
     step_at: StepCounter,
     grad: RawArray,
     step: u64,
@@ -210,6 +210,25 @@ impl TorchStepPlan {
         let exp_avg = key(pyo3::intern!(py, "exp_avg"))?;
         let exp_inf = key(pyo3::intern!(py, "exp_inf"))?;
         let step_tensor = key(pyo3::intern!(py, "step"))?;
+        // The block scales of 8-bit state, when the state has them.
+        let optional = |name: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
+            match entry.cast::<PyDict>() {
+                Ok(dict) => dict.get_item(name),
+                Err(_) => Ok(entry.get_item(name).ok()),
+            }
+        };
+        let scales = match (
+            optional(pyo3::intern!(py, "exp_avg_scale"))?,
+            optional(pyo3::intern!(py, "exp_inf_scale"))?,
+        ) {
+            (Some(a), Some(b)) => Some([a, b]),
+            (None, None) => None,
+            _ => {
+                return Err(place.value_error(
+                    "its state has one of exp_avg_scale and exp_inf_scale but not the other",
+                ))
+            }
+        };
         let param_raw = describe(reader, &param, place, Role::Param)?;
         let grad_raw = reader.describe(&grad).map_err(|problem| match problem {
             TensorProblem::Layout(error)
@@ -226,26 +245,36 @@ impl TorchStepPlan {
         check_gradient(&param_raw, &grad_raw).map_err(|e| place.tensor_error(e))?;
         let exp_avg_raw = describe(reader, &exp_avg, place, Role::ExpAvg)?;
         let exp_inf_raw = describe(reader, &exp_inf, place, Role::ExpInf)?;
+        let scales_raw = match &scales {
+            Some([a, b]) => Some([
+                describe(reader, a, place, Role::ExpAvgScale)?,
+                describe(reader, b, place, Role::ExpInfScale)?,
+            ]),
+            None => None,
+        };
         let (step_at, step) = step_counter(reader, &step_tensor, place)?;
         let cache = &mut self.groups[place.group][place.index];
         let unchanged = cache.state.as_ref().is_some_and(|s| {
-            s.param() == &param_raw && s.exp_avg() == &exp_avg_raw && s.exp_inf() == &exp_inf_raw
+            s.param() == &param_raw
+                && s.exp_avg() == &exp_avg_raw
+                && s.exp_inf() == &exp_inf_raw
+                && s.scales() == scales_raw.as_ref()
         });
         if !unchanged {
             cache.state = None;
-            let state = TensorState::check(param_raw, exp_avg_raw, exp_inf_raw, None)
+            let state = TensorState::check(param_raw, exp_avg_raw, exp_inf_raw, None, scales_raw)
                 .map_err(|e| place.tensor_error(e))?;
-            let expected = self.policy.state_element(state.param().element);
+            let expected = self.policy.state_element(state.param());
             for (role, array) in [
                 (Role::ExpAvg, state.exp_avg()),
                 (Role::ExpInf, state.exp_inf()),
             ] {
                 if array.element != expected {
                     return Err(place.type_error(format_args!(
-                        "{} has dtype {} but this optimizer keeps {expected} state for {} parameters",
+                        "{} has dtype {} but this optimizer keeps {}",
                         role.describe(),
                         array.element,
-                        state.param().element
+                        self.policy.describe(state.param())
                     )));
                 }
             }
@@ -258,6 +287,7 @@ impl TorchStepPlan {
             _exp_avg: exp_avg,
             _exp_inf: exp_inf,
             _step_tensor: step_tensor,
+            _scales: scales,
             step_at,
             grad: grad_raw,
             step,
@@ -270,10 +300,10 @@ impl TorchStepPlan {
     #[new]
     #[pyo3(signature = (*, state_dtype = None))]
     fn new(state_dtype: Option<&str>) -> PyResult<Self> {
-        let dtype = self::state_dtype(state_dtype)?;
+        let kind = state_kind(state_dtype)?;
         Ok(TorchStepPlan {
             policy: StatePolicy {
-                dtype,
+                kind,
                 master_weights: false,
             },
             groups: Vec::new(),
