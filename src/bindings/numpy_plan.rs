@@ -55,7 +55,9 @@ struct ParamCache {
     entry: Option<Py<StateEntry>>,
     data: Option<Py<PyAny>>,
     held: Option<HeldState>,
-    state: Option<TensorState>,
+    /// Boxed: it is large, and keeping it out of line keeps a step's pass over thousands of
+    /// these caches within a few cache lines each.
+    state: Option<Box<TensorState>>,
 }
 
 #[derive(Default)]
@@ -366,7 +368,7 @@ fn prepare<'py>(
         None => {
             cache.state = None;
             let (state, grad_raw) = state_and_grad(&objects, Some(policy))?;
-            cache.state = Some(state);
+            cache.state = Some(Box::new(state));
             GradRead::Other(Box::new(grad_raw))
         }
     };

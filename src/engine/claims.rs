@@ -89,6 +89,10 @@ pub struct WriteSetCache {
     /// What the written set was built from: ids that identify it (see [`StepClaims::check`]).
     ids: Vec<u64>,
     sorted: Option<Arc<ExtentSet>>,
+    /// The read extents last found clear of `sorted`, by position: a gradient that is where it
+    /// was (kept and accumulated in place, or allocated again at the same address) is not looked
+    /// up again while the written set is the same.
+    clear_reads: Vec<(Extent, usize)>,
 }
 
 /// What one step writes and reads, checked for overlaps within the step.
@@ -134,6 +138,7 @@ impl StepClaims {
             Some(set) if same => Arc::clone(set),
             _ => {
                 cache.sorted = None;
+                cache.clear_reads.clear();
                 let set = ExtentSet::new(writes());
                 if let Some((first, second)) = set.first_overlap() {
                     cache.ids.clear();
@@ -144,14 +149,20 @@ impl StepClaims {
                 set
             }
         };
-        for &(read, tag) in &reads {
+        for (position, &(read, tag)) in reads.iter().enumerate() {
+            if cache.clear_reads.get(position) == Some(&(read, tag)) {
+                continue;
+            }
             if let Some(written) = sorted.overlapping(&read) {
+                cache.clear_reads.clear();
                 return Err(Conflict::WithinStep {
                     first: written,
                     second: tag,
                 });
             }
         }
+        cache.clear_reads.clear();
+        cache.clear_reads.extend_from_slice(&reads);
         Ok(StepClaims {
             writes: sorted,
             reads,
@@ -359,6 +370,35 @@ mod tests {
         assert!(Arc::ptr_eq(&c.writes, &d.writes));
         let e2 = StepClaims::check([7, 8].into_iter(), writes, vec![], &mut cache).unwrap();
         assert!(!Arc::ptr_eq(&d.writes, &e2.writes));
+    }
+
+    #[test]
+    fn a_read_found_clear_is_looked_up_again_once_it_moves_or_the_writes_change() {
+        let mut cache = WriteSetCache::default();
+        let writes = || tagged(&[(0, 10), (20, 30)], 0);
+        let clear = tagged(&[(10, 20), (40, 50)], 100);
+        assert!(StepClaims::check([1, 2].into_iter(), writes, clear.clone(), &mut cache).is_ok());
+        // The second gradient now lands on the second parameter: found though the first is cached.
+        let moved = tagged(&[(10, 20), (25, 26)], 100);
+        let err = StepClaims::check([1, 2].into_iter(), writes, moved, &mut cache).unwrap_err();
+        assert_eq!(
+            err,
+            Conflict::WithinStep {
+                first: 1,
+                second: 101
+            }
+        );
+        // Reads once clear are checked again against a new write set that covers them.
+        assert!(StepClaims::check([1, 2].into_iter(), writes, clear.clone(), &mut cache).is_ok());
+        let covering = || tagged(&[(0, 10), (40, 60)], 0);
+        let err = StepClaims::check([1, 3].into_iter(), covering, clear, &mut cache).unwrap_err();
+        assert_eq!(
+            err,
+            Conflict::WithinStep {
+                first: 1,
+                second: 101
+            }
+        );
     }
 
     #[test]

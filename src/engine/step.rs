@@ -513,7 +513,15 @@ pub struct CheckedTensor<'o> {
     state: &'o TensorState,
     grad: GradArray<'o>,
     grad_extent: Option<Extent>,
-    flat: bool,
+    /// The flat slices' starts when the flat loop applies to this step (the state's and the
+    /// gradient's layouts agree). This and the fields below are copied from the state: a step's
+    /// later passes then read this compact, contiguous record instead of each tensor's large
+    /// state, which for thousands of small tensors is mostly out of cache.
+    flat: Option<FlatStarts>,
+    precision: Precision,
+    has_master: bool,
+    cost: usize,
+    id: u64,
     group: usize,
     step: u64,
 }
@@ -551,14 +559,14 @@ impl<'o> CheckedTensor<'o> {
                         error: LayoutError::TooLarge,
                     });
                 }
-                return Ok(CheckedTensor {
+                return Ok(CheckedTensor::with_layout(
                     state,
-                    grad: GradArray::LikeParam { address },
+                    GradArray::LikeParam { address },
                     grad_extent,
-                    flat: state.flat.is_some() || param.is_empty(),
+                    true,
                     group,
                     step,
-                });
+                ));
             }
             GradArray::Other(grad) => grad,
         };
@@ -579,14 +587,38 @@ impl<'o> CheckedTensor<'o> {
         if state.precision.is_blockwise() && !flat && !param_is_empty(state) {
             return Err(TensorError::NotContiguous { role: Role::Grad });
         }
-        Ok(CheckedTensor {
+        Ok(CheckedTensor::with_layout(
             state,
-            grad: GradArray::Other(grad),
+            GradArray::Other(grad),
             grad_extent,
             flat,
             group,
             step,
-        })
+        ))
+    }
+
+    /// The record of a checked tensor; `flat` says whether the gradient's layout allows the flat
+    /// loop (which also needs the state's).
+    fn with_layout(
+        state: &'o TensorState,
+        grad: GradArray<'o>,
+        grad_extent: Option<Extent>,
+        flat: bool,
+        group: usize,
+        step: u64,
+    ) -> Self {
+        CheckedTensor {
+            state,
+            grad,
+            grad_extent,
+            flat: if flat { state.flat } else { None },
+            precision: state.precision,
+            has_master: state.master.is_some(),
+            cost: state.cost,
+            id: state.id,
+            group,
+            step,
+        }
     }
 }
 
@@ -661,11 +693,11 @@ impl<'o> StepMemory<'o> {
                 last_key = Some(key);
             }
             coefficient_of.push((coefficients.len() - 1) as u32);
-            cost += t.state.cost;
+            cost += t.cost;
         }
         // The written arrays are those of the tensors' checked states: the same sequence of states
         // as the last step (by id) means the same written set, which is then not rebuilt.
-        let ids = tensors.iter().map(|t| t.state.id);
+        let ids = tensors.iter().map(|t| t.id);
         let claims =
             match StepClaims::check(ids, || written_extents(&tensors), read, &mut buffers.writes) {
                 Ok(claims) => claims,
@@ -742,7 +774,7 @@ impl<'o> StepMemory<'o> {
             // ones not self-overlapping; `CheckedTensor::new`'s contract keeps the memory valid
             // for 'o, which outlives the borrow of `self`.
             with_precision_types!(
-                t.state.precision,
+                t.precision,
                 float | P,
                 S,
                 M,
@@ -805,11 +837,10 @@ unsafe fn work<'s, P, S, M, C>(
     t: &CheckedTensor<'s>,
     c: &'s Coefficients<C>,
 ) -> Option<Work<'s, P, S, M, C>> {
-    let s = t.state;
-    if s.param.is_empty() {
-        return None;
-    }
-    if let (true, Some(flat)) = (t.flat, s.flat) {
+    if let Some(flat) = t.flat {
+        if flat.len == 0 {
+            return None;
+        }
         let n = flat.len;
         let [param, exp_avg, exp_inf, master, _, _] = flat.starts;
         let grad = t.grad_extent.map_or(0, |e| e.start);
@@ -823,14 +854,17 @@ unsafe fn work<'s, P, S, M, C>(
                 grad: std::slice::from_raw_parts(grad as *const P, n),
                 exp_avg: std::slice::from_raw_parts_mut(exp_avg as *mut S, n),
                 exp_inf: std::slice::from_raw_parts_mut(exp_inf as *mut S, n),
-                master: s
-                    .master
-                    .as_ref()
-                    .map(|_| std::slice::from_raw_parts_mut(master as *mut M, n)),
+                master: t
+                    .has_master
+                    .then(|| std::slice::from_raw_parts_mut(master as *mut M, n)),
             };
             Some(Work::Flat(slices, c))
         }
     } else {
+        let s = t.state;
+        if s.param.is_empty() {
+            return None;
+        }
         let moved;
         let grad = match t.grad {
             GradArray::Other(raw) => raw,
@@ -866,9 +900,8 @@ unsafe fn work<'s, P, S, M, C>(
 /// # Safety
 /// As [`work`], with the codes `u8`, the scales `f32` and the master copy `f32`.
 unsafe fn quantized_work<'s, P>(t: &CheckedTensor<'s>) -> Option<QuantizedSlices<'s, P>> {
-    let s = t.state;
-    let flat = s.flat?;
-    if s.param.is_empty() {
+    let flat = t.flat?;
+    if flat.len == 0 {
         return None;
     }
     let n = flat.len;
@@ -886,9 +919,8 @@ unsafe fn quantized_work<'s, P>(t: &CheckedTensor<'s>) -> Option<QuantizedSlices
             std::slice::from_raw_parts_mut(exp_inf as *mut u8, n),
             std::slice::from_raw_parts_mut(avg_scale as *mut f32, blocks),
             std::slice::from_raw_parts_mut(inf_scale as *mut f32, blocks),
-            s.master
-                .as_ref()
-                .map(|_| std::slice::from_raw_parts_mut(master as *mut f32, n)),
+            t.has_master
+                .then(|| std::slice::from_raw_parts_mut(master as *mut f32, n)),
         )
         .ok()
     }
