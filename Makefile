@@ -13,6 +13,9 @@ PY := $(VENV)/bin/python
 DEV_PACKAGES := "maturin>=1.9.4,<2" "numpy>=1.21" "pytest>=7" "hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "tqdm>=4" "matplotlib>=3" "ml_dtypes>=0.2" "safetensors>=0.4"
 # MPI for adamax_rs.distributed and its tests: mpi4py and the MPICH wheel (mpiexec in .venv/bin).
 MPI_PACKAGES := "mpi4py>=4" "mpich"
+# torch for adamax_rs.torch and its tests (the CUDA build from the package index, about 5 GB, runs
+# on the CPU); expecttest for torch.testing's own error cases, which the tests compare with.
+TORCH_PACKAGES := "torch>=2.1" "expecttest"
 ARGS ?=
 export VIRTUAL_ENV := $(abspath $(VENV))
 
@@ -22,10 +25,10 @@ all: test
 
 # pip shows each package it fetches (one line each, no progress bars to fill a log).
 $(VENV)/.ready: pyproject.toml Makefile
-	@echo ">>> Making $(VENV) with the dev packages: about 30 s with a warm pip cache, a few minutes without"
+	@echo ">>> Making $(VENV) with the dev packages: about 1 min with a warm pip cache, 5 GB and several minutes without (torch)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off --upgrade pip
-	$(PY) -m pip install --progress-bar off $(DEV_PACKAGES) $(MPI_PACKAGES)
+	$(PY) -m pip install --progress-bar off $(DEV_PACKAGES) $(MPI_PACKAGES) $(TORCH_PACKAGES)
 	touch $@
 
 venv: $(VENV)/.ready

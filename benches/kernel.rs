@@ -76,7 +76,7 @@ where
     S: Copy,
     C: Float,
     U: Update,
-    for<'a> Work<'a, P, S, C>: Into<Job<'a>>,
+    for<'a> Work<'a, P, S, S, C>: Into<Job<'a>>,
 {
     let coefficients = hyperparameters().coefficients::<C>(10);
     let mut jobs: Vec<Job<'_>> = tensors
@@ -100,7 +100,7 @@ where
     P: Storage<C>,
     S: Storage<C>,
     C: Float,
-    for<'a> Work<'a, P, S, C>: Into<Job<'a>>,
+    for<'a> Work<'a, P, S, S, C>: Into<Job<'a>>,
 {
     let max_threads = pool::default_num_threads();
     let mut group = c.benchmark_group(format!("one_tensor_{name}"));

@@ -1,7 +1,7 @@
 //! Runtime choice of the vector instruction set.
 //!
 //! A wheel is built for the baseline target (SSE2 on x86-64), yet the machines it runs on mostly
-//! have AVX2 or AVX-512. The flat loop of an [`Update`] rule is compiled once per instruction set
+//! have AVX2 or AVX-512. The loops of an [`Update`] rule ([`Loop`]) are compiled once per instruction set
 //! with `#[target_feature]`, and the best one the CPU supports is picked at run time. None of
 //! these builds lets LLVM fuse a multiply and an add (Rust never contracts floating-point
 //! expressions), so every level gives bit-identical results.
@@ -9,6 +9,7 @@
 //! One function, [`Isa::supported`], says what a level needs; detection and the check before a
 //! call both use it, so they cannot disagree.
 
+use crate::kernel::blockwise::QuantizedSlices;
 use crate::kernel::{Coefficients, Float, Storage, TensorSlices, Update};
 
 /// An instruction-set level the kernel has a build for.
@@ -79,60 +80,89 @@ pub fn available() -> Vec<Isa> {
         .collect()
 }
 
-fn flat_baseline<U: Update, P, S, C>(rule: U, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+/// A loop over one piece of work, run with an update rule: inlined into each instruction-set
+/// build below, so that the build's target features apply to it.
+pub trait Loop {
+    /// Runs `rule` over the work.
+    fn run<U: Update>(self, rule: U);
+}
+
+/// The flat loop over one run of elements.
+pub struct Flat<'a, 'c, P, S, M, C>(pub TensorSlices<'a, P, S, M>, pub &'c Coefficients<C>);
+
+impl<P, S, M, C> Loop for Flat<'_, '_, P, S, M, C>
 where
     C: Float,
     P: Storage<C>,
     S: Storage<C>,
+    M: Storage<C>,
 {
-    rule.flat(s, c)
+    #[inline(always)]
+    fn run<U: Update>(self, rule: U) {
+        rule.flat(self.0, self.1)
+    }
+}
+
+/// The block loop over whole blocks of a tensor with 8-bit state.
+pub struct Blocks<'a, 'c, P, C>(pub QuantizedSlices<'a, P>, pub &'c Coefficients<C>);
+
+impl<P, C> Loop for Blocks<'_, '_, P, C>
+where
+    C: Float,
+    P: Storage<C>,
+    f32: Storage<C>,
+{
+    #[inline(always)]
+    fn run<U: Update>(self, rule: U) {
+        rule.quantized(self.0, self.1)
+    }
+}
+
+fn baseline<U: Update, L: Loop>(rule: U, work: L) {
+    work.run(rule)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn flat_avx2<U: Update, P, S, C>(rule: U, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
-where
-    C: Float,
-    P: Storage<C>,
-    S: Storage<C>,
-{
-    rule.flat(s, c)
+fn avx2<U: Update, L: Loop>(rule: U, work: L) {
+    work.run(rule)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
-fn flat_avx512<U: Update, P, S, C>(rule: U, s: TensorSlices<'_, P, S>, c: &Coefficients<C>)
-where
-    C: Float,
-    P: Storage<C>,
-    S: Storage<C>,
-{
-    rule.flat(s, c)
+fn avx512<U: Update, L: Loop>(rule: U, work: L) {
+    work.run(rule)
 }
 
-/// Runs `rule` over `s` with the build for `isa`; a level this CPU lacks runs the baseline.
-pub fn run_flat<U: Update, P, S, C>(
+/// Runs `rule` over `work` with the build for `isa`; a level this CPU lacks runs the baseline.
+pub fn run<U: Update, L: Loop>(isa: Isa, rule: U, work: L) {
+    if !isa.supported() {
+        return baseline(rule, work);
+    }
+    match isa {
+        Isa::Baseline => baseline(rule, work),
+        // SAFETY: `avx2` is compiled with avx2 and fma, which `Isa::Avx2.supported()` just
+        // detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(rule, work) },
+        // SAFETY: `avx512` is compiled with avx512f/vl/bw, avx2 and fma, all of which
+        // `Isa::Avx512.supported()` just detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(rule, work) },
+    }
+}
+
+/// Runs `rule` over the flat slices `s` with the build for `isa`.
+pub fn run_flat<U: Update, P, S, M, C>(
     isa: Isa,
     rule: U,
-    s: TensorSlices<'_, P, S>,
+    s: TensorSlices<'_, P, S, M>,
     c: &Coefficients<C>,
 ) where
     C: Float,
     P: Storage<C>,
     S: Storage<C>,
+    M: Storage<C>,
 {
-    if !isa.supported() {
-        return flat_baseline(rule, s, c);
-    }
-    match isa {
-        Isa::Baseline => flat_baseline(rule, s, c),
-        // SAFETY: `flat_avx2` is compiled with avx2 and fma, which `Isa::Avx2.supported()` just
-        // detected on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { flat_avx2(rule, s, c) },
-        // SAFETY: `flat_avx512` is compiled with avx512f/vl/bw, avx2 and fma, all of which
-        // `Isa::Avx512.supported()` just detected on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { flat_avx512(rule, s, c) },
-    }
+    run(isa, rule, Flat(s, c))
 }

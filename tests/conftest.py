@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,32 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+#: Set by .ci/run. Tests of optional parts (torch, MPI) must run in CI: there a skip is a failure.
+NO_SKIPS = os.environ.get("ADAMAX_RS_NO_SKIPS", "") == "1"
+
+
+def _fail_if_skipped(report):
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but ADAMAX_RS_NO_SKIPS=1 makes a skip a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ADAMAX_RS_NO_SKIPS=1, report a skipped test (skip, skipif) as failed, with the
+    reason. An expected failure (``xfail``) is not a skip: it stays as it is."""
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while collected (``pytest.importorskip``,
+    ``pytest.skip(..., allow_module_level=True)``)."""
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
 
 
 @pytest.fixture

@@ -99,6 +99,17 @@ class StepPlan:
     def __init__(self, *, state_dtype: str | None = None, master_weights: bool = False) -> None: ...
     def step(self, param_groups: list[dict[str, Any]], state: ParameterState) -> None: ...
 
+class TorchStepPlan:
+    """The cached step of ``adamax_rs.torch.Adamax``."""
+
+    def __init__(self, *, state_dtype: str | None = None) -> None: ...
+    def step(
+        self,
+        param_groups: list[dict[str, Any]],
+        state: Mapping[Any, Any],
+        hyperparameters: list[Hyperparameters],
+    ) -> list[tuple[int, int]] | None: ...
+
 def adamax_arrays(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray | None],

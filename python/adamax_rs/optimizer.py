@@ -8,15 +8,14 @@ each parameter, taking and restoring snapshots, and serialising calls with a loc
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Callable
 
 import numpy as np
 
 from ._core import ParameterState, StateEntry
+from ._fork import track
 from .dtypes import describe_supported, is_supported
 
 __all__ = ["Optimizer", "ParameterState", "StateEntry"]
@@ -74,44 +73,6 @@ def _as_param_list(params: Any, where: str) -> list[Any]:
     if isinstance(params, Mapping) or not isinstance(params, Iterable):
         raise TypeError(f"{where}: 'params' must be a list of parameters, got {_describe(params)}")
     return list(params)
-
-
-# -- fork safety ----------------------------------------------------------------------------------
-
-#: The longest a ``fork()`` waits for another thread's step, per optimizer.
-FORK_WAIT_SECONDS = 10.0
-
-_LIVE: weakref.WeakSet[Optimizer] = weakref.WeakSet()
-_HELD_ACROSS_FORK: list[Optimizer] = []
-
-
-def _before_fork() -> None:
-    # Wait for steps running on other threads, so that the child's copy of every optimizer (its
-    # parameters and state) is between two steps, never in the middle of one.
-    for optimizer in list(_LIVE):
-        if optimizer._lock.acquire(timeout=FORK_WAIT_SECONDS):
-            _HELD_ACROSS_FORK.append(optimizer)
-
-
-def _after_fork_in_parent() -> None:
-    while _HELD_ACROSS_FORK:
-        _HELD_ACROSS_FORK.pop()._lock.release()
-
-
-def _after_fork_in_child() -> None:
-    # The threads that held these locks do not exist in the child: give every optimizer a fresh
-    # lock rather than one that can never be released.
-    _HELD_ACROSS_FORK.clear()
-    for optimizer in list(_LIVE):
-        optimizer._lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
 
 
 class Optimizer:
@@ -180,7 +141,7 @@ class Optimizer:
                 )
             built.append(self._build_group(group, index, built))
         self.param_groups = built
-        _LIVE.add(self)
+        track(self)
 
     # -- hooks for subclasses -------------------------------------------------------------
 

@@ -8,6 +8,7 @@ use crate::engine::step::{check_gradient, GradArray, Role, TensorState};
 
 use super::errors::Place;
 use super::ndarray::{address_if_like, header_matches, read_array, ArrayProblem};
+use super::policy::StatePolicy;
 
 /// The ndarrays of one tensor for one step (holding them keeps their memory alive for the step),
 /// and its step number.
@@ -18,6 +19,8 @@ pub struct TensorObjects<'py> {
     pub exp_avg: Bound<'py, PyAny>,
     pub exp_inf: Bound<'py, PyAny>,
     pub master: Option<Bound<'py, PyAny>>,
+    /// The block scales of 8-bit state (exp_avg's, exp_inf's).
+    pub scales: Option<[Bound<'py, PyAny>; 2]>,
     pub group: usize,
     pub step: u64,
 }
@@ -54,12 +57,6 @@ pub fn problem_error(
     }
 }
 
-/// A rule about the element type of a tensor's state, imposed by the optimizer.
-pub trait StateRule {
-    /// The element type the state of a parameter stored as `param` must have.
-    fn state_element(&self, param: Element) -> Element;
-}
-
 fn read(
     obj: &Bound<'_, PyAny>,
     place: Place,
@@ -76,16 +73,25 @@ fn param_and_grad(objects: &TensorObjects<'_>) -> PyResult<(RawArray, RawArray)>
         return Err(place.value_error("the gradient is the parameter array itself"));
     }
     let param = read(&objects.data, place, Role::Param, None)?;
+    if param.element == Element::UInt8 {
+        return Err(problem_error(
+            place,
+            Role::Param,
+            ArrayProblem::Dtype("uint8".into()),
+            None,
+        ));
+    }
     let grad = read(&objects.grad, place, Role::Grad, Some(param.element))?;
     check_gradient(&param, &grad).map_err(|e| place.tensor_error(e))?;
     Ok((param, grad))
 }
 
 /// Reads and checks a tensor's parameter, gradient and state from scratch. The gradient is
-/// checked first, so that a gradient that does not match its parameter is reported as such.
+/// checked first, so that a gradient that does not match its parameter is reported as such;
+/// then the engine's checks of the state, then `policy`'s rule about its dtypes.
 pub fn state_and_grad(
     objects: &TensorObjects<'_>,
-    rule: Option<&dyn StateRule>,
+    policy: Option<&StatePolicy>,
 ) -> PyResult<(TensorState, RawArray)> {
     let place = objects.place;
     let (param, grad) = param_and_grad(objects)?;
@@ -96,23 +102,31 @@ pub fn state_and_grad(
         Some(m) => Some(read(m, place, Role::Master, element)?),
         None => None,
     };
-    let state =
-        TensorState::check(param, exp_avg, exp_inf, master).map_err(|e| place.tensor_error(e))?;
-    if let Some(rule) = rule {
-        let param = state.param().element;
-        let expected = rule.state_element(param);
+    let scales = match &objects.scales {
+        Some([a, b]) => Some([
+            read(a, place, Role::ExpAvgScale, element)?,
+            read(b, place, Role::ExpInfScale, element)?,
+        ]),
+        None => None,
+    };
+    let state = TensorState::check(param, exp_avg, exp_inf, master, scales)
+        .map_err(|e| place.tensor_error(e))?;
+    if let Some(policy) = policy {
+        let param = state.param();
+        let expected = policy.state_element(param);
         let arrays = [
-            (Role::ExpAvg, Some(state.exp_avg())),
-            (Role::ExpInf, Some(state.exp_inf())),
-            (Role::Master, state.master()),
+            (Role::ExpAvg, Some(state.exp_avg()), expected),
+            (Role::ExpInf, Some(state.exp_inf()), expected),
+            (Role::Master, state.master(), policy.master_element(param)),
         ];
-        for (role, array) in arrays {
+        for (role, array, want) in arrays {
             match array {
-                Some(a) if a.element != expected => {
+                Some(a) if a.element != want => {
                     return Err(place.type_error(format_args!(
-                        "{} has dtype {} but this optimizer keeps {expected} state for {param} parameters",
+                        "{} has dtype {} but this optimizer keeps {}",
                         role.describe(),
-                        a.element
+                        a.element,
+                        policy.describe(param)
                     )))
                 }
                 _ => {}
@@ -130,7 +144,13 @@ pub fn still_describes(state: &TensorState, objects: &TensorObjects<'_>) -> bool
         (None, None) => true,
         _ => false,
     };
+    let scales_same = match (&objects.scales, state.scales()) {
+        (Some([a, b]), Some([ra, rb])) => header_matches(a, ra) && header_matches(b, rb),
+        (None, None) => true,
+        _ => false,
+    };
     master_same
+        && scales_same
         && header_matches(&objects.data, state.param())
         && header_matches(&objects.exp_avg, state.exp_avg())
         && header_matches(&objects.exp_inf, state.exp_inf())
@@ -140,7 +160,8 @@ pub fn still_describes(state: &TensorState, objects: &TensorObjects<'_>) -> bool
 /// is kept.
 pub enum GradRead {
     LikeParam(usize),
-    Other(RawArray),
+    /// Boxed: rare, and large (a step keeps one of these per tensor).
+    Other(Box<RawArray>),
 }
 
 impl GradRead {
@@ -166,5 +187,5 @@ pub fn read_grad(
     if let Some(address) = address_if_like(grad, param) {
         return Ok(GradRead::LikeParam(address));
     }
-    read(grad, place, Role::Grad, Some(param.element)).map(GradRead::Other)
+    read(grad, place, Role::Grad, Some(param.element)).map(|raw| GradRead::Other(Box::new(raw)))
 }

@@ -53,28 +53,36 @@ fn step_number(value: &Bound<'_, PyAny>, index: usize) -> PyResult<u64> {
     Ok(t)
 }
 
+/// The lists a stateless step takes, as Python gave them (`None` for an optional list left out).
+struct ArrayLists<'a, 'py> {
+    params: &'a Bound<'py, PyAny>,
+    grads: &'a Bound<'py, PyAny>,
+    exp_avgs: &'a Bound<'py, PyAny>,
+    exp_infs: &'a Bound<'py, PyAny>,
+    steps: Option<&'a Bound<'py, PyAny>>,
+    masters: Option<&'a Bound<'py, PyAny>>,
+    exp_avg_scales: Option<&'a Bound<'py, PyAny>>,
+    exp_inf_scales: Option<&'a Bound<'py, PyAny>>,
+}
+
 /// One step of `rule` over lists of arrays, all checked before any is written.
-#[allow(clippy::too_many_arguments)]
-fn arrays_step<U: Update>(
-    py: Python<'_>,
-    params: &Bound<'_, PyAny>,
-    grads: &Bound<'_, PyAny>,
-    exp_avgs: &Bound<'_, PyAny>,
-    exp_infs: &Bound<'_, PyAny>,
-    steps: Option<&Bound<'_, PyAny>>,
-    masters: Option<&Bound<'_, PyAny>>,
+fn arrays_step<'py, U: Update>(
+    py: Python<'py>,
+    lists: ArrayLists<'_, 'py>,
     hyperparameters: Hyperparameters,
     rule: U,
 ) -> PyResult<()> {
-    let params = items(params, "params")?;
+    let params = items(lists.params, "params")?;
     let n = params.len();
-    let mut lists = Vec::new();
+    let mut read = Vec::new();
     for (list, what) in [
-        (Some(grads), "grads"),
-        (Some(exp_avgs), "exp_avgs"),
-        (Some(exp_infs), "exp_infs"),
-        (steps, "steps"),
-        (masters, "masters"),
+        (Some(lists.grads), "grads"),
+        (Some(lists.exp_avgs), "exp_avgs"),
+        (Some(lists.exp_infs), "exp_infs"),
+        (lists.steps, "steps"),
+        (lists.masters, "masters"),
+        (lists.exp_avg_scales, "exp_avg_scales"),
+        (lists.exp_inf_scales, "exp_inf_scales"),
     ] {
         let values = match list {
             Some(l) if !l.is_none() => Some(items(l, what)?),
@@ -88,11 +96,18 @@ fn arrays_step<U: Update>(
                 )));
             }
         }
-        lists.push(values);
+        read.push(values);
     }
-    let [grads, exp_avgs, exp_infs, steps, masters]: [Option<Vec<Bound<'_, PyAny>>>; 5] = lists
+    let [grads, exp_avgs, exp_infs, steps, masters, avg_scales, inf_scales]: [Option<
+        Vec<Bound<'py, PyAny>>,
+    >; 7] = read
         .try_into()
-        .map_err(|_| super::errors::internal("five lists"))?;
+        .map_err(|_| super::errors::internal("seven lists"))?;
+    if avg_scales.is_some() != inf_scales.is_some() {
+        return Err(PyValueError::new_err(
+            "give both exp_avg_scales and exp_inf_scales (8-bit state), or neither",
+        ));
+    }
     let (grads, exp_avgs, exp_infs) = (
         grads.unwrap_or_default(),
         exp_avgs.unwrap_or_default(),
@@ -107,17 +122,23 @@ fn arrays_step<U: Update>(
             Some(s) => step_number(&s[index], index)?,
             None => 1,
         };
-        let master = masters
-            .as_ref()
-            .map(|m| m[index].clone())
-            .filter(|m| !m.is_none());
+        let present = |list: &Option<Vec<Bound<'py, PyAny>>>| -> Option<Bound<'py, PyAny>> {
+            list.as_ref()
+                .map(|l| l[index].clone())
+                .filter(|m| !m.is_none())
+        };
+        let scales = match (present(&avg_scales), present(&inf_scales)) {
+            (Some(a), Some(b)) => Some([a, b]),
+            _ => None,
+        };
         objects.push(TensorObjects {
             place: Place { group: 0, index },
             data,
             grad: grads[index].clone(),
             exp_avg: exp_avgs[index].clone(),
             exp_inf: exp_infs[index].clone(),
-            master,
+            master: present(&masters),
+            scales,
             group: 0,
             step,
         });
@@ -140,12 +161,12 @@ fn arrays_step<U: Update>(
     run_step(py, &step, rule, &mut buffers)
 }
 
-/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None)
+/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None, exp_avg_scales=None, exp_inf_scales=None)
 /// --
 ///
 /// One Adamax step in place over lists of arrays (see ``adamax_rs.functional.adamax``).
 #[pyfunction]
-#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None))]
+#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None, exp_avg_scales = None, exp_inf_scales = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn adamax_arrays(
     py: Python<'_>,
@@ -156,47 +177,48 @@ pub fn adamax_arrays(
     steps: &Bound<'_, PyAny>,
     hyperparameters: PyRef<'_, PyHyperparameters>,
     masters: Option<&Bound<'_, PyAny>>,
+    exp_avg_scales: Option<&Bound<'_, PyAny>>,
+    exp_inf_scales: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let h = hyperparameters.0;
-    guarded(|| {
-        arrays_step(
-            py,
-            params,
-            grads,
-            exp_avgs,
-            exp_infs,
-            Some(steps),
-            masters,
-            h,
-            Adamax,
-        )
-    })
+    let lists = ArrayLists {
+        params,
+        grads,
+        exp_avgs,
+        exp_infs,
+        steps: Some(steps),
+        masters,
+        exp_avg_scales,
+        exp_inf_scales,
+    };
+    guarded(|| arrays_step(py, lists, h, Adamax))
 }
 
-/// bandwidth_probe(params, grads, exp_avgs, exp_infs, /)
+/// bandwidth_probe(params, grads, exp_avgs, exp_infs, /, *, exp_avg_scales=None, exp_inf_scales=None)
 /// --
 ///
 /// Moves exactly the memory an Adamax step over these arrays moves, with trivial arithmetic
 /// (a benchmark tool: its time is the floor for a one-pass optimizer on this machine).
 #[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_infs, /, *, exp_avg_scales = None, exp_inf_scales = None))]
 pub fn bandwidth_probe(
     py: Python<'_>,
     params: &Bound<'_, PyAny>,
     grads: &Bound<'_, PyAny>,
     exp_avgs: &Bound<'_, PyAny>,
     exp_infs: &Bound<'_, PyAny>,
+    exp_avg_scales: Option<&Bound<'_, PyAny>>,
+    exp_inf_scales: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    guarded(|| {
-        arrays_step(
-            py,
-            params,
-            grads,
-            exp_avgs,
-            exp_infs,
-            None,
-            None,
-            Hyperparameters::default(),
-            BandwidthProbe,
-        )
-    })
+    let lists = ArrayLists {
+        params,
+        grads,
+        exp_avgs,
+        exp_infs,
+        steps: None,
+        masters: None,
+        exp_avg_scales,
+        exp_inf_scales,
+    };
+    guarded(|| arrays_step(py, lists, Hyperparameters::default(), BandwidthProbe))
 }

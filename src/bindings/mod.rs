@@ -5,6 +5,7 @@
 //! by the engine ([`run`]). No panic reaches Python ([`errors::guarded`]).
 
 mod arrays;
+mod dlpack;
 mod errors;
 mod functional;
 mod gil_cell;
@@ -12,8 +13,11 @@ mod hyperparameters;
 mod ndarray;
 mod numpy_plan;
 mod parameter;
+mod policy;
+mod quantize;
 mod run;
 mod state;
+mod torch_plan;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -74,8 +78,14 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<state::StateEntry>()?;
     m.add_class::<hyperparameters::PyHyperparameters>()?;
     m.add_class::<numpy_plan::StepPlan>()?;
+    m.add_class::<torch_plan::TorchStepPlan>()?;
     m.add_function(wrap_pyfunction!(functional::adamax_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(functional::bandwidth_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize::quantize_moments, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize::dequantize_moments, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize::blockwise_fits, m)?)?;
+    m.add("BLOCK", crate::kernel::blockwise::BLOCK)?;
+    m.add("BLOCKWISE_MIN_ELEMENTS", policy::BLOCKWISE_MIN_ELEMENTS)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;

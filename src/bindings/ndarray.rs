@@ -42,6 +42,8 @@ pub fn element_of(dtype: &Bound<'_, PyArrayDescr>) -> Option<Element> {
         Element::Complex64
     } else if num == NPY_TYPES::NPY_CDOUBLE as i32 {
         Element::Complex128
+    } else if num == NPY_TYPES::NPY_UBYTE as i32 {
+        Element::UInt8
     } else if num >= NPY_TYPES::NPY_USERDEF as i32 && is_bfloat16(dtype, num) {
         Element::BFloat16
     } else {
@@ -81,6 +83,7 @@ fn builtin_descrs(py: Python<'_>) -> &'static [(usize, Element)] {
             (NPY_TYPES::NPY_DOUBLE, Element::Float64),
             (NPY_TYPES::NPY_CFLOAT, Element::Complex64),
             (NPY_TYPES::NPY_CDOUBLE, Element::Complex128),
+            (NPY_TYPES::NPY_UBYTE, Element::UInt8),
         ]
         .into_iter()
         .filter_map(|(num, element)| {

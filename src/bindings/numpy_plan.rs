@@ -21,50 +21,20 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use crate::engine::buffers::StepBuffers;
 use crate::engine::memory::Element;
 use crate::engine::step::{CheckedTensor, Role, StepMemory, TensorState};
+use crate::kernel::blockwise::BLOCK;
 use crate::kernel::{Adamax, MAX_STEP};
 
 use super::arrays::{
-    problem_error, read_grad, state_and_grad, still_describes, GradRead, StateRule, TensorObjects,
+    problem_error, read_grad, state_and_grad, still_describes, GradRead, TensorObjects,
 };
 use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::{from_group, GroupValues};
 use super::ndarray::header_matches;
 use super::ndarray::{numpy, read_array, type_name};
 use super::parameter::{data_and_grad, fast_fields};
+use super::policy::{state_kind, StatePolicy};
 use super::run::run_step;
 use super::state::{ParameterState, StateEntry};
-
-/// Which state an optimizer keeps for a parameter: its element type and whether a master copy.
-#[derive(Clone, Copy, Debug)]
-pub struct StatePolicy {
-    /// `None`: float32 for 16-bit parameters, the parameter's own precision otherwise.
-    pub dtype: Option<Element>,
-    /// Keep a master copy of 16-bit parameters in the state dtype.
-    pub master_weights: bool,
-}
-
-impl StateRule for StatePolicy {
-    fn state_element(&self, param: Element) -> Element {
-        let complex = param.real_part().is_some();
-        let real = match (self.dtype, param) {
-            (Some(d), _) => d,
-            (None, Element::Float16 | Element::BFloat16) => Element::Float32,
-            (None, p) => p.real_part().unwrap_or(p),
-        };
-        match (complex, real) {
-            (true, Element::Float64) => Element::Complex128,
-            (true, _) => Element::Complex64,
-            (false, r) => r,
-        }
-    }
-}
-
-impl StatePolicy {
-    /// Whether a parameter stored as `param` has a master copy.
-    pub fn wants_master(&self, param: Element) -> bool {
-        self.master_weights && matches!(param, Element::Float16 | Element::BFloat16)
-    }
-}
 
 /// A parameter's state arrays and step count, as its entry held them at the last step: valid
 /// while nothing in the optimizer's state changed from Python (its version).
@@ -72,6 +42,8 @@ struct HeldState {
     exp_avg: Py<PyAny>,
     exp_inf: Py<PyAny>,
     master: Option<Py<PyAny>>,
+    /// The block scales of 8-bit state.
+    scales: Option<[Py<PyAny>; 2]>,
     step: u64,
 }
 
@@ -100,8 +72,8 @@ struct Stepped {
     grad: Py<PyAny>,
     step: u64,
     /// State made by this step for a parameter stepped for the first time: its arrays, and the
-    /// entry they go into (new, or the parameter's empty one).
-    created: Option<(HeldState, Py<StateEntry>, bool)>,
+    /// entry they go into (new, or the parameter's empty one). Boxed: rare, and large.
+    created: Option<Box<(HeldState, Py<StateEntry>, bool)>>,
 }
 
 /// Where the state's arrays sit in an entry (positions in the state's keys).
@@ -110,6 +82,8 @@ struct Slots {
     exp_avg: Option<usize>,
     exp_inf: Option<usize>,
     master: Option<usize>,
+    exp_avg_scale: Option<usize>,
+    exp_inf_scale: Option<usize>,
 }
 
 /// StepPlan(*, state_dtype=None, master_weights=False)
@@ -130,48 +104,51 @@ pub struct StepPlan {
     stepped: Vec<Stepped>,
 }
 
-fn state_dtype(value: Option<&str>) -> PyResult<Option<Element>> {
-    match value {
-        None => Ok(None),
-        Some("float32") => Ok(Some(Element::Float32)),
-        Some("float64") => Ok(Some(Element::Float64)),
-        Some(other) => Err(PyValueError::new_err(format!(
-            "state_dtype must be None, 'float32' or 'float64', got {other:?}"
-        ))),
-    }
-}
-
-/// The arrays of a new state: exp_avg, exp_inf and the master copy, if one is kept.
-type NewState<'py> = (
-    Bound<'py, PyAny>,
-    Bound<'py, PyAny>,
-    Option<Bound<'py, PyAny>>,
-);
-
-/// A new state for a parameter whose data is `data`: zeros of the state dtype in the parameter's
-/// memory layout (so the step stays on the flat path), and the master copy if one is kept.
-fn new_state<'py>(
-    data: &Bound<'py, PyAny>,
-    policy: &StatePolicy,
-    place: Place,
-) -> PyResult<NewState<'py>> {
+/// A new state for a parameter whose data is `data`: zeros of the state's dtype in the
+/// parameter's memory layout (so the step stays on the flat path), block scales for 8-bit state,
+/// and the master copy if one is kept.
+fn new_state(data: &Bound<'_, PyAny>, policy: &StatePolicy, place: Place) -> PyResult<HeldState> {
     let py = data.py();
     let param = read_array(data).map_err(|p| problem_error(place, Role::Param, p, None))?;
     let np = numpy(py)?;
-    let dtype = np.call_method1("dtype", (policy.state_element(param.element).name(),))?;
+    let state = policy.state_element(&param);
+    if state == Element::BFloat16 {
+        // numpy knows bfloat16 once ml_dtypes is imported.
+        py.import("ml_dtypes")?;
+    }
+    let dtype = np.call_method1("dtype", (state.name(),))?;
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", &dtype)?;
     let zeros_like = np.getattr("zeros_like")?;
-    let exp_avg = zeros_like.call((data,), Some(&kwargs))?;
-    let exp_inf = zeros_like.call((data,), Some(&kwargs))?;
-    let master = if policy.wants_master(param.element) {
-        let order = PyDict::new(py);
-        order.set_item("order", "K")?;
-        Some(data.call_method("astype", (&dtype,), Some(&order))?)
+    let exp_avg = zeros_like.call((data,), Some(&kwargs))?.unbind();
+    let exp_inf = zeros_like.call((data,), Some(&kwargs))?.unbind();
+    let scales = if state == Element::UInt8 {
+        let blocks = param.len().unwrap_or(0).div_ceil(BLOCK);
+        let zeros = |_: usize| -> PyResult<Py<PyAny>> {
+            Ok(np.call_method1("zeros", (blocks, "float32"))?.unbind())
+        };
+        Some([zeros(0)?, zeros(1)?])
     } else {
         None
     };
-    Ok((exp_avg, exp_inf, master))
+    let master = if policy.wants_master(param.element) {
+        let master_dtype = np.call_method1("dtype", (policy.master_element(&param).name(),))?;
+        let order = PyDict::new(py);
+        order.set_item("order", "K")?;
+        Some(
+            data.call_method("astype", (&master_dtype,), Some(&order))?
+                .unbind(),
+        )
+    } else {
+        None
+    };
+    Ok(HeldState {
+        exp_avg,
+        exp_inf,
+        master,
+        scales,
+        step: 0,
+    })
 }
 
 fn params_of<'py>(group: &Bound<'py, PyAny>, g: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
@@ -207,6 +184,10 @@ fn held_objects<'py>(
         exp_avg: held.exp_avg.bind(py).clone(),
         exp_inf: held.exp_inf.bind(py).clone(),
         master: held.master.as_ref().map(|m| m.bind(py).clone()),
+        scales: held
+            .scales
+            .as_ref()
+            .map(|[a, b]| [a.bind(py).clone(), b.bind(py).clone()]),
         group: place.group,
         step: held.step + 1,
     }
@@ -220,19 +201,26 @@ fn read_entry(
     wants_master: bool,
     place: Place,
 ) -> PyResult<Option<HeldState>> {
-    let (step, exp_avg, exp_inf, master) = entry.data.read(py, |d| {
+    let (step, [exp_avg, exp_inf, master, avg_scale, inf_scale]) = entry.data.read(py, |d| {
         let at = |slot: Option<usize>| {
             slot.and_then(|i| d.arrays[i].as_ref())
                 .map(|a| a.clone_ref(py))
         };
         (
             d.step,
-            at(slots.exp_avg),
-            at(slots.exp_inf),
-            at(slots.master),
+            [
+                at(slots.exp_avg),
+                at(slots.exp_inf),
+                at(slots.master),
+                at(slots.exp_avg_scale),
+                at(slots.exp_inf_scale),
+            ],
         )
     });
-    if step.is_none() && exp_avg.is_none() && exp_inf.is_none() && master.is_none() {
+    let nothing = [&exp_avg, &exp_inf, &master, &avg_scale, &inf_scale]
+        .iter()
+        .all(|a| a.is_none());
+    if step.is_none() && nothing {
         return Ok(None);
     }
     let present = [
@@ -240,6 +228,8 @@ fn read_entry(
         ("exp_avg", exp_avg.is_some()),
         ("exp_inf", exp_inf.is_some()),
         ("master", master.is_some() || !wants_master),
+        ("exp_inf_scale", inf_scale.is_some() || avg_scale.is_none()),
+        ("exp_avg_scale", avg_scale.is_some() || inf_scale.is_none()),
     ];
     let missing: Vec<String> = present
         .iter()
@@ -258,10 +248,15 @@ fn read_entry(
     let (Some(step), Some(exp_avg), Some(exp_inf)) = (step, exp_avg, exp_inf) else {
         unreachable!("checked just above")
     };
+    let scales = match (avg_scale, inf_scale) {
+        (Some(a), Some(b)) => Some([a, b]),
+        _ => None,
+    };
     Ok(Some(HeldState {
         exp_avg,
         exp_inf,
         master,
+        scales,
         step,
     }))
 }
@@ -351,20 +346,14 @@ fn prepare<'py>(
             (held_objects(py, place, &data, &grad, held), None)
         }
         None => {
-            let (exp_avg, exp_inf, master) = new_state(&data, policy, place)?;
-            let held = HeldState {
-                exp_avg: exp_avg.unbind(),
-                exp_inf: exp_inf.unbind(),
-                master: master.map(Bound::unbind),
-                step: 0,
-            };
+            let held = new_state(&data, policy, place)?;
             let (entry, is_new) = match &cache.entry {
                 Some(e) => (e.clone_ref(py), false),
                 None => (Py::new(py, context.state.new_entry())?, true),
             };
             (
                 held_objects(py, place, &data, &grad, &held),
-                Some((held, entry, is_new)),
+                Some(Box::new((held, entry, is_new))),
             )
         }
     };
@@ -378,7 +367,7 @@ fn prepare<'py>(
             cache.state = None;
             let (state, grad_raw) = state_and_grad(&objects, Some(policy))?;
             cache.state = Some(state);
-            GradRead::Other(grad_raw)
+            GradRead::Other(Box::new(grad_raw))
         }
     };
     grads.push(grad_raw);
@@ -395,9 +384,10 @@ impl StepPlan {
     #[new]
     #[pyo3(signature = (*, state_dtype = None, master_weights = false))]
     fn new(state_dtype: Option<&str>, master_weights: bool) -> PyResult<Self> {
+        let kind = state_kind(state_dtype)?;
         Ok(StepPlan {
             policy: StatePolicy {
-                dtype: self::state_dtype(state_dtype)?,
+                kind,
                 master_weights,
             },
             state: None,
@@ -453,6 +443,8 @@ impl StepPlan {
                 exp_avg: position("exp_avg"),
                 exp_inf: position("exp_inf"),
                 master: position("master"),
+                exp_avg_scale: position("exp_avg_scale"),
+                exp_inf_scale: position("exp_inf_scale"),
             },
             policy: self.policy,
             relookup: state_ref.current_version() != self.state_version,
@@ -537,7 +529,7 @@ impl StepPlan {
         let slots = context.slots;
         for s in stepped.drain(..) {
             let cache = &mut self.groups[s.place.group].params[s.place.index];
-            match s.created {
+            match s.created.map(|created| *created) {
                 Some((held, entry, is_new)) => {
                     entry.get().data.update(py, |d| {
                         d.step = Some(s.step);
@@ -545,6 +537,8 @@ impl StepPlan {
                             (slots.exp_avg, Some(&held.exp_avg)),
                             (slots.exp_inf, Some(&held.exp_inf)),
                             (slots.master, held.master.as_ref()),
+                            (slots.exp_avg_scale, held.scales.as_ref().map(|[a, _]| a)),
+                            (slots.exp_inf_scale, held.scales.as_ref().map(|[_, b]| b)),
                         ];
                         for (slot, value) in arrays {
                             if let (Some(slot), Some(value)) = (slot, value) {

@@ -1,11 +1,13 @@
 //! One tensor's update (or a piece of one), typed by how its arrays are stored.
 //!
-//! The engine supports a fixed list of (parameter, state, compute) types, [`for_each_precision`].
-//! Each becomes a variant of [`Precision`] (chosen from the element types of a tensor's arrays)
-//! and of [`Job`] (which carries the typed slices, or the strided arrays, and the coefficients).
+//! The engine supports a fixed list of (parameter, state, compute) types, [`for_each_precision`]:
+//! float state of several widths, and 8-bit block state. Each becomes a variant of [`Precision`]
+//! (chosen from the element types of a tensor's arrays) and of [`Job`] (which carries the typed
+//! slices, or the strided arrays, and the coefficients).
 
+use crate::kernel::blockwise::{QuantizedSlices, BLOCK};
 use crate::kernel::{Coefficients, StridedTensor, TensorSlices, Update};
-use crate::simd::{self, Isa};
+use crate::simd::{self, Blocks, Isa};
 
 use super::memory::Element;
 
@@ -21,62 +23,115 @@ pub fn bytes_per_element<P, S>(master: bool) -> usize {
     }
 }
 
-/// The work on one tensor with parameters stored as `P`, state as `S`, arithmetic in `C`.
-pub enum Work<'a, P, S, C> {
-    /// Every array stores its elements in the same order: one flat loop, splittable.
-    Flat(TensorSlices<'a, P, S>, &'a Coefficients<C>),
-    /// Arrays in different layouts: walked by index, in one piece.
-    Strided(StridedTensor<'a, P, S>, &'a Coefficients<C>),
+/// As [`bytes_per_element`], with the master copy stored as `M`.
+pub fn master_aware_bytes<P, S, M>(master: bool) -> usize {
+    let (p, s, m) = (
+        std::mem::size_of::<P>(),
+        std::mem::size_of::<S>(),
+        std::mem::size_of::<M>(),
+    );
+    if master {
+        2 * p + 4 * s + 2 * m
+    } else {
+        3 * p + 4 * s
+    }
 }
 
-/// Calls `$m!` with every supported precision: `Variant(param, state, compute, param element,
-/// state element)`.
+/// Bytes an update with 8-bit state moves for `len` elements of `P` in `blocks` blocks: the
+/// parameter (read and written), the gradient, both codes (read and written), a float32 master
+/// copy (read and written) if any, and both scales of each block (read and written).
+pub fn quantized_bytes<P>(len: usize, blocks: usize, master: bool) -> usize {
+    let p = std::mem::size_of::<P>();
+    let master_bytes = if master { 8 } else { 0 };
+    len * (if master { 2 * p } else { 3 * p } + 4 + master_bytes) + blocks * 16
+}
+
+/// The work on one tensor with parameters stored as `P`, state as `S`, the master copy as `M`,
+/// arithmetic in `C`.
+pub enum Work<'a, P, S, M, C> {
+    /// Every array stores its elements in the same order: one flat loop, splittable.
+    Flat(TensorSlices<'a, P, S, M>, &'a Coefficients<C>),
+    /// Arrays in different layouts: walked by index, in one piece.
+    Strided(StridedTensor<'a, P, S, M>, &'a Coefficients<C>),
+}
+
+/// Calls `$m!` with every supported precision: float state as `Variant(param, state, master,
+/// compute, param element, state element)`, then 8-bit state as `Variant(param, compute, param
+/// element)` (its master copy is float32).
 macro_rules! for_each_precision {
     ($m:ident) => {
         $m! {
-            F32(f32, f32, f32, Float32, Float32),
-            F64(f64, f64, f64, Float64, Float64),
-            F32WithF64State(f32, f64, f64, Float32, Float64),
-            F64WithF32State(f64, f32, f64, Float64, Float32),
-            F16(::half::f16, f32, f32, Float16, Float32),
-            BF16(::half::bf16, f32, f32, BFloat16, Float32),
-            F16WithF64State(::half::f16, f64, f64, Float16, Float64),
-            BF16WithF64State(::half::bf16, f64, f64, BFloat16, Float64),
+            float {
+                F32(f32, f32, f32, f32, Float32, Float32),
+                F64(f64, f64, f64, f64, Float64, Float64),
+                F32WithF64State(f32, f64, f64, f64, Float32, Float64),
+                F64WithF32State(f64, f32, f32, f64, Float64, Float32),
+                F16(::half::f16, f32, f32, f32, Float16, Float32),
+                BF16(::half::bf16, f32, f32, f32, BFloat16, Float32),
+                F16WithF64State(::half::f16, f64, f64, f64, Float16, Float64),
+                BF16WithF64State(::half::bf16, f64, f64, f64, BFloat16, Float64),
+                F32WithBF16State(f32, ::half::bf16, f32, f32, Float32, BFloat16),
+                F64WithBF16State(f64, ::half::bf16, f64, f64, Float64, BFloat16),
+                F16WithBF16State(::half::f16, ::half::bf16, f32, f32, Float16, BFloat16),
+                BF16WithBF16State(::half::bf16, ::half::bf16, f32, f32, BFloat16, BFloat16),
+            }
+            blockwise {
+                F32With8BitState(f32, f32, Float32),
+                F64With8BitState(f64, f64, Float64),
+                F16With8BitState(::half::f16, f32, Float16),
+                BF16With8BitState(::half::bf16, f32, BFloat16),
+            }
         }
     };
 }
 
 macro_rules! define_jobs {
-    ($($variant:ident($p:ty, $s:ty, $c:ty, $pe:ident, $se:ident)),* $(,)?) => {
+    (
+        float { $($variant:ident($p:ty, $s:ty, $w:ty, $c:ty, $pe:ident, $se:ident)),* $(,)? }
+        blockwise { $($qvariant:ident($qp:ty, $qc:ty, $qe:ident)),* $(,)? }
+    ) => {
         /// A supported combination of parameter and state storage.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Precision {
             $($variant,)*
+            $($qvariant,)*
         }
 
         impl Precision {
             /// The precision of a tensor whose parameter is stored as `param` and state as
-            /// `state` (complex types as pairs of their real parts); `None` if unsupported.
+            /// `state` (complex types as pairs of their real parts; `UInt8` state is 8-bit
+            /// block state); `None` if unsupported.
             pub fn of(param: Element, state: Element) -> Option<Precision> {
                 let param = param.real_part().unwrap_or(param);
                 let state = state.real_part().unwrap_or(state);
                 match (param, state) {
                     $((Element::$pe, Element::$se) => Some(Precision::$variant),)*
+                    $((Element::$qe, Element::UInt8) => Some(Precision::$qvariant),)*
                     _ => None,
                 }
             }
 
-            /// Bytes one element moves.
-            pub fn bytes_per_element(self, master: bool) -> usize {
+            /// Whether the state is 8-bit block state.
+            pub fn is_blockwise(self) -> bool {
                 match self {
-                    $(Precision::$variant => bytes_per_element::<$p, $s>(master),)*
+                    $(Precision::$variant => false,)*
+                    $(Precision::$qvariant => true,)*
+                }
+            }
+
+            /// Bytes an update of `len` storage values moves (`blocks` blocks for 8-bit state).
+            pub fn bytes(self, len: usize, blocks: usize, master: bool) -> usize {
+                match self {
+                    $(Precision::$variant => len * master_aware_bytes::<$p, $s, $w>(master),)*
+                    $(Precision::$qvariant => quantized_bytes::<$qp>(len, blocks, master),)*
                 }
             }
         }
 
         /// The update of one tensor (or a piece of one), with its storage and compute types.
         pub enum Job<'a> {
-            $($variant(Work<'a, $p, $s, $c>),)*
+            $($variant(Work<'a, $p, $s, $w, $c>),)*
+            $($qvariant(QuantizedSlices<'a, $qp>, &'a Coefficients<$qc>),)*
         }
 
         impl<'a> Job<'a> {
@@ -85,6 +140,7 @@ macro_rules! define_jobs {
                 match self {
                     $(Job::$variant(Work::Flat(s, _)) => s.len(),
                       Job::$variant(Work::Strided(t, _)) => t.len(),)*
+                    $(Job::$qvariant(s, _) => s.len(),)*
                 }
             }
 
@@ -93,19 +149,35 @@ macro_rules! define_jobs {
                 self.len() == 0
             }
 
-            fn bytes_per_element(&self) -> usize {
+            /// Bytes this job moves through memory.
+            pub fn cost(&self) -> usize {
                 match self {
-                    $(Job::$variant(Work::Flat(s, _)) => bytes_per_element::<$p, $s>(s.has_master()),
-                      Job::$variant(Work::Strided(t, _)) => bytes_per_element::<$p, $s>(t.has_master()),)*
+                    $(Job::$variant(Work::Flat(s, _)) => s.len() * master_aware_bytes::<$p, $s, $w>(s.has_master()),
+                      Job::$variant(Work::Strided(t, _)) => t.len() * master_aware_bytes::<$p, $s, $w>(t.has_master()),)*
+                    $(Job::$qvariant(s, _) => quantized_bytes::<$qp>(s.len(), s.len().div_ceil(BLOCK), s.has_master()),)*
                 }
             }
 
-            /// Splits a flat job into `[0, mid)` and the rest; a strided job is not split.
+            /// Where a split may fall: a multiple of this many elements (`None`: nowhere).
+            pub(super) fn split_unit(&self) -> Option<usize> {
+                match self {
+                    $(Job::$variant(Work::Flat(..)) => Some(1),
+                      Job::$variant(Work::Strided(..)) => None,)*
+                    $(Job::$qvariant(..) => Some(BLOCK),)*
+                }
+            }
+
+            /// Splits a job into `[0, mid)` and the rest (`mid` a multiple of `split_unit`); a
+            /// job that cannot be split is given back.
             pub(super) fn split_at(self, mid: usize) -> Result<(Self, Self), Self> {
                 match self {
                     $(Job::$variant(Work::Flat(s, c)) => {
                         let (a, b) = s.split_at(mid);
                         Ok((Job::$variant(Work::Flat(a, c)), Job::$variant(Work::Flat(b, c))))
+                    })*
+                    $(Job::$qvariant(s, c) => {
+                        let (a, b) = s.split_at_block(mid / BLOCK);
+                        Ok((Job::$qvariant(a, c), Job::$qvariant(b, c)))
                     })*
                     strided => Err(strided),
                 }
@@ -117,29 +189,44 @@ macro_rules! define_jobs {
                 match self {
                     $(Job::$variant(Work::Flat(s, c)) => simd::run_flat(isa, rule, s.reborrow(), c),
                       Job::$variant(Work::Strided(t, c)) => rule.strided(t, c),)*
+                    $(Job::$qvariant(s, c) => simd::run(isa, rule, Blocks(s.reborrow(), c)),)*
                 }
             }
         }
 
         $(
-            impl<'a> From<Work<'a, $p, $s, $c>> for Job<'a> {
-                fn from(work: Work<'a, $p, $s, $c>) -> Self {
+            impl<'a> From<Work<'a, $p, $s, $w, $c>> for Job<'a> {
+                fn from(work: Work<'a, $p, $s, $w, $c>) -> Self {
                     Job::$variant(work)
                 }
             }
         )*
+        $(
+            impl<'a> From<(QuantizedSlices<'a, $qp>, &'a Coefficients<$qc>)> for Job<'a> {
+                fn from((slices, c): (QuantizedSlices<'a, $qp>, &'a Coefficients<$qc>)) -> Self {
+                    Job::$qvariant(slices, c)
+                }
+            }
+        )*
 
-        /// Calls `$body` with `$P`, `$S`, `$C` bound to the storage and compute types of
-        /// `$precision`, as a generic function would.
+        /// Calls `$float` with `$P`, `$S`, `$C` bound to the storage and compute types of a
+        /// float-state `$precision`, or `$blockwise` with `$P`, `$C` for 8-bit state.
         #[allow(unused_macros)]
         macro_rules! with_precision_types {
-            ($precision:expr, |$P:ident, $S:ident, $C:ident| $body:expr) => {
+            ($precision:expr, float |$P:ident, $S:ident, $M:ident, $C:ident| $float:expr,
+             blockwise |$QP:ident, $QC:ident| $blockwise:expr) => {
                 match $precision {
                     $(Precision::$variant => {
                         type $P = $p;
                         type $S = $s;
+                        type $M = $w;
                         type $C = $c;
-                        $body
+                        $float
+                    })*
+                    $(Precision::$qvariant => {
+                        type $QP = $qp;
+                        type $QC = $qc;
+                        $blockwise
                     })*
                 }
             };
@@ -150,10 +237,3 @@ macro_rules! define_jobs {
 for_each_precision!(define_jobs);
 #[allow(unused_imports)]
 pub(crate) use with_precision_types;
-
-impl Job<'_> {
-    /// Bytes this job moves through memory.
-    pub fn cost(&self) -> usize {
-        self.len() * self.bytes_per_element()
-    }
-}

@@ -25,12 +25,15 @@ pub enum Element {
     Complex64,
     /// Pairs of float64 (numpy's complex128).
     Complex128,
+    /// Bytes: the codes of 8-bit optimizer state (never a parameter).
+    UInt8,
 }
 
 impl Element {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
+            Element::UInt8 => 1,
             Element::Float16 | Element::BFloat16 => 2,
             Element::Float32 => 4,
             Element::Float64 | Element::Complex64 => 8,
@@ -47,6 +50,7 @@ impl Element {
             Element::Float64 => "float64",
             Element::Complex64 => "complex64",
             Element::Complex128 => "complex128",
+            Element::UInt8 => "uint8",
         }
     }
 

@@ -56,8 +56,9 @@ fn partition<'a>(
             let take = if cost <= room || job.is_empty() {
                 job.len()
             } else {
-                let bytes_per_element = cost / job.len();
-                (room / bytes_per_element + SPLIT_ALIGN / 2) / SPLIT_ALIGN * SPLIT_ALIGN
+                let bytes_per_element = cost.div_ceil(job.len());
+                let unit = job.split_unit().unwrap_or(1).max(SPLIT_ALIGN);
+                (room / bytes_per_element + unit / 2) / unit * unit
             };
             if take >= job.len() {
                 position += cost;

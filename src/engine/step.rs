@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::kernel::blockwise::{QuantizedSlices, BLOCK};
 use crate::kernel::{
     Coefficients, Float, Hyperparameters, StridedArray, StridedTensor, TensorSlices, Update,
 };
@@ -36,22 +37,38 @@ pub enum Role {
     ExpAvg,
     ExpInf,
     Master,
+    /// The block scales of 8-bit `exp_avg`.
+    ExpAvgScale,
+    /// The block scales of 8-bit `exp_inf`.
+    ExpInfScale,
 }
 
 /// Arrays per tensor (the number of [`Role`]s).
-pub const ROLES: usize = 5;
+pub const ROLES: usize = 7;
+
+/// The roles of the arrays a step writes, in the order [`TensorState`] keeps their extents.
+const WRITTEN_ROLES: [Role; 6] = [
+    Role::Param,
+    Role::ExpAvg,
+    Role::ExpInf,
+    Role::Master,
+    Role::ExpAvgScale,
+    Role::ExpInfScale,
+];
 
 impl Role {
     /// The role of claim tag `tag`, and the index of its tensor in the step.
     pub fn of_tag(tag: usize) -> (usize, Role) {
-        let role = [
+        const ALL: [Role; ROLES] = [
             Role::Param,
             Role::Grad,
             Role::ExpAvg,
             Role::ExpInf,
             Role::Master,
-        ][tag % ROLES];
-        (tag / ROLES, role)
+            Role::ExpAvgScale,
+            Role::ExpInfScale,
+        ];
+        (tag / ROLES, ALL[tag % ROLES])
     }
 
     /// How messages name the array.
@@ -62,6 +79,8 @@ impl Role {
             Role::ExpAvg => "exp_avg",
             Role::ExpInf => "exp_inf",
             Role::Master => "the master copy",
+            Role::ExpAvgScale => "exp_avg_scale",
+            Role::ExpInfScale => "exp_inf_scale",
         }
     }
 }
@@ -93,6 +112,11 @@ pub enum TensorError {
     ReadOnly { role: Role },
     /// A written array reaches the same element through two indices.
     SelfOverlap { role: Role },
+    /// 8-bit state (uint8 codes) without its block scales, or scales with other state.
+    Scales { present: bool },
+    /// 8-bit state needs the parameter (and its gradient and codes) stored contiguously in one
+    /// element order.
+    NotContiguous { role: Role },
 }
 
 impl TensorError {
@@ -135,6 +159,16 @@ impl fmt::Display for TensorError {
                 got,
                 expected,
                 like,
+            } if role == like => write!(
+                f,
+                "{} has dtype {got}; it must be {expected}",
+                role.describe()
+            ),
+            TensorError::Dtype {
+                role,
+                got,
+                expected,
+                like,
             } => write!(
                 f,
                 "{} has dtype {got} but {} has dtype {expected}",
@@ -166,6 +200,20 @@ impl fmt::Display for TensorError {
                  overlapping view); an array that is written needs one element per index",
                 role.describe()
             ),
+            TensorError::Scales { present: false } => write!(
+                f,
+                "its state has uint8 codes (8-bit state) but no exp_avg_scale and exp_inf_scale"
+            ),
+            TensorError::Scales { present: true } => write!(
+                f,
+                "its state has block scales, which only 8-bit (uint8) state has"
+            ),
+            TensorError::NotContiguous { role } => write!(
+                f,
+                "{} is not contiguous in the parameter's element order; 8-bit state needs the \
+                 parameter, its gradient and its codes stored contiguously in one order",
+                role.describe()
+            ),
         }
     }
 }
@@ -179,12 +227,14 @@ pub struct TensorState {
     exp_avg: RawArray,
     exp_inf: RawArray,
     master: Option<RawArray>,
+    /// The block scales of 8-bit state (exp_avg's, exp_inf's).
+    scales: Option<[RawArray; 2]>,
     precision: Precision,
     /// The element order shared by the parameter and its state when all are dense, so that one
     /// flat loop pairs their elements.
     flat_order: Option<SmallVec<[isize; 4]>>,
-    /// The bytes each written array touches (param, exp_avg, exp_inf, master), computed once.
-    written: [Option<Extent>; 4],
+    /// The bytes each written array touches (in [`WRITTEN_ROLES`] order), computed once.
+    written: [Option<Extent>; 6],
     /// Bytes one update of this tensor moves.
     cost: usize,
     /// Where the flat loop's slices start (param, exp_avg, exp_inf, master) and how many values
@@ -194,10 +244,11 @@ pub struct TensorState {
     id: u64,
 }
 
-/// The start of each array's flat slice, and its length in values of the storage type.
+/// The start of each written array's flat slice (in [`WRITTEN_ROLES`] order), and the length of
+/// the parameter's in values of the storage type.
 #[derive(Clone, Copy, Debug)]
 struct FlatStarts {
-    starts: [usize; 4],
+    starts: [usize; 6],
     len: usize,
 }
 
@@ -224,6 +275,38 @@ fn check_written(role: Role, array: &RawArray, param: &RawArray) -> Result<(), T
     }
     if array.overlaps_itself() {
         return Err(TensorError::SelfOverlap { role });
+    }
+    Ok(())
+}
+
+/// Checks the block scales of 8-bit state: float32, one per block, contiguous, writeable.
+fn check_scale(role: Role, scale: &RawArray, blocks: usize) -> Result<(), TensorError> {
+    scale
+        .validate()
+        .map_err(|error| TensorError::Layout { role, error })?;
+    if scale.element != Element::Float32 {
+        return Err(TensorError::Dtype {
+            role,
+            got: scale.element,
+            expected: Element::Float32,
+            like: role,
+        });
+    }
+    if scale.shape.len() != 1 || scale.shape[0] != blocks {
+        return Err(TensorError::Shape {
+            role,
+            got: scale.shape.clone(),
+            expected: [blocks].into_iter().collect(),
+        });
+    }
+    if !scale.is_aligned() {
+        return Err(TensorError::Misaligned { role });
+    }
+    if !scale.writeable {
+        return Err(TensorError::ReadOnly { role });
+    }
+    if blocks > 1 && scale.strides[0] != 4 {
+        return Err(TensorError::NotContiguous { role });
     }
     Ok(())
 }
@@ -256,25 +339,48 @@ pub fn check_gradient(param: &RawArray, grad: &RawArray) -> Result<(), TensorErr
 }
 
 impl TensorState {
-    /// Checks a parameter and its state arrays (and master copy).
+    /// Checks a parameter and its state arrays (and master copy, and the block scales of 8-bit
+    /// state).
     pub fn check(
         param: RawArray,
         exp_avg: RawArray,
         exp_inf: RawArray,
         master: Option<RawArray>,
+        scales: Option<[RawArray; 2]>,
     ) -> Result<TensorState, TensorError> {
         check_written(Role::Param, &param, &param)?;
-        let others = [
-            (Role::ExpInf, Some(&exp_inf)),
-            (Role::Master, master.as_ref()),
-        ];
-        for (role, array) in others {
-            let Some(array) = array else { continue };
-            if array.element != exp_avg.element {
+        if param.element == Element::UInt8 {
+            return Err(TensorError::Unsupported {
+                param: param.element,
+                state: exp_avg.element,
+            });
+        }
+        if exp_inf.element != exp_avg.element {
+            return Err(TensorError::Dtype {
+                role: Role::ExpInf,
+                got: exp_inf.element,
+                expected: exp_avg.element,
+                like: Role::ExpAvg,
+            });
+        }
+        let blockwise = exp_avg.element == Element::UInt8;
+        if blockwise != scales.is_some() {
+            return Err(TensorError::Scales {
+                present: scales.is_some(),
+            });
+        }
+        if let Some(master) = &master {
+            // A master copy has the state's float type, and at least float32 (with bfloat16 or
+            // 8-bit state, it is float32).
+            let expected = match exp_avg.element {
+                Element::UInt8 | Element::BFloat16 => Element::Float32,
+                other => other,
+            };
+            if master.element != expected {
                 return Err(TensorError::Dtype {
-                    role,
-                    got: array.element,
-                    expected: exp_avg.element,
+                    role: Role::Master,
+                    got: master.element,
+                    expected,
                     like: Role::ExpAvg,
                 });
             }
@@ -307,7 +413,6 @@ impl TensorState {
                 .into_iter()
                 .flatten()
                 .all(|a| a.is_dense() && a.element_order() == order);
-        let written = arrays.map(|a| a.and_then(RawArray::extent));
         // Complex elements are pairs of reals: twice as many `P`/`S` values.
         let pairs = if param.element.real_part().is_some() {
             2
@@ -315,9 +420,40 @@ impl TensorState {
             1
         };
         let len = param.len().unwrap_or(0) * pairs;
-        let cost = len * precision.bytes_per_element(master.is_some());
+        let blocks = len.div_ceil(BLOCK);
+        if let Some(scales) = &scales {
+            if !flat {
+                let roles = [Role::Param, Role::ExpAvg, Role::ExpInf, Role::Master];
+                let role = roles
+                    .into_iter()
+                    .zip(arrays)
+                    .find(|(_, a)| a.is_some_and(|a| !a.is_dense() || a.element_order() != order))
+                    .map_or(Role::Param, |(r, _)| r);
+                return Err(TensorError::NotContiguous { role });
+            }
+            for (role, scale) in [Role::ExpAvgScale, Role::ExpInfScale]
+                .into_iter()
+                .zip(scales)
+            {
+                check_scale(role, scale, blocks)?;
+            }
+        }
+        let [avg_scale, inf_scale] = match &scales {
+            Some([a, b]) => [Some(a), Some(b)],
+            None => [None, None],
+        };
+        let written_arrays = [
+            Some(&param),
+            Some(&exp_avg),
+            Some(&exp_inf),
+            master.as_ref(),
+            avg_scale,
+            inf_scale,
+        ];
+        let written = written_arrays.map(|a| a.and_then(RawArray::extent));
+        let cost = precision.bytes(len, blocks, master.is_some());
         let flat_starts = flat.then(|| FlatStarts {
-            starts: arrays.map(|a| a.map_or(0, start)),
+            starts: written_arrays.map(|a| a.map_or(0, start)),
             len,
         });
         Ok(TensorState {
@@ -325,6 +461,7 @@ impl TensorState {
             exp_avg,
             exp_inf,
             master,
+            scales,
             precision,
             flat_order: if flat { order } else { None },
             written,
@@ -352,6 +489,11 @@ impl TensorState {
     /// The master copy's description, if there is one.
     pub fn master(&self) -> Option<&RawArray> {
         self.master.as_ref()
+    }
+
+    /// The block scales' descriptions, for 8-bit state.
+    pub fn scales(&self) -> Option<&[RawArray; 2]> {
+        self.scales.as_ref()
     }
 }
 
@@ -434,6 +576,9 @@ impl<'o> CheckedTensor<'o> {
             (_, None) => true,
             (None, Some(_)) => false,
         };
+        if state.precision.is_blockwise() && !flat && !param_is_empty(state) {
+            return Err(TensorError::NotContiguous { role: Role::Grad });
+        }
         Ok(CheckedTensor {
             state,
             grad: GradArray::Other(grad),
@@ -443,6 +588,10 @@ impl<'o> CheckedTensor<'o> {
             step,
         })
     }
+}
+
+fn param_is_empty(state: &TensorState) -> bool {
+    state.param.is_empty()
 }
 
 /// Why a step's memory cannot be used: two of its arrays overlap (tags name them).
@@ -583,20 +732,34 @@ impl<'o> StepMemory<'o> {
         jobs.reserve(self.tensors.len());
         for (t, &k) in self.tensors.iter().zip(&self.coefficient_of) {
             let coefficients = &self.coefficients[k as usize];
-            with_precision_types!(t.state.precision, |P, S, C| {
-                let c = <C as CachedCoefficients>::pick(coefficients);
-                // SAFETY: `registration` covers this step's claims (checked above), which were
-                // computed in `new` from these very descriptions: no array written overlaps any
-                // other array of the step or of another running step, and it stays so while the
-                // registration, which the returned value owns, is held. `TensorState::check` and
-                // `CheckedTensor::new` found the element types to be `P` (param, grad) and `S`
-                // (state), every array aligned and of the parameter's shape, and the written
-                // ones not self-overlapping; `CheckedTensor::new`'s contract keeps the memory
-                // valid for 'o, which outlives the borrow of `self`.
-                if let Some(work) = unsafe { work::<P, S, C>(t, c) } {
-                    jobs.push(Job::from(work));
+            // SAFETY (both calls below): `registration` covers this step's claims (checked
+            // above), which were computed in `new` from these very descriptions: no array written
+            // overlaps any other array of the step or of another running step, and it stays so
+            // while the registration, which the returned value owns, is held.
+            // `TensorState::check` and `CheckedTensor::new` found the element types to be `P`
+            // (param, grad) and `S` (state, or uint8 codes and float32 scales), every array
+            // aligned and of the parameter's shape (the scales one per block), and the written
+            // ones not self-overlapping; `CheckedTensor::new`'s contract keeps the memory valid
+            // for 'o, which outlives the borrow of `self`.
+            with_precision_types!(
+                t.state.precision,
+                float | P,
+                S,
+                M,
+                C | {
+                    let c = <C as CachedCoefficients>::pick(coefficients);
+                    if let Some(work) = unsafe { work::<P, S, M, C>(t, c) } {
+                        jobs.push(Job::from(work));
+                    }
+                },
+                blockwise | P,
+                C | {
+                    let c = <C as CachedCoefficients>::pick(coefficients);
+                    if let Some(slices) = unsafe { quantized_work::<P>(t) } {
+                        jobs.push(Job::from((slices, c)));
+                    }
                 }
-            });
+            );
         }
         let scratch = recycle(std::mem::take(&mut buffers.split));
         Ok(Registered {
@@ -616,7 +779,6 @@ fn strided(raw: &RawArray) -> StridedArray<'_> {
 
 /// The written extents of `tensors`, tagged with their place in the step.
 fn written_extents(tensors: &[CheckedTensor<'_>]) -> Vec<(Extent, usize)> {
-    const WRITTEN_ROLES: [Role; 4] = [Role::Param, Role::ExpAvg, Role::ExpInf, Role::Master];
     let mut written = Vec::with_capacity(3 * tensors.len());
     for (index, t) in tensors.iter().enumerate() {
         for (extent, role) in t.state.written.iter().zip(WRITTEN_ROLES) {
@@ -639,17 +801,17 @@ fn start(raw: &RawArray) -> usize {
 /// The tensor's arrays must hold elements of types `P` (param, grad) and `S` (the others), and
 /// the caller must hold exclusive access to the written arrays and shared access to the gradient
 /// for `'s`, with their memory valid (see [`StepMemory::jobs`]).
-unsafe fn work<'s, P, S, C>(
+unsafe fn work<'s, P, S, M, C>(
     t: &CheckedTensor<'s>,
     c: &'s Coefficients<C>,
-) -> Option<Work<'s, P, S, C>> {
+) -> Option<Work<'s, P, S, M, C>> {
     let s = t.state;
     if s.param.is_empty() {
         return None;
     }
     if let (true, Some(flat)) = (t.flat, s.flat) {
         let n = flat.len;
-        let [param, exp_avg, exp_inf, master] = flat.starts;
+        let [param, exp_avg, exp_inf, master, _, _] = flat.starts;
         let grad = t.grad_extent.map_or(0, |e| e.start);
         // SAFETY: every array is dense with the same element order (`TensorState::check`,
         // `CheckedTensor::new`), so its `n` values fill the bytes from its lowest address (its
@@ -664,7 +826,7 @@ unsafe fn work<'s, P, S, C>(
                 master: s
                     .master
                     .as_ref()
-                    .map(|_| std::slice::from_raw_parts_mut(master as *mut S, n)),
+                    .map(|_| std::slice::from_raw_parts_mut(master as *mut M, n)),
             };
             Some(Work::Flat(slices, c))
         }
@@ -696,6 +858,39 @@ unsafe fn work<'s, P, S, C>(
             )
         };
         Some(Work::Strided(tensor, c))
+    }
+}
+
+/// The block work on one checked tensor with 8-bit state; `None` when it has no elements.
+///
+/// # Safety
+/// As [`work`], with the codes `u8`, the scales `f32` and the master copy `f32`.
+unsafe fn quantized_work<'s, P>(t: &CheckedTensor<'s>) -> Option<QuantizedSlices<'s, P>> {
+    let s = t.state;
+    let flat = s.flat?;
+    if s.param.is_empty() {
+        return None;
+    }
+    let n = flat.len;
+    let blocks = n.div_ceil(BLOCK);
+    let [param, exp_avg, exp_inf, master, avg_scale, inf_scale] = flat.starts;
+    let grad = t.grad_extent.map_or(0, |e| e.start);
+    // SAFETY: as in `work`: the parameter, gradient, codes and master copy are dense with one
+    // element order, `n` values each from their lowest address; the scales are contiguous,
+    // `blocks` float32 each (`TensorState::check`); the caller guarantees the rest.
+    unsafe {
+        QuantizedSlices::new(
+            std::slice::from_raw_parts_mut(param as *mut P, n),
+            std::slice::from_raw_parts(grad as *const P, n),
+            std::slice::from_raw_parts_mut(exp_avg as *mut u8, n),
+            std::slice::from_raw_parts_mut(exp_inf as *mut u8, n),
+            std::slice::from_raw_parts_mut(avg_scale as *mut f32, blocks),
+            std::slice::from_raw_parts_mut(inf_scale as *mut f32, blocks),
+            s.master
+                .as_ref()
+                .map(|_| std::slice::from_raw_parts_mut(master as *mut f32, n)),
+        )
+        .ok()
     }
 }
 

@@ -17,6 +17,8 @@ pub trait Float:
 {
     /// Rounds an `f64` to this type (round to nearest even).
     fn from_f64(value: f64) -> Self;
+    /// The value as an `f64` (exact).
+    fn to_f64(self) -> f64;
     /// The absolute value (clears the sign bit; NaN stays NaN).
     fn abs(self) -> Self;
     /// `true` for NaN.
@@ -31,6 +33,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn from_f64(value: f64) -> Self {
                 value as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                f64::from(self)
             }
             #[inline(always)]
             fn abs(self) -> Self {

@@ -4,12 +4,14 @@
 //! step is planned. It gives
 //! - [`Float`], the compute types, and [`Storage`], how elements are stored and rounded;
 //! - [`Hyperparameters`] and the per-tensor [`Coefficients`] derived from them;
-//! - [`TensorSlices`] and [`StridedTensor`], one tensor's arrays (flat, or in any layout);
+//! - [`TensorSlices`] and [`StridedTensor`], one tensor's arrays (flat, or in any layout), and
+//!   [`blockwise::QuantizedSlices`], with 8-bit state;
 //! - [`Update`], an element-wise rule over those arrays, and [`Adamax`], the optimizer's rule.
 //!
 //! Every path (flat, strided, every instruction set) goes through the same per-element function,
 //! [`adamax_math`], so they give the same bits.
 
+pub mod blockwise;
 mod float;
 mod hyperparameters;
 pub mod precision;

@@ -29,27 +29,27 @@ struct Dimension {
 
 /// The arrays of one tensor, in any layout, ready to update element by element.
 #[derive(Debug)]
-pub struct StridedTensor<'a, P, S> {
+pub struct StridedTensor<'a, P, S, M = S> {
     starts: [usize; ARRAYS],
     has_master: bool,
     /// Outermost first; the last is the innermost loop. Dimensions of length 1 are dropped.
     dims: Vec<Dimension>,
     len: usize,
-    _arrays: PhantomData<(&'a mut [P], &'a mut [S])>,
+    _arrays: PhantomData<(&'a mut [P], &'a mut [S], &'a mut [M])>,
 }
 
 // SAFETY: a `StridedTensor` is an exclusive borrow of the memory its constructor's contract
 // describes (like `&mut [P]` and `&mut [S]`, which are `Send` for `Send` element types), so it
 // may be moved to the thread that runs it.
-unsafe impl<P: Send, S: Send> Send for StridedTensor<'_, P, S> {}
+unsafe impl<P: Send, S: Send, M: Send> Send for StridedTensor<'_, P, S, M> {}
 
-impl<'a, P, S> StridedTensor<'a, P, S> {
+impl<'a, P, S, M> StridedTensor<'a, P, S, M> {
     /// Describes one tensor of shape `shape`: each array's strides have `shape.len()` entries.
     ///
     /// # Safety
     /// For `'a`, for every index within `shape`, each array's element at `address + sum(index *
     /// stride)` must be a valid, aligned, initialised value of its type (`P` for param and grad,
-    /// `S` for the others); the elements of param, exp_avg, exp_inf and master must be distinct
+    /// `S` for the state, `M` for the master copy); the elements of param, exp_avg, exp_inf and master must be distinct
     /// from each other and from every other element any of the arrays reaches (no self-overlap,
     /// no sharing with the gradient), and nothing else may read or write them. The gradient's
     /// elements may repeat (a broadcast view) and are only read.
@@ -100,7 +100,7 @@ impl<'a, P, S> StridedTensor<'a, P, S> {
 
     /// Calls `f(param, master, grad, exp_avg, exp_inf)` once for every element.
     #[inline(always)]
-    pub fn for_each(&mut self, mut f: impl FnMut(&mut P, Option<&mut S>, P, &mut S, &mut S))
+    pub fn for_each(&mut self, mut f: impl FnMut(&mut P, Option<&mut M>, P, &mut S, &mut S))
     where
         P: Copy,
     {
@@ -114,7 +114,7 @@ impl<'a, P, S> StridedTensor<'a, P, S> {
             // each is valid and aligned, and the written ones are exclusively ours and distinct
             // from each other and from the gradient's.
             unsafe {
-                let master = has_master.then(|| &mut *(at[4] as *mut S));
+                let master = has_master.then(|| &mut *(at[4] as *mut M));
                 f(
                     &mut *(at[0] as *mut P),
                     master,

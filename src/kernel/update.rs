@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+use super::blockwise::{quantized_run, QuantizedSlices};
 use super::float::{max_propagate_nan, Float};
 use super::hyperparameters::Coefficients;
 use super::precision::Storage;
@@ -28,29 +29,39 @@ use super::strided::StridedTensor;
 /// inlined there would not use them.
 pub trait Update: Copy + Send + Sync + 'static {
     /// Updates one run of elements that all arrays store in the same order.
-    fn flat<P, S, C>(self, slices: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+    fn flat<P, S, M, C>(self, slices: TensorSlices<'_, P, S, M>, c: &Coefficients<C>)
     where
         C: Float,
         P: Storage<C>,
-        S: Storage<C>;
+        S: Storage<C>,
+        M: Storage<C>;
 
     /// Updates one tensor whose arrays do not share one memory order.
-    fn strided<P, S, C>(self, tensor: &mut StridedTensor<'_, P, S>, c: &Coefficients<C>)
+    fn strided<P, S, M, C>(self, tensor: &mut StridedTensor<'_, P, S, M>, c: &Coefficients<C>)
     where
         C: Float,
         P: Storage<C>,
-        S: Storage<C>;
+        S: Storage<C>,
+        M: Storage<C>;
+
+    /// Updates one run of whole blocks of a tensor with 8-bit state.
+    fn quantized<P, C>(self, slices: QuantizedSlices<'_, P>, c: &Coefficients<C>)
+    where
+        C: Float,
+        P: Storage<C>,
+        f32: Storage<C>;
 }
 
 /// The arrays of one tensor (or a piece of it), checked to have one length: the parameter and
-/// its gradient stored as `P`, the state (and the optional master copy) as `S`.
+/// its gradient stored as `P`, the state as `S`, the optional master copy as `M` (the state's
+/// type, or float32 when the state is narrower).
 #[derive(Debug)]
-pub struct TensorSlices<'a, P, S> {
+pub struct TensorSlices<'a, P, S, M = S> {
     pub(crate) param: &'a mut [P],
     pub(crate) grad: &'a [P],
     pub(crate) exp_avg: &'a mut [S],
     pub(crate) exp_inf: &'a mut [S],
-    pub(crate) master: Option<&'a mut [S]>,
+    pub(crate) master: Option<&'a mut [M]>,
 }
 
 /// The slices given to [`TensorSlices::new`] differ in length.
@@ -72,7 +83,7 @@ impl fmt::Display for LengthMismatch {
 
 impl std::error::Error for LengthMismatch {}
 
-impl<'a, P, S> TensorSlices<'a, P, S> {
+impl<'a, P, S> TensorSlices<'a, P, S, S> {
     /// Groups the slices of one tensor; they must have the same length.
     pub fn new(
         param: &'a mut [P],
@@ -82,7 +93,9 @@ impl<'a, P, S> TensorSlices<'a, P, S> {
     ) -> Result<Self, LengthMismatch> {
         Self::with_master(param, grad, exp_avg, exp_inf, None)
     }
+}
 
+impl<'a, P, S, M> TensorSlices<'a, P, S, M> {
     /// As [`TensorSlices::new`], with an optional master copy of the parameter (which is then
     /// read instead of `param`; `param` receives the rounded result).
     pub fn with_master(
@@ -90,7 +103,7 @@ impl<'a, P, S> TensorSlices<'a, P, S> {
         grad: &'a [P],
         exp_avg: &'a mut [S],
         exp_inf: &'a mut [S],
-        master: Option<&'a mut [S]>,
+        master: Option<&'a mut [M]>,
     ) -> Result<Self, LengthMismatch> {
         let n = param.len();
         let lengths = [grad.len(), exp_avg.len(), exp_inf.len()];
@@ -126,7 +139,7 @@ impl<'a, P, S> TensorSlices<'a, P, S> {
     }
 
     /// The same slices, borrowed for a shorter time.
-    pub fn reborrow(&mut self) -> TensorSlices<'_, P, S> {
+    pub fn reborrow(&mut self) -> TensorSlices<'_, P, S, M> {
         TensorSlices {
             param: self.param,
             grad: self.grad,
@@ -209,9 +222,9 @@ pub fn adamax_math<C: Float, const MAXIMIZE: bool, const COUPLED: bool, const TO
 /// The update of one stored element: load into `C`, compute, store back rounded. With a master
 /// copy, the parameter's value is read from it, and both are written.
 #[inline(always)]
-fn update_element<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+fn update_element<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
     param: &mut P,
-    master: Option<&mut S>,
+    master: Option<&mut M>,
     grad: P,
     exp_avg: &mut S,
     exp_inf: &mut S,
@@ -220,6 +233,7 @@ fn update_element<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORC
     C: Float,
     P: Storage<C>,
     S: Storage<C>,
+    M: Storage<C>,
 {
     let current = match &master {
         Some(w) => w.load(),
@@ -234,7 +248,7 @@ fn update_element<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORC
     );
     match master {
         Some(w) => {
-            let stored = S::store(p);
+            let stored = M::store(p);
             *w = stored;
             *param = P::store(stored.load());
         }
@@ -281,55 +295,59 @@ macro_rules! for_each_element {
 }
 pub(crate) use for_each_element;
 
-/// Calls `$run::<P, S, C, MAXIMIZE, COUPLED, EPS_IN>($arg, $c)` with the flags of `$c` as
+/// Calls `$run::<$types..., MAXIMIZE, COUPLED, EPS_IN>($arg, $c)` with the flags of `$c` as
 /// compile-time constants.
 macro_rules! with_flags {
-    ($run:ident, $arg:expr, $c:expr) => {{
+    ($run:ident [$($t:ident),*], $arg:expr, $c:expr) => {{
         let (arg, c) = ($arg, $c);
         match (
             c.flags.maximize,
             c.flags.coupled_weight_decay,
             c.flags.eps_inside_max,
         ) {
-            (false, false, false) => $run::<P, S, C, false, false, false>(arg, c),
-            (false, false, true) => $run::<P, S, C, false, false, true>(arg, c),
-            (false, true, false) => $run::<P, S, C, false, true, false>(arg, c),
-            (false, true, true) => $run::<P, S, C, false, true, true>(arg, c),
-            (true, false, false) => $run::<P, S, C, true, false, false>(arg, c),
-            (true, false, true) => $run::<P, S, C, true, false, true>(arg, c),
-            (true, true, false) => $run::<P, S, C, true, true, false>(arg, c),
-            (true, true, true) => $run::<P, S, C, true, true, true>(arg, c),
+            (false, false, false) => $run::<$($t,)* false, false, false>(arg, c),
+            (false, false, true) => $run::<$($t,)* false, false, true>(arg, c),
+            (false, true, false) => $run::<$($t,)* false, true, false>(arg, c),
+            (false, true, true) => $run::<$($t,)* false, true, true>(arg, c),
+            (true, false, false) => $run::<$($t,)* true, false, false>(arg, c),
+            (true, false, true) => $run::<$($t,)* true, false, true>(arg, c),
+            (true, true, false) => $run::<$($t,)* true, true, false>(arg, c),
+            (true, true, true) => $run::<$($t,)* true, true, true>(arg, c),
         }
     }};
 }
 
 #[inline(always)]
-fn flat_run<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
-    s: TensorSlices<'_, P, S>,
+fn flat_run<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+    s: TensorSlices<'_, P, S, M>,
     c: &Coefficients<C>,
 ) where
     C: Float,
     P: Storage<C>,
     S: Storage<C>,
+    M: Storage<C>,
 {
     for_each_element!(
         s,
-        |p, g, m, u| { update_element::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, None, g, m, u, c) },
-        |w| { update_element::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, Some(w), g, m, u, c) }
+        |p, g, m, u| {
+            update_element::<P, S, M, C, MAXIMIZE, COUPLED, TORCH>(p, None, g, m, u, c)
+        },
+        |w| { update_element::<P, S, M, C, MAXIMIZE, COUPLED, TORCH>(p, Some(w), g, m, u, c) }
     );
 }
 
 #[inline(always)]
-fn strided_run<P, S, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
-    t: &mut StridedTensor<'_, P, S>,
+fn strided_run<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+    t: &mut StridedTensor<'_, P, S, M>,
     c: &Coefficients<C>,
 ) where
     C: Float,
     P: Storage<C>,
     S: Storage<C>,
+    M: Storage<C>,
 {
     t.for_each(|p, w, g, m, u| {
-        update_element::<P, S, C, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c)
+        update_element::<P, S, M, C, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c)
     });
 }
 
@@ -339,23 +357,35 @@ pub struct Adamax;
 
 impl Update for Adamax {
     #[inline(always)]
-    fn flat<P, S, C>(self, slices: TensorSlices<'_, P, S>, c: &Coefficients<C>)
+    fn flat<P, S, M, C>(self, slices: TensorSlices<'_, P, S, M>, c: &Coefficients<C>)
     where
         C: Float,
         P: Storage<C>,
         S: Storage<C>,
+        M: Storage<C>,
     {
-        with_flags!(flat_run, slices, c)
+        with_flags!(flat_run[P, S, M, C], slices, c)
     }
 
     #[inline(always)]
-    fn strided<P, S, C>(self, tensor: &mut StridedTensor<'_, P, S>, c: &Coefficients<C>)
+    fn strided<P, S, M, C>(self, tensor: &mut StridedTensor<'_, P, S, M>, c: &Coefficients<C>)
     where
         C: Float,
         P: Storage<C>,
         S: Storage<C>,
+        M: Storage<C>,
     {
-        with_flags!(strided_run, tensor, c)
+        with_flags!(strided_run[P, S, M, C], tensor, c)
+    }
+
+    #[inline(always)]
+    fn quantized<P, C>(self, slices: QuantizedSlices<'_, P>, c: &Coefficients<C>)
+    where
+        C: Float,
+        P: Storage<C>,
+        f32: Storage<C>,
+    {
+        with_flags!(quantized_run[P, C], slices, c)
     }
 }
 

@@ -1,0 +1,392 @@
+"""``adamax_rs.torch.Adamax``: a drop-in ``torch.optim.Optimizer`` whose update runs in Rust.
+
+Swap ``torch.optim.Adamax`` for ``adamax_rs.torch.Adamax`` in a CPU training script: same
+constructor, same ``param_groups`` keys, same ``state`` (``step``, ``exp_avg``, ``exp_inf``),
+state dicts that load into each other, and the same numbers (``eps_inside_max=True``, the
+default here, computes torch's formula in torch's order of operations). The update is the Rust
+engine's, in place on the tensors' memory (read through DLPack, never copied), in one pass,
+on all cores for large steps, with the GIL released.
+
+torch is an optional dependency: ``pip install "adamax_rs[torch]"``. ``import adamax_rs`` never
+imports it; importing this module does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from . import _core
+from ._fork import track
+
+__all__ = ["Adamax"]
+
+#: The element types of the parameters this optimizer updates.
+SUPPORTED_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex64,
+    torch.complex128,
+)
+
+_STATE_DTYPES = {None: None, torch.float32: "float32", torch.float64: "float64"}
+
+
+def _scalar(value: Any) -> Any:
+    """A 1-element tensor as a Python number (torch allows tensor ``lr`` and betas)."""
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _check_tensor(param: torch.Tensor, where: str) -> None:
+    if param.is_sparse:
+        raise ValueError(f"{where}: sparse parameters are not supported")
+    if param.device.type != "cpu":
+        raise ValueError(
+            f"{where} is on {param.device}; adamax_rs.torch.Adamax updates tensors on the CPU "
+            "only (use torch.optim.Adamax for tensors on other devices)"
+        )
+    if param.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{where} has dtype {param.dtype}, which is not supported (float16, bfloat16, "
+            "float32, float64, complex64 or complex128)"
+        )
+
+
+def _refuse_unsupported(group: Mapping[str, Any], where: str) -> None:
+    if group.get("differentiable"):
+        raise ValueError(
+            f"{where}differentiable=True is not supported: adamax_rs updates the tensors' memory "
+            "outside autograd; use torch.optim.Adamax(differentiable=True)"
+        )
+    if group.get("capturable"):
+        raise ValueError(
+            f"{where}capturable=True is not supported: it is for CUDA graph capture, and "
+            "adamax_rs.torch.Adamax updates CPU tensors; use torch.optim.Adamax(capturable=True)"
+        )
+
+
+class Adamax(Optimizer):
+    r"""The Adamax optimizer for torch CPU tensors, with the update in Rust.
+
+    A drop-in replacement for :class:`torch.optim.Adamax`: the same signature, defaults,
+    ``param_groups`` keys and state, plus two options of adamax_rs. With the defaults it gives
+    torch's numbers bit for bit::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                    (coupled; fused as torch's add)
+        m = lerp(m, g, 1 - beta1)                       (torch's lerp, fused)
+        u = max(beta2 * u, |g| + eps)
+        param = param - lr / (1 - beta1**t) * m / u
+
+    Parameters
+    ----------
+    params : iterable of torch.Tensor or iterable of dict
+        Parameters (CPU tensors of a floating-point or complex dtype), or parameter groups.
+    lr : float or torch.Tensor, default 2e-3
+        Learning rate (a 1-element tensor is read at each step).
+    betas : tuple of float, default (0.9, 0.999)
+        Decay rates of the first moment and of the infinity norm, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added inside the max (or, with ``eps_inside_max=False``, to the denominator).
+    weight_decay : float, default 0
+        L2 penalty (or AdamW-style decay with ``decoupled_weight_decay``).
+    foreach : bool, optional
+        Accepted for compatibility; it has no effect (there is one implementation).
+    maximize : bool, default False
+        Maximise the objective instead of minimising it.
+    differentiable : bool, default False
+        Must be False: the update runs outside autograd.
+    capturable : bool, default False
+        Must be False: CUDA graph capture does not apply to CPU tensors.
+    eps_inside_max : bool, default True
+        torch's formula (eps inside the max, in torch's order of operations). ``False`` gives
+        the Adamax paper's and lucid's formula (``m / (u + eps)``), as ``adamax_rs.Adamax``.
+    decoupled_weight_decay : bool, default False
+        Decay the parameter directly (``param *= 1 - lr * weight_decay``).
+    state_dtype : torch.dtype, optional
+        The dtype of ``exp_avg`` and ``exp_inf``: ``None`` (the default) means float32 for
+        float16/bfloat16 parameters and the parameter's own dtype otherwise; ``torch.float32``
+        or ``torch.float64`` may be asked for (complex parameters get complex state of that
+        precision). ``torch.optim.Adamax`` keeps 16-bit state for 16-bit parameters.
+
+    Raises
+    ------
+    ValueError
+        For a hyperparameter out of range (torch's messages), a parameter not on the CPU,
+        ``differentiable=True`` or ``capturable=True``.
+    TypeError
+        For a bare tensor instead of an iterable, or a parameter of an unsupported dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from adamax_rs.torch import Adamax
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = Adamax(model.parameters(), lr=1e-2)
+    >>> model(torch.ones(3, 4)).sum().backward()
+    >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        eps_inside_max: bool = True,
+        decoupled_weight_decay: bool = False,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        # torch.optim.Adamax's checks, in its order and with its messages.
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if state_dtype not in _STATE_DTYPES:
+            raise TypeError(
+                f"state_dtype must be None, torch.float32 or torch.float64, got {state_dtype!r}"
+            )
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+            "eps_inside_max": eps_inside_max,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        _refuse_unsupported(defaults, "")
+        self.state_dtype = state_dtype
+        self._plan = _core.TorchStepPlan(state_dtype=_STATE_DTYPES[state_dtype])
+        self._lock = threading.RLock()
+        super().__init__(params, defaults)
+        track(self)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group, refusing parameters this optimizer cannot update."""
+        params = param_group.get("params") if isinstance(param_group, Mapping) else None
+        if isinstance(params, Iterable) and not isinstance(params, torch.Tensor):
+            params = list(params)
+            param_group = {**param_group, "params": params}
+            for index, param in enumerate(params):
+                if isinstance(param, torch.Tensor):
+                    _check_tensor(param, f"param group {len(self.param_groups)}, parameter {index}")
+        if isinstance(param_group, Mapping):
+            _refuse_unsupported(param_group, f"param group {len(self.param_groups)}: ")
+        super().add_param_group(param_group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps only defaults, state and param_groups; the state dtype is needed too.
+        state: dict[str, Any] = super().__getstate__()
+        state["state_dtype"] = self.state_dtype
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state_dtype = state.pop("state_dtype", None)
+        super().__setstate__(state)
+        if "_plan" not in self.__dict__:
+            # Unpickled or deep-copied (load_state_dict comes here too, with the plan in place):
+            # the plan and the lock are not copied, so make them.
+            self.state_dtype = state_dtype
+            self._plan = _core.TorchStepPlan(state_dtype=_STATE_DTYPES[state_dtype])
+            self._lock = threading.RLock()
+            track(self)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("capturable", False)
+            group.setdefault("eps_inside_max", True)
+            group.setdefault("decoupled_weight_decay", False)
+        for param_state in self.state.values():
+            if len(param_state) != 0 and not torch.is_tensor(param_state.get("step")):
+                param_state["step"] = torch.tensor(
+                    float(param_state["step"]), dtype=_scalar_dtype()
+                )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class or of ``torch.optim.Adamax``.
+
+        torch's loader casts every floating-point state value to its parameter's dtype; the
+        state then gets this optimizer's state dtype back from the saved values (so float32
+        state saved for a bfloat16 parameter is not rounded through bfloat16). That happens
+        after the load pre-hooks, from the state dict they leave, and before the post-hooks.
+        """
+        loaded: list[Mapping[str, Any]] = []
+
+        def keep_what_is_loaded(optimizer: Optimizer, state_dict: Any) -> None:
+            loaded.append(state_dict)
+
+        def restore_state_dtypes(optimizer: Optimizer) -> None:
+            self._restore_state_dtypes(loaded[-1])
+
+        with self._lock:
+            # Registered last among the pre-hooks and first among the post-hooks.
+            before = self.register_load_state_dict_pre_hook(keep_what_is_loaded)
+            after = self.register_load_state_dict_post_hook(restore_state_dtypes, prepend=True)
+            try:
+                super().load_state_dict(state_dict)
+            finally:
+                before.remove()
+                after.remove()
+
+    def _restore_state_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        saved_state = state_dict.get("state", {})
+        saved_groups = state_dict.get("param_groups", [])
+        indices = [i for group in saved_groups for i in group.get("params", [])]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param in zip(indices, params):
+            saved = saved_state.get(index)
+            if not saved or param not in self.state:
+                continue
+            target = self._state_dtype_for(param)
+            for key in ("exp_avg", "exp_inf"):
+                value = saved.get(key)
+                loaded = self.state[param].get(key)
+                if isinstance(value, torch.Tensor) and isinstance(loaded, torch.Tensor):
+                    if loaded.dtype != target:
+                        self.state[param][key] = value.to(
+                            dtype=target, device=param.device, copy=True
+                        )
+
+    def _state_dtype_for(self, param: torch.Tensor) -> torch.dtype:
+        if param.is_complex():
+            double = self.state_dtype == torch.float64 or (
+                self.state_dtype is None and param.dtype == torch.complex128
+            )
+            return torch.complex128 if double else torch.complex64
+        if self.state_dtype is not None:
+            return self.state_dtype
+        if param.dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return param.dtype
+
+    def _hyperparameters(self, group: Mapping[str, Any], g: int) -> _core.Hyperparameters:
+        where = f"group {g}: "
+        _refuse_unsupported(group, where)
+        betas = group["betas"]
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+            raise TypeError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}")
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError(f"{where}Tensor lr must be 1-element")
+        try:
+            return _core.Hyperparameters(
+                lr=_scalar(lr),
+                beta1=_scalar(betas[0]),
+                beta2=_scalar(betas[1]),
+                eps=_scalar(group["eps"]),
+                weight_decay=_scalar(group["weight_decay"]),
+                maximize=group["maximize"],
+                eps_inside_max=group.get("eps_inside_max", True),
+                decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+            )
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}{error}") from None
+
+    def _create_state(self, missing: list[tuple[int, int]], created: list[torch.Tensor]) -> None:
+        """Create the state of the ``missing`` parameters, listing each in ``created`` (so that
+        the caller can take it all back when one is refused, or on KeyboardInterrupt)."""
+        for g, index in missing:
+            param = self.param_groups[g]["params"][index]
+            _check_tensor(param, f"group {g}, parameter {index}")
+            dtype = self._state_dtype_for(param)
+            entry = {
+                "step": torch.tensor(0.0, dtype=_scalar_dtype()),
+                "exp_avg": torch.zeros_like(
+                    param, dtype=dtype, memory_format=torch.preserve_format
+                ),
+                "exp_inf": torch.zeros_like(
+                    param, dtype=dtype, memory_format=torch.preserve_format
+                ),
+            }
+            # Listed first and stored whole: an interrupt between two statements leaves no
+            # entry that is partial or not listed.
+            created.append(param)
+            self.state[param] = entry
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single Adamax step over every parameter that has a gradient.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss; called once, with grad enabled,
+            before the update.
+
+        Returns
+        -------
+        object
+            What ``closure`` returned, or ``None``.
+
+        Raises
+        ------
+        RuntimeError
+            For a sparse gradient (torch's message).
+        TypeError, ValueError
+            For anything that does not fit (a gradient of the wrong shape or dtype, a tensor
+            not on the CPU, a hyperparameter out of range), naming the group and parameter;
+            nothing has changed then. The update and the step counts are committed together,
+            so an interrupt lands before the step or after it, never inside.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with self._lock:
+            hyperparameters = [self._hyperparameters(g, i) for i, g in enumerate(self.param_groups)]
+            missing = self._plan.step(self.param_groups, self.state, hyperparameters)
+            if missing:
+                created: list[torch.Tensor] = []
+                try:
+                    self._create_state(missing, created)
+                    missing = self._plan.step(self.param_groups, self.state, hyperparameters)
+                except BaseException:
+                    # Take back the new state unless the step was committed (its count moved):
+                    # the plan can raise after the update, e.g. a KeyboardInterrupt in the
+                    # Python code it calls last (torch.autograd.graph.increment_version).
+                    for param in created:
+                        entry = self.state.get(param)
+                        if entry is None or _never_stepped(entry):
+                            self.state.pop(param, None)
+                    raise
+                if missing:
+                    raise RuntimeError("adamax_rs internal error: state missing after creation")
+        return loss
+
+
+def _never_stepped(entry: Mapping[str, Any]) -> bool:
+    step = entry.get("step")
+    return not isinstance(step, torch.Tensor) or step.numel() != 1 or step.item() == 0
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype of ``step`` tensors, as torch's optimizers choose it."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32

@@ -1,0 +1,105 @@
+//! Which state an optimizer keeps for each parameter: shared by the numpy and torch front ends.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::engine::memory::{Element, RawArray};
+
+/// Parameters with fewer elements than this keep float32 state under `state_dtype="8bit"`: for
+/// them the scales would be a large share of the state, and they are a small share of the
+/// memory (bitsandbytes uses the same threshold).
+pub const BLOCKWISE_MIN_ELEMENTS: usize = 4096;
+
+/// The state dtype an optimizer was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// float32 for 16-bit parameters, the parameter's own precision otherwise.
+    Default,
+    Float32,
+    Float64,
+    /// bfloat16 moments, float32 arithmetic.
+    BFloat16,
+    /// 8-bit block state (uint8 codes and float32 block scales), float32 arithmetic.
+    Blockwise8,
+}
+
+/// Which state an optimizer keeps for a parameter: its element type and whether a master copy.
+#[derive(Clone, Copy, Debug)]
+pub struct StatePolicy {
+    pub kind: StateKind,
+    /// Keep a float copy of 16-bit parameters, updated and rounded into them each step.
+    pub master_weights: bool,
+}
+
+impl StatePolicy {
+    /// The element type of the state of `param` (`UInt8` for 8-bit block state).
+    pub fn state_element(&self, param: &RawArray) -> Element {
+        let element = param.element;
+        if let Some(part) = element.real_part() {
+            // No complex type narrower than complex64: complex parameters keep complex64 state
+            // unless float64 was asked for (or they are complex128 by default).
+            let double = self.kind == StateKind::Float64
+                || (self.kind == StateKind::Default && part == Element::Float64);
+            return if double {
+                Element::Complex128
+            } else {
+                Element::Complex64
+            };
+        }
+        match self.kind {
+            StateKind::Default => match element {
+                Element::Float16 | Element::BFloat16 => Element::Float32,
+                other => other,
+            },
+            StateKind::Float32 => Element::Float32,
+            StateKind::Float64 => Element::Float64,
+            StateKind::BFloat16 => Element::BFloat16,
+            StateKind::Blockwise8 if blockwise_fits(param) => Element::UInt8,
+            StateKind::Blockwise8 => Element::Float32,
+        }
+    }
+
+    /// Whether `param` has a master copy.
+    pub fn wants_master(&self, param: Element) -> bool {
+        self.master_weights && matches!(param, Element::Float16 | Element::BFloat16)
+    }
+
+    /// The element type of `param`'s master copy: the state's, and at least float32.
+    pub fn master_element(&self, param: &RawArray) -> Element {
+        match self.state_element(param) {
+            Element::Float64 => Element::Float64,
+            _ => Element::Float32,
+        }
+    }
+
+    /// A phrase for messages: what state this optimizer keeps for such a parameter.
+    pub fn describe(&self, param: &RawArray) -> String {
+        match self.state_element(param) {
+            Element::UInt8 => format!("8-bit (uint8) state for {} parameters", param.element),
+            state => format!("{state} state for {} parameters", param.element),
+        }
+    }
+}
+
+/// Whether 8-bit block state applies to `param`: real, dense (its elements fill its memory in
+/// one order, which the codes then follow), and not small.
+pub fn blockwise_fits(param: &RawArray) -> bool {
+    param.element.real_part().is_none()
+        && param.len().is_some_and(|n| n >= BLOCKWISE_MIN_ELEMENTS)
+        && param.is_dense()
+}
+
+/// The state kind an optimizer was asked for: `None`, "float32", "float64", "bfloat16" or
+/// "8bit".
+pub fn state_kind(value: Option<&str>) -> PyResult<StateKind> {
+    match value {
+        None => Ok(StateKind::Default),
+        Some("float32") => Ok(StateKind::Float32),
+        Some("float64") => Ok(StateKind::Float64),
+        Some("bfloat16") => Ok(StateKind::BFloat16),
+        Some("8bit") => Ok(StateKind::Blockwise8),
+        Some(other) => Err(PyValueError::new_err(format!(
+            "state_dtype must be None, 'float32', 'float64', 'bfloat16' or '8bit', got {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,477 @@
+//! The torch optimizer's step plan: what `adamax_rs.torch.Adamax.step` runs.
+//!
+//! The parameters are torch tensors, their gradients are `p.grad`, and their state is torch's
+//! own: `optimizer.state[p]` is a dict `{"step": 0-d tensor, "exp_avg": tensor, "exp_inf":
+//! tensor}`, as `torch.optim.Adamax` keeps it, so that everything in torch that reads or writes an
+//! optimizer's state (state dicts, ZeroRedundancyOptimizer, checkpoints) keeps working. Each tensor
+//! is described through DLPack (see `dlpack`) and checked by the same engine as numpy arrays; the
+//! check of a parameter and its state is kept while their descriptions are unchanged.
+//!
+//! A step never creates state: it returns the parameters that have a gradient but no state yet,
+//! having changed nothing, and the Python front end creates their state and steps again. The step
+//! counts are written into the `step` tensors right after the update, with no Python code in
+//! between.
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use crate::engine::buffers::StepBuffers;
+use crate::engine::memory::{Element, RawArray};
+use crate::engine::step::{
+    check_gradient, CheckedTensor, GradArray, Role, StepMemory, TensorState,
+};
+use crate::kernel::{Adamax, Hyperparameters, MAX_STEP};
+
+use super::dlpack::{reader, TensorProblem, TensorReader};
+use super::errors::{conflict_error, guarded, Place};
+use super::hyperparameters::PyHyperparameters;
+use super::ndarray::type_name;
+use super::policy::{state_kind, StatePolicy};
+use super::run::run_step;
+
+/// What the plan remembers of one parameter position.
+#[derive(Default)]
+struct TorchCache {
+    param: Option<Py<PyAny>>,
+    state: Option<TensorState>,
+}
+
+/// One tensor of this step: the objects (held for the step) and what was read from them.
+struct TorchTensor<'py> {
+    place: Place,
+    param: Bound<'py, PyAny>,
+    _grad: Bound<'py, PyAny>,
+    _exp_avg: Bound<'py, PyAny>,
+    _exp_inf: Bound<'py, PyAny>,
+    _step_tensor: Bound<'py, PyAny>,
+    _scales: Option<[Bound<'py, PyAny>; 2]>,
+    step_at: StepCounter,
+    grad: RawArray,
+    step: u64,
+}
+
+/// A parameter found with a gradient and a state: its place, the tensor, its gradient and its
+/// state dict.
+type Found<'py> = (
+    Place,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+);
+
+/// Where a `step` tensor's value is, and its type.
+#[derive(Clone, Copy)]
+struct StepCounter {
+    address: usize,
+    element: Element,
+}
+
+impl StepCounter {
+    /// # Safety
+    /// `address` must be the aligned address of a live element of type `element`.
+    unsafe fn read(self) -> f64 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self.element {
+                Element::Float64 => *(self.address as *const f64),
+                _ => f64::from(*(self.address as *const f32)),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As `read`, and nothing else may access the element meanwhile.
+    unsafe fn write(self, value: f64) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self.element {
+                Element::Float64 => *(self.address as *mut f64) = value,
+                _ => *(self.address as *mut f32) = value as f32,
+            }
+        }
+    }
+}
+
+/// TorchStepPlan(*, state_dtype=None)
+/// --
+///
+/// The cached step of ``adamax_rs.torch.Adamax``. ``step(param_groups, state, hyperparameters)``
+/// updates every parameter that has a gradient and returns ``None``, or, changing nothing, the
+/// list of ``(group, index)`` of parameters that have a gradient but no state yet.
+#[pyclass(module = "adamax_rs._core", name = "TorchStepPlan")]
+pub struct TorchStepPlan {
+    policy: StatePolicy,
+    groups: Vec<Vec<TorchCache>>,
+    buffers: StepBuffers,
+}
+
+fn problem_error(place: Place, role: Role, problem: TensorProblem) -> PyErr {
+    match problem {
+        TensorProblem::NotATensor(t) => place.type_error(format_args!(
+            "{} must be a torch.Tensor, got {t}",
+            role.describe()
+        )),
+        TensorProblem::Device(d) => place.value_error(format_args!(
+            "{} is on {d}; adamax_rs.torch.Adamax updates tensors on the CPU only (use \
+             torch.optim.Adamax for tensors on other devices)",
+            role.describe()
+        )),
+        TensorProblem::Dtype(d) => place.type_error(format_args!(
+            "{} has dtype {d}, which is not supported (float16, bfloat16, float32, float64, \
+             complex64 or complex128)",
+            role.describe()
+        )),
+        TensorProblem::Layout(error) => error,
+    }
+}
+
+fn describe(
+    reader: &TensorReader,
+    obj: &Bound<'_, PyAny>,
+    place: Place,
+    role: Role,
+) -> PyResult<RawArray> {
+    reader
+        .describe(obj)
+        .map_err(|p| problem_error(place, role, p))
+}
+
+fn increment_version(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static INCREMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    INCREMENT
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("torch.autograd.graph")?
+                    .getattr("increment_version")?
+                    .unbind(),
+            )
+        })
+        .map(|f| f.bind(py))
+}
+
+/// The step count in a state's `step` tensor: where it is and the next step number.
+fn step_counter(
+    reader: &TensorReader,
+    obj: &Bound<'_, PyAny>,
+    place: Place,
+) -> PyResult<(StepCounter, u64)> {
+    let bad = || {
+        place.value_error(
+            "its state's 'step' must be a tensor of one float32 or float64 element on the CPU \
+             holding a whole number between 0 and 2**53",
+        )
+    };
+    let raw = reader.describe(obj).map_err(|_| bad())?;
+    if raw.len() != Some(1)
+        || !matches!(raw.element, Element::Float32 | Element::Float64)
+        || !raw.is_aligned()
+    {
+        return Err(bad());
+    }
+    let counter = StepCounter {
+        address: raw.address,
+        element: raw.element,
+    };
+    // SAFETY: a one-element float32/float64 tensor, aligned, held alive by the caller.
+    let value = unsafe { counter.read() };
+    if !(value >= 0.0 && value.fract() == 0.0 && value < MAX_STEP as f64) {
+        return Err(bad());
+    }
+    Ok((counter, value as u64 + 1))
+}
+
+impl TorchStepPlan {
+    #[allow(clippy::too_many_arguments)]
+    fn read_tensor<'py>(
+        &mut self,
+        reader: &TensorReader,
+        place: Place,
+        param: Bound<'py, PyAny>,
+        grad: Bound<'py, PyAny>,
+        entry: &Bound<'py, PyAny>,
+    ) -> PyResult<TorchTensor<'py>> {
+        let py = param.py();
+        let key = |name: &Bound<'py, PyString>| -> PyResult<Bound<'py, PyAny>> {
+            let value = match entry.cast::<PyDict>() {
+                Ok(dict) => dict.get_item(name)?,
+                Err(_) => entry.get_item(name).ok(),
+            };
+            value.ok_or_else(|| {
+                let keys = entry
+                    .call_method0("keys")
+                    .and_then(|k| k.repr())
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                place.value_error(format_args!("its state has no '{name}' (it has {keys})"))
+            })
+        };
+        let exp_avg = key(pyo3::intern!(py, "exp_avg"))?;
+        let exp_inf = key(pyo3::intern!(py, "exp_inf"))?;
+        let step_tensor = key(pyo3::intern!(py, "step"))?;
+        // The block scales of 8-bit state, when the state has them.
+        let optional = |name: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
+            match entry.cast::<PyDict>() {
+                Ok(dict) => dict.get_item(name),
+                Err(_) => Ok(entry.get_item(name).ok()),
+            }
+        };
+        let scales = match (
+            optional(pyo3::intern!(py, "exp_avg_scale"))?,
+            optional(pyo3::intern!(py, "exp_inf_scale"))?,
+        ) {
+            (Some(a), Some(b)) => Some([a, b]),
+            (None, None) => None,
+            _ => {
+                return Err(place.value_error(
+                    "its state has one of exp_avg_scale and exp_inf_scale but not the other",
+                ))
+            }
+        };
+        let param_raw = describe(reader, &param, place, Role::Param)?;
+        let grad_raw = reader.describe(&grad).map_err(|problem| match problem {
+            TensorProblem::Layout(error)
+                if grad
+                    .getattr("is_sparse")
+                    .and_then(|s| s.is_truthy())
+                    .unwrap_or(false) =>
+            {
+                let _ = error;
+                PyRuntimeError::new_err("Adamax does not support sparse gradients")
+            }
+            other => problem_error(place, Role::Grad, other),
+        })?;
+        check_gradient(&param_raw, &grad_raw).map_err(|e| place.tensor_error(e))?;
+        let exp_avg_raw = describe(reader, &exp_avg, place, Role::ExpAvg)?;
+        let exp_inf_raw = describe(reader, &exp_inf, place, Role::ExpInf)?;
+        let scales_raw = match &scales {
+            Some([a, b]) => Some([
+                describe(reader, a, place, Role::ExpAvgScale)?,
+                describe(reader, b, place, Role::ExpInfScale)?,
+            ]),
+            None => None,
+        };
+        let (step_at, step) = step_counter(reader, &step_tensor, place)?;
+        let cache = &mut self.groups[place.group][place.index];
+        let unchanged = cache.state.as_ref().is_some_and(|s| {
+            s.param() == &param_raw
+                && s.exp_avg() == &exp_avg_raw
+                && s.exp_inf() == &exp_inf_raw
+                && s.scales() == scales_raw.as_ref()
+        });
+        if !unchanged {
+            cache.state = None;
+            let state = TensorState::check(param_raw, exp_avg_raw, exp_inf_raw, None, scales_raw)
+                .map_err(|e| place.tensor_error(e))?;
+            let expected = self.policy.state_element(state.param());
+            for (role, array) in [
+                (Role::ExpAvg, state.exp_avg()),
+                (Role::ExpInf, state.exp_inf()),
+            ] {
+                if array.element != expected {
+                    return Err(place.type_error(format_args!(
+                        "{} has dtype {} but this optimizer keeps {}",
+                        role.describe(),
+                        array.element,
+                        self.policy.describe(state.param())
+                    )));
+                }
+            }
+            cache.state = Some(state);
+        }
+        Ok(TorchTensor {
+            place,
+            param,
+            _grad: grad,
+            _exp_avg: exp_avg,
+            _exp_inf: exp_inf,
+            _step_tensor: step_tensor,
+            _scales: scales,
+            step_at,
+            grad: grad_raw,
+            step,
+        })
+    }
+}
+
+#[pymethods]
+impl TorchStepPlan {
+    #[new]
+    #[pyo3(signature = (*, state_dtype = None))]
+    fn new(state_dtype: Option<&str>) -> PyResult<Self> {
+        let kind = state_kind(state_dtype)?;
+        Ok(TorchStepPlan {
+            policy: StatePolicy {
+                kind,
+                master_weights: false,
+            },
+            groups: Vec::new(),
+            buffers: StepBuffers::default(),
+        })
+    }
+
+    /// step(param_groups, state, hyperparameters)
+    /// --
+    ///
+    /// One Adamax step over every parameter of ``param_groups`` that has a gradient, with the
+    /// state in ``state`` (``optimizer.state``) and ``hyperparameters[g]`` for group ``g``.
+    /// Returns ``None``; or, when some parameters with a gradient have no state yet, their
+    /// ``(group, index)`` pairs, having changed nothing.
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        param_groups: &Bound<'py, PyAny>,
+        state: &Bound<'py, PyAny>,
+        hyperparameters: Vec<PyRef<'py, PyHyperparameters>>,
+    ) -> PyResult<Option<Vec<(usize, usize)>>> {
+        guarded(|| {
+            self.run(
+                py,
+                param_groups,
+                state,
+                hyperparameters.iter().map(|h| h.0).collect(),
+            )
+        })
+    }
+}
+
+impl TorchStepPlan {
+    fn run<'py>(
+        &mut self,
+        py: Python<'py>,
+        param_groups: &Bound<'py, PyAny>,
+        state: &Bound<'py, PyAny>,
+        hyperparameters: Vec<Hyperparameters>,
+    ) -> PyResult<Option<Vec<(usize, usize)>>> {
+        let reader = reader(py)?;
+        let Ok(groups) = param_groups.cast::<PyList>() else {
+            return Err(PyTypeError::new_err(format!(
+                "param_groups must be a list of dicts, got {}",
+                type_name(param_groups)
+            )));
+        };
+        if hyperparameters.len() != groups.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} hyperparameter sets for {} parameter groups",
+                hyperparameters.len(),
+                groups.len()
+            )));
+        }
+        self.groups.resize_with(groups.len(), Vec::new);
+        self.groups.truncate(groups.len());
+        let get = pyo3::intern!(py, "get");
+        let grad_name = pyo3::intern!(py, "grad");
+
+        // 1. Every parameter with a gradient, and its state; stop (changing nothing) if some have
+        //    none yet.
+        let mut found: Vec<Found<'py>> = Vec::new();
+        let mut missing = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            let params = group.get_item("params").map_err(|_| {
+                PyValueError::new_err(format!("group {g}: a parameter group needs a 'params' key"))
+            })?;
+            let params: Vec<Bound<'py, PyAny>> =
+                match (params.cast::<PyList>(), params.cast::<PyTuple>()) {
+                    (Ok(list), _) => list.iter().collect(),
+                    (_, Ok(tuple)) => tuple.iter().collect(),
+                    _ => {
+                        return Err(PyTypeError::new_err(format!(
+                            "group {g}: 'params' must be a list of tensors, got {}",
+                            type_name(&params)
+                        )))
+                    }
+                };
+            let caches = &mut self.groups[g];
+            caches.resize_with(params.len(), TorchCache::default);
+            caches.truncate(params.len());
+            for (index, (param, cache)) in params.into_iter().zip(caches.iter_mut()).enumerate() {
+                let place = Place { group: g, index };
+                if !cache.param.as_ref().is_some_and(|p| p.is(&param)) {
+                    *cache = TorchCache {
+                        param: Some(param.clone().unbind()),
+                        state: None,
+                    };
+                }
+                let grad = param.getattr(grad_name).map_err(|_| {
+                    place.type_error(format_args!(
+                        "expected a torch.Tensor parameter, got {}",
+                        type_name(&param)
+                    ))
+                })?;
+                if grad.is_none() {
+                    continue;
+                }
+                // `optimizer.state` is a dict (torch's defaultdict): read it without `__missing__`,
+                // which would insert an empty entry.
+                let entry = match state.cast::<PyDict>() {
+                    Ok(dict) => dict.get_item(&param)?,
+                    Err(_) => Some(state.call_method1(get, (&param,))?).filter(|e| !e.is_none()),
+                };
+                let Some(entry) = entry else {
+                    missing.push((g, index));
+                    continue;
+                };
+                let empty = entry.len().map(|n| n == 0).unwrap_or(false);
+                if empty {
+                    missing.push((g, index));
+                    continue;
+                }
+                found.push((place, param, grad, entry));
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Some(missing));
+        }
+
+        // 2. Describe and check every tensor.
+        let mut tensors: Vec<TorchTensor<'py>> = Vec::with_capacity(found.len());
+        for (place, param, grad, entry) in found {
+            tensors.push(self.read_tensor(reader, place, param, grad, &entry)?);
+        }
+        let mut checked = self.buffers.tensors();
+        for t in &tensors {
+            let state = self.groups[t.place.group][t.place.index]
+                .state
+                .as_ref()
+                .ok_or_else(|| super::errors::internal("a tensor without its checked state"))?;
+            let grad = if t.grad.element == state.param().element
+                && t.grad.shape == state.param().shape
+                && t.grad.strides == state.param().strides
+            {
+                GradArray::LikeParam {
+                    address: t.grad.address,
+                }
+            } else {
+                GradArray::Other(&t.grad)
+            };
+            // SAFETY: `state` was compared with the descriptions read in this call from the
+            // parameter and state tensors that `tensors` holds, and `grad` read from the gradient
+            // it holds; they stay alive until the end of this function, after the step has run.
+            // (Like any torch kernel, the step assumes no other thread resizes them meanwhile.)
+            let one = unsafe { CheckedTensor::new(state, grad, t.place.group, t.step) };
+            checked.push(one.map_err(|e| t.place.tensor_error(e))?);
+        }
+        let places: Vec<Place> = tensors.iter().map(|t| t.place).collect();
+        let step = StepMemory::new(checked, &hyperparameters, &mut self.buffers)
+            .map_err(|c| conflict_error(&places, c))?;
+
+        // 3. Claim the memory, run, release.
+        let ran = run_step(py, &step, Adamax, &mut self.buffers);
+        step.finish(&mut self.buffers);
+        ran?;
+
+        // 4. Commit the step counts, without running any Python code.
+        for t in &tensors {
+            // SAFETY: `step_at` is the one aligned float element of the `step` tensor that
+            // `tensors` holds, checked by `step_counter`; the GIL is held.
+            unsafe { t.step_at.write(t.step as f64) };
+        }
+        // Then tell autograd the parameters changed in place, as torch's own in-place updates do.
+        if !tensors.is_empty() {
+            let params = PyList::new(py, tensors.iter().map(|t| &t.param))?;
+            increment_version(py)?.call1((params,))?;
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,532 @@
+//! 8-bit optimizer state: one byte per element for each moment, and one float32 scale per block
+//! of [`BLOCK`] elements (block-wise quantization, as Dettmers et al. 2022 do for Adam).
+//!
+//! The codes are small floating-point formats, decoded and encoded with integer and float
+//! arithmetic only (no table), so the loop over a block still vectorises:
+//! - `exp_avg` (signed): sign, 4 exponent bits, 3 mantissa bits (bias 7; largest 480, smallest
+//!   2^-9, so 2^18 between them). It is **truncated toward zero**: a stored `|m|` is never larger
+//!   than the computed one.
+//! - `exp_inf` (never negative): 4 exponent bits, 4 mantissa bits (bias 7; largest 496, smallest
+//!   2^-10). It is **rounded up**: a stored `u` is never smaller than the computed one, and a
+//!   positive `u` never becomes 0.
+//!
+//! A block's scale is its largest magnitude divided by the format's largest value (rounded up, so
+//! every code fits). Why the rounding directions: Adamax's step is bounded because `|m| <= K u`
+//! with `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
+//! `u = max(beta2 u, |g|)`). Truncating `m` and rounding `u` up keep exactly that induction true
+//! for the stored values, so no 8-bit update can exceed the float32 bound. `u` still decays: the
+//! block's largest `u` is stored exactly (it sets the scale), so when it decays by `beta2` the
+//! scale does, and every code of the block decays with it.
+//!
+//! The update of a block reads the codes and scales once, computes the new moments into a stack
+//! buffer of [`BLOCK`] values (L1, not memory), writes the parameter, then encodes the moments and
+//! writes them with the new scales: one pass over memory, no temporary float32 state.
+
+use super::float::{max_propagate_nan, Float};
+use super::hyperparameters::Coefficients;
+use super::precision::Storage;
+use super::update::adamax_math;
+
+/// Elements per block (one scale per moment per block).
+pub const BLOCK: usize = 256;
+
+/// The largest value of the `exp_avg` code, `(8 + 7) * 2^(15 - 10)`.
+pub const MAX_SIGNED: f32 = 480.0;
+/// The largest value of the `exp_inf` code, `(16 + 15) * 2^(15 - 11)`.
+pub const MAX_UNSIGNED: f32 = 496.0;
+
+/// `2^n` as an f32 (for `-126 <= n <= 127`).
+#[inline(always)]
+fn pow2(n: i32) -> f32 {
+    f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// The value of an `exp_avg` code (before scaling).
+#[inline(always)]
+pub fn decode_signed(code: u8) -> f32 {
+    let c = u32::from(code);
+    let e = ((c >> 3) & 0xF) as i32;
+    let m = c & 0x7;
+    let normal = e > 0;
+    let significand = (m + if normal { 8 } else { 0 }) as f32;
+    let magnitude = significand * pow2(if normal { e } else { 1 } - 10);
+    if c & 0x80 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// The value of an `exp_inf` code (before scaling).
+#[inline(always)]
+pub fn decode_unsigned(code: u8) -> f32 {
+    let c = u32::from(code);
+    let e = (c >> 4) as i32;
+    let m = c & 0xF;
+    let normal = e > 0;
+    let significand = (m + if normal { 16 } else { 0 }) as f32;
+    significand * pow2(if normal { e } else { 1 } - 11)
+}
+
+/// The `exp_avg` code of the largest magnitude not above `|x|` (`x` already divided by the
+/// scale, `|x| <= 480`), with `x`'s sign; NaN gives 0 (the scale carries the NaN).
+#[inline(always)]
+pub fn encode_signed_toward_zero(x: f32) -> u8 {
+    let magnitude = x.abs();
+    let bits = magnitude.to_bits();
+    // Normal: rebias the exponent from 127 to 7 and drop the 20 low mantissa bits (truncation).
+    let normal = (bits.wrapping_sub(120 << 23) >> 20).min(0x7F);
+    // Below 2^-6: multiples of 2^-9, rounded down.
+    let subnormal = (magnitude * 512.0) as u32;
+    let code = if magnitude >= pow2(-6) {
+        normal
+    } else {
+        subnormal.min(7)
+    };
+    let code = if magnitude.is_nan() { 0 } else { code };
+    let sign = if x.is_sign_negative() && code != 0 {
+        0x80
+    } else {
+        0
+    };
+    (code | sign) as u8
+}
+
+/// The `exp_inf` code of the smallest value not below `x` (`0 <= x <= 496`, already divided by
+/// the scale); only `x == 0` gives code 0. NaN gives 0 (the scale carries the NaN).
+#[inline(always)]
+pub fn encode_unsigned_up(x: f32) -> u8 {
+    let bits = x.to_bits();
+    // Normal: rebias the exponent from 127 to 7 and round the 19 low mantissa bits up (the carry
+    // may move into the exponent, which is the next code).
+    let normal = (bits.wrapping_sub(120 << 23).wrapping_add((1 << 19) - 1) >> 19).min(0xFF);
+    // Below 2^-6: multiples of 2^-10, rounded up.
+    let scaled = x * 1024.0;
+    let floor = scaled as u32;
+    let subnormal = floor + u32::from((floor as f32) < scaled);
+    let code = if x >= pow2(-6) {
+        normal
+    } else {
+        subnormal.min(16)
+    };
+    let code = if x.is_nan() || x <= 0.0 {
+        0
+    } else {
+        code.max(1)
+    };
+    code as u8
+}
+
+/// The smallest f32 above a finite, non-negative `x`.
+#[inline(always)]
+fn next_up(x: f32) -> f32 {
+    f32::from_bits(x.to_bits() + 1)
+}
+
+/// The scale of a block whose largest magnitude is `largest`, for a code whose largest value is
+/// `top`: about `largest / top`, as an f32 (scales are stored as float32), rounded up until
+/// `top * scale`, computed exactly as decoding computes it (in `C`), reaches `largest`. Zero for
+/// an all-zero block; NaN and infinity pass through.
+#[inline(always)]
+pub fn block_scale<C: Float>(largest: C, top: f32) -> f32 {
+    let mut scale = to_f32(largest) / top;
+    // The division and the narrowing each round: at most a few steps up.
+    while scale.is_finite() && scaled(top, C::from_f64(f64::from(scale))) < largest {
+        scale = next_up(scale);
+    }
+    scale
+}
+
+/// The arrays of one tensor (or a block-aligned piece of it) with 8-bit state: the parameter and
+/// gradient stored as `P`, the codes and scales of both moments, and an optional float32 master
+/// copy of the parameter.
+#[derive(Debug)]
+pub struct QuantizedSlices<'a, P> {
+    pub(crate) param: &'a mut [P],
+    pub(crate) grad: &'a [P],
+    pub(crate) exp_avg: &'a mut [u8],
+    pub(crate) exp_inf: &'a mut [u8],
+    pub(crate) exp_avg_scale: &'a mut [f32],
+    pub(crate) exp_inf_scale: &'a mut [f32],
+    pub(crate) master: Option<&'a mut [f32]>,
+}
+
+/// The slices given to [`QuantizedSlices::new`] do not fit together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantizedMismatch;
+
+impl<'a, P> QuantizedSlices<'a, P> {
+    /// Groups the slices of one tensor: codes as long as the parameter, one scale per
+    /// [`BLOCK`] (the last block may be partial).
+    pub fn new(
+        param: &'a mut [P],
+        grad: &'a [P],
+        exp_avg: &'a mut [u8],
+        exp_inf: &'a mut [u8],
+        exp_avg_scale: &'a mut [f32],
+        exp_inf_scale: &'a mut [f32],
+        master: Option<&'a mut [f32]>,
+    ) -> Result<Self, QuantizedMismatch> {
+        let n = param.len();
+        let blocks = n.div_ceil(BLOCK);
+        let fits = grad.len() == n
+            && exp_avg.len() == n
+            && exp_inf.len() == n
+            && exp_avg_scale.len() == blocks
+            && exp_inf_scale.len() == blocks
+            && master.as_ref().is_none_or(|m| m.len() == n);
+        if !fits {
+            return Err(QuantizedMismatch);
+        }
+        Ok(QuantizedSlices {
+            param,
+            grad,
+            exp_avg,
+            exp_inf,
+            exp_avg_scale,
+            exp_inf_scale,
+            master,
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.param.len()
+    }
+
+    /// `true` when there is nothing to update.
+    pub fn is_empty(&self) -> bool {
+        self.param.is_empty()
+    }
+
+    /// `true` when a master copy is updated too.
+    pub fn has_master(&self) -> bool {
+        self.master.is_some()
+    }
+
+    /// The same slices, borrowed for a shorter time.
+    pub fn reborrow(&mut self) -> QuantizedSlices<'_, P> {
+        QuantizedSlices {
+            param: self.param,
+            grad: self.grad,
+            exp_avg: self.exp_avg,
+            exp_inf: self.exp_inf,
+            exp_avg_scale: self.exp_avg_scale,
+            exp_inf_scale: self.exp_inf_scale,
+            master: self.master.as_deref_mut(),
+        }
+    }
+
+    /// Splits into the first `blocks` blocks and the rest.
+    pub fn split_at_block(self, blocks: usize) -> (Self, Self) {
+        let blocks = blocks.min(self.exp_avg_scale.len());
+        let mid = (blocks * BLOCK).min(self.len());
+        let (p0, p1) = self.param.split_at_mut(mid);
+        let (g0, g1) = self.grad.split_at(mid);
+        let (m0, m1) = self.exp_avg.split_at_mut(mid);
+        let (u0, u1) = self.exp_inf.split_at_mut(mid);
+        let (ms0, ms1) = self.exp_avg_scale.split_at_mut(blocks);
+        let (us0, us1) = self.exp_inf_scale.split_at_mut(blocks);
+        let (w0, w1) = match self.master {
+            Some(w) => {
+                let (a, b) = w.split_at_mut(mid);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        (
+            QuantizedSlices {
+                param: p0,
+                grad: g0,
+                exp_avg: m0,
+                exp_inf: u0,
+                exp_avg_scale: ms0,
+                exp_inf_scale: us0,
+                master: w0,
+            },
+            QuantizedSlices {
+                param: p1,
+                grad: g1,
+                exp_avg: m1,
+                exp_inf: u1,
+                exp_avg_scale: ms1,
+                exp_inf_scale: us1,
+                master: w1,
+            },
+        )
+    }
+}
+
+/// The stored value of code `code` with scale `scale`, in the compute type: exactly what the
+/// next step will read back.
+#[inline(always)]
+fn scaled<C: Float>(code_value: f32, scale: C) -> C {
+    C::from_f64(f64::from(code_value)) * scale
+}
+
+/// Encodes one block's `exp_avg` values `m` into `codes`, truncating toward zero; returns the
+/// scale.
+#[inline(always)]
+pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
+    let zero = C::from_f64(0.0);
+    let largest = m.iter().fold(zero, |a, &x| max_propagate_nan(a, x.abs()));
+    let scale32 = block_scale(largest, MAX_SIGNED);
+    let scale = C::from_f64(f64::from(scale32));
+    let inverse = if largest > zero {
+        C::from_f64(1.0) / scale
+    } else {
+        zero
+    };
+    for (code, &x) in codes.iter_mut().zip(m) {
+        let normalized = to_f32(x * inverse);
+        let mut c = encode_signed_toward_zero(normalized);
+        // The product above is rounded: step one code toward zero if the stored magnitude
+        // came out larger than the computed one (codes of one sign are monotonic).
+        let stored = scaled(decode_signed(c), scale);
+        if stored.abs() > x.abs() && c & 0x7F != 0 {
+            c -= 1;
+        }
+        *code = c;
+    }
+    scale32
+}
+
+/// Encodes one block's `exp_inf` values `u` into `codes`, rounding up; returns the scale.
+#[inline(always)]
+pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
+    let zero = C::from_f64(0.0);
+    let largest = u.iter().fold(zero, |a, &x| max_propagate_nan(a, x));
+    let scale32 = block_scale(largest, MAX_UNSIGNED);
+    let scale = C::from_f64(f64::from(scale32));
+    let inverse = if largest > zero {
+        C::from_f64(1.0) / scale
+    } else {
+        zero
+    };
+    for (code, &x) in codes.iter_mut().zip(u) {
+        let normalized = to_f32(x * inverse).min(MAX_UNSIGNED);
+        let mut c = encode_unsigned_up(normalized);
+        // As above: step one code up if the stored value came out below the computed one.
+        let stored = scaled(decode_unsigned(c), scale);
+        if stored < x && c < 0xFF {
+            c += 1;
+        }
+        *code = c;
+    }
+    scale32
+}
+
+/// `x` as an f32 (exact for f32; rounded for f64, which the verification after encoding absorbs).
+#[inline(always)]
+fn to_f32<C: Float>(x: C) -> f32 {
+    x.to_f64() as f32
+}
+
+/// The Adamax update of one tensor with 8-bit state, block by block.
+#[inline(always)]
+pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+    s: QuantizedSlices<'_, P>,
+    c: &Coefficients<C>,
+) where
+    C: Float,
+    P: Storage<C>,
+    f32: Storage<C>,
+{
+    let QuantizedSlices {
+        param,
+        grad,
+        exp_avg,
+        exp_inf,
+        exp_avg_scale,
+        exp_inf_scale,
+        mut master,
+    } = s;
+    let zero = C::from_f64(0.0);
+    let mut new_m = [zero; BLOCK];
+    let mut new_u = [zero; BLOCK];
+    for (block, (m_scale, u_scale)) in exp_avg_scale
+        .iter_mut()
+        .zip(exp_inf_scale.iter_mut())
+        .enumerate()
+    {
+        let start = block * BLOCK;
+        let end = (start + BLOCK).min(param.len());
+        let n = end - start;
+        let (old_m_scale, old_u_scale) = (
+            C::from_f64(f64::from(*m_scale)),
+            C::from_f64(f64::from(*u_scale)),
+        );
+        let params = &mut param[start..end];
+        let grads = &grad[start..end];
+        let m_codes = &mut exp_avg[start..end];
+        let u_codes = &mut exp_inf[start..end];
+        let (m_out, u_out) = (&mut new_m[..n], &mut new_u[..n]);
+        match master.as_deref_mut().map(|w| &mut w[start..end]) {
+            None => {
+                for i in 0..n {
+                    let m = scaled(decode_signed(m_codes[i]), old_m_scale);
+                    let u = scaled(decode_unsigned(u_codes[i]), old_u_scale);
+                    let (p, nm, nu) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
+                        params[i].load(),
+                        grads[i].load(),
+                        m,
+                        u,
+                        c,
+                    );
+                    params[i] = P::store(p);
+                    m_out[i] = nm;
+                    u_out[i] = nu;
+                }
+            }
+            Some(weights) => {
+                for i in 0..n {
+                    let m = scaled(decode_signed(m_codes[i]), old_m_scale);
+                    let u = scaled(decode_unsigned(u_codes[i]), old_u_scale);
+                    let (p, nm, nu) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
+                        weights[i].load(),
+                        grads[i].load(),
+                        m,
+                        u,
+                        c,
+                    );
+                    let stored = f32::store(p);
+                    weights[i] = stored;
+                    params[i] = P::store(stored.load());
+                    m_out[i] = nm;
+                    u_out[i] = nu;
+                }
+            }
+        }
+        *m_scale = encode_exp_avg(m_out, m_codes);
+        *u_scale = encode_exp_inf(u_out, u_codes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_decodes_to_a_finite_value_and_codes_are_ordered() {
+        let mut previous = -1.0f32;
+        for code in 0..=255u8 {
+            let v = decode_unsigned(code);
+            assert!(
+                v.is_finite() && v > previous,
+                "unsigned {code}: {v} after {previous}"
+            );
+            previous = v;
+        }
+        assert_eq!(decode_unsigned(255), MAX_UNSIGNED);
+        assert_eq!(decode_unsigned(1), 2f32.powi(-10));
+        let mut previous = -1.0f32;
+        for code in 0..=127u8 {
+            let v = decode_signed(code);
+            assert!(v.is_finite() && v > previous, "signed {code}: {v}");
+            assert_eq!(decode_signed(code | 0x80), -v);
+            previous = v;
+        }
+        assert_eq!(decode_signed(127), MAX_SIGNED);
+        assert_eq!(decode_signed(1), 2f32.powi(-9));
+    }
+
+    #[test]
+    fn every_code_value_encodes_to_itself() {
+        for code in 0..=255u8 {
+            assert_eq!(encode_unsigned_up(decode_unsigned(code)), code);
+        }
+        for code in 0..=127u8 {
+            assert_eq!(encode_signed_toward_zero(decode_signed(code)), code);
+            if code != 0 {
+                assert_eq!(
+                    encode_signed_toward_zero(decode_signed(code | 0x80)),
+                    code | 0x80
+                );
+            }
+        }
+    }
+
+    /// Between every two neighbouring code values, and on either side of each: rounding up never
+    /// gives less, truncating never gives more, and each picks the nearest code in its direction.
+    #[test]
+    fn directed_rounding_between_neighbouring_codes() {
+        for code in 0..255u8 {
+            let (low, high) = (decode_unsigned(code), decode_unsigned(code + 1));
+            for t in [0.0f32, 1e-6, 0.25, 0.5, 0.75, 0.999_999] {
+                let x = low + (high - low) * t;
+                let c = encode_unsigned_up(x);
+                assert!(decode_unsigned(c) >= x, "{x} -> {c}");
+                if x > low {
+                    assert_eq!(c, code + 1, "{x} between codes {code} and {}", code + 1);
+                }
+            }
+        }
+        for code in 0..127u8 {
+            let (low, high) = (decode_signed(code), decode_signed(code + 1));
+            for t in [0.0f32, 1e-6, 0.25, 0.5, 0.999_999] {
+                let x = low + (high - low) * t;
+                let c = encode_signed_toward_zero(x);
+                assert!(decode_signed(c) <= x);
+                assert_eq!(c, if x < high { code } else { code + 1 }, "{x}");
+                assert_eq!(
+                    decode_signed(encode_signed_toward_zero(-x)),
+                    -decode_signed(c)
+                );
+            }
+        }
+        // Positive but tiny: never zero.
+        assert_eq!(encode_unsigned_up(1e-30), 1);
+        assert_eq!(encode_unsigned_up(0.0), 0);
+        assert_eq!(encode_signed_toward_zero(1e-30), 0);
+    }
+
+    #[test]
+    fn blocks_keep_their_guarantees_with_any_scale() {
+        // Values over 12 orders of magnitude in one block, in float32 and float64.
+        let values: Vec<f64> = (0..BLOCK)
+            .map(|i| {
+                10f64.powf(-12.0 + 12.0 * (i as f64 / 255.0)) * if i % 3 == 0 { -1.0 } else { 1.0 }
+            })
+            .collect();
+        let m32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        let u32v: Vec<f32> = values.iter().map(|&v| v.abs() as f32).collect();
+        let mut codes = vec![0u8; BLOCK];
+        let scale = encode_exp_avg(&m32, &mut codes);
+        assert!(scale > 0.0);
+        for (x, &c) in m32.iter().zip(&codes) {
+            let stored = decode_signed(c) * scale;
+            assert!(
+                stored.abs() <= x.abs() && stored * x >= 0.0,
+                "{x} stored as {stored}"
+            );
+        }
+        let scale = encode_exp_inf(&u32v, &mut codes);
+        for (x, &c) in u32v.iter().zip(&codes) {
+            let stored = decode_unsigned(c) * scale;
+            assert!(stored >= *x && stored > 0.0, "{x} stored as {stored}");
+        }
+        // The largest is kept exactly (it sets the scale), so decay is not lost.
+        let largest = u32v.iter().cloned().fold(0.0, f32::max);
+        assert_eq!(
+            u32v.iter()
+                .zip(&codes)
+                .find(|(x, _)| **x == largest)
+                .map(|(_, &c)| decode_unsigned(c) * scale),
+            Some(largest)
+        );
+        let u64v: Vec<f64> = values.iter().map(|v| v.abs()).collect();
+        let scale = f64::from(encode_exp_inf(&u64v, &mut codes));
+        for (x, &c) in u64v.iter().zip(&codes) {
+            assert!(f64::from(decode_unsigned(c)) * scale >= *x);
+        }
+    }
+
+    #[test]
+    fn an_all_zero_block_has_zero_scale_and_codes() {
+        let mut codes = vec![9u8; 7];
+        assert_eq!(encode_exp_inf(&[0.0f32; 7], &mut codes), 0.0);
+        assert!(codes.iter().all(|&c| c == 0));
+        assert_eq!(encode_exp_avg(&[0.0f32; 7], &mut codes), 0.0);
+        assert!(codes.iter().all(|&c| c == 0));
+    }
+}

@@ -1,0 +1,426 @@
+"""What adamax_rs.torch.Adamax refuses, how, and that a refusal changes nothing.
+
+The constructor's checks are compared with torch.optim.Adamax's: torch's own error cases
+(``torch.testing._internal.common_optimizers.optim_error_inputs_func_adamax``, which needs the
+expecttest package) and more, with the same exception types and messages. What adamax_rs does
+not do (tensors off the CPU, sparse gradients, differentiable=True, capturable=True) is refused
+with a clear exception. Every refused call leaves every parameter, gradient and state tensor
+as it was, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+common_optimizers = pytest.importorskip("torch.testing._internal.common_optimizers")
+
+from torch_training import assert_same_bits, loss_of, make_mlp  # noqa: E402
+
+from adamax_rs.torch import Adamax  # noqa: E402
+
+nn = torch.nn
+
+
+def outcome(call):
+    """``(exception type, message)`` of ``call()`` with warnings raised as errors, or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            call()
+        except Exception as error:  # the comparison is the point
+            return type(error), str(error)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The constructor: torch's checks, torch's exceptions
+
+
+def torch_error_inputs():
+    inputs = common_optimizers.optim_error_inputs_func_adamax(device="cpu", dtype=torch.float32)
+    assert len(inputs) >= 8  # torch's list, so that an empty one is noticed
+    return [pytest.param(case, id=case.optimizer_error_input.desc) for case in inputs]
+
+
+@pytest.mark.parametrize("case", torch_error_inputs())
+def test_torch_error_inputs_give_torchs_exceptions(case):
+    given = case.optimizer_error_input
+    params = given.params
+    if params is None:
+        params = [nn.Parameter(torch.randn(2, 2))]
+
+    def construct_and_step(kind):
+        def run():
+            opt = kind(params, **given.kwargs)
+            if case.error_on == common_optimizers.OptimizerErrorEnum.STEP_ERROR:
+                opt.step()
+
+        return run
+
+    ours = outcome(construct_and_step(Adamax))
+    theirs = outcome(construct_and_step(torch.optim.Adamax))
+    assert theirs is not None, "torch's case no longer fails"
+    assert issubclass(theirs[0], case.error_type)
+    assert ours == theirs
+
+
+def bad_constructor_arguments():
+    p = nn.Parameter(torch.randn(3))
+    leafless = torch.randn(3, requires_grad=True) * 2
+    return {
+        "negative lr": ([p], {"lr": -1e-3}),
+        "nan lr": ([p], {"lr": math.nan}),
+        "negative tensor lr": ([p], {"lr": torch.tensor(-0.1)}),
+        "two-element tensor lr": ([p], {"lr": torch.tensor([0.1, 0.2])}),
+        "string lr": ([p], {"lr": "0.1"}),
+        "negative eps": ([p], {"eps": -1e-8}),
+        "beta1 negative": ([p], {"betas": (-0.1, 0.9)}),
+        "beta1 one": ([p], {"betas": (1.0, 0.9)}),
+        "beta2 one": ([p], {"betas": (0.9, 1.0)}),
+        "beta2 nan": ([p], {"betas": (0.9, math.nan)}),
+        "one beta": ([p], {"betas": (0.9,)}),
+        "negative weight decay": ([p], {"weight_decay": -0.1}),
+        "a bare tensor": (p, {}),
+        "no parameters": ([], {}),
+        "not a tensor": ([p, 3.0], {}),
+        "a non-leaf tensor": ([leafless], {}),
+        "duplicates across groups": ([{"params": [p]}, {"params": [p]}], {}),
+        "duplicates in a group": ([p, p], {}),
+        "a group without params": ([{"lr": 0.1}], {}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(bad_constructor_arguments()))
+def test_bad_constructor_arguments_give_torchs_exceptions(case):
+    params, kwargs = bad_constructor_arguments()[case]
+    ours = outcome(lambda: Adamax(params, **kwargs))
+    theirs = outcome(lambda: torch.optim.Adamax(params, **kwargs))
+    assert theirs is not None
+    assert ours == theirs
+
+
+def test_foreach_is_accepted_and_kept_in_the_groups():
+    for foreach in (None, False, True):
+        opt = Adamax([nn.Parameter(torch.randn(3))], foreach=foreach)
+        assert opt.param_groups[0]["foreach"] is foreach
+
+
+# ---------------------------------------------------------------------------------------------
+# What adamax_rs refuses and torch does not
+
+
+def cpu_param():
+    return nn.Parameter(torch.randn(3, 2))
+
+
+def meta_param():
+    return nn.Parameter(torch.randn(3, 2, device="meta"))
+
+
+REFUSED_AT_CONSTRUCTION = {
+    "a parameter on meta": (lambda: [cpu_param(), meta_param()], {}, "on meta"),
+    "differentiable": (lambda: [cpu_param()], {"differentiable": True}, "differentiable=True"),
+    "capturable": (lambda: [cpu_param()], {"capturable": True}, "capturable=True"),
+    "differentiable in a group": (
+        lambda: [{"params": [cpu_param()]}, {"params": [cpu_param()], "differentiable": True}],
+        {},
+        "param group 1: differentiable=True",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_AT_CONSTRUCTION))
+def test_what_adamax_rs_cannot_do_is_refused_at_construction(case):
+    params, kwargs, message = REFUSED_AT_CONSTRUCTION[case]
+    with pytest.raises(ValueError, match=message) as error:
+        Adamax(params(), **kwargs)
+    assert "torch.optim.Adamax" in str(error.value)  # says what to use instead
+    assert torch.optim.Adamax(params(), **kwargs) is not None  # which accepts it
+
+
+def test_the_device_is_named():
+    with pytest.raises(ValueError) as error:
+        Adamax([cpu_param(), meta_param()])
+    assert str(error.value).startswith("param group 0, parameter 1 is on meta;")
+    assert "CPU only" in str(error.value)
+
+
+def test_unsupported_dtype_is_a_type_error():
+    with pytest.raises(TypeError, match="parameter 0 has dtype torch.int32"):
+        Adamax([torch.zeros(3, dtype=torch.int32)])
+
+
+def test_sparse_parameters_are_refused():
+    sparse = torch.sparse_coo_tensor([[0, 2]], [1.0, 2.0], (4,), check_invariants=True)
+    sparse.requires_grad_()
+    with pytest.raises(ValueError, match="sparse parameters are not supported"):
+        Adamax([sparse])
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals after construction change nothing
+
+
+def snapshot(opt):
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return {
+        "params": [p.detach().clone() for p in params],
+        "grads": [None if p.grad is None else p.grad.clone() for p in params],
+        "state": {
+            i: {k: copy.deepcopy(v) for k, v in opt.state[p].items()}
+            for i, p in enumerate(params)
+            if p in opt.state
+        },
+        "groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+    }
+
+
+def assert_unchanged(before, opt):
+    after = snapshot(opt)
+    assert len(after["params"]) == len(before["params"])
+    for i, (a, b) in enumerate(zip(before["params"], after["params"])):
+        if a.is_meta:  # no data to compare
+            assert b.is_meta and a.shape == b.shape
+        else:
+            assert_same_bits(b, a, f"parameter {i}")
+    assert before["state"].keys() == after["state"].keys()
+    for i, state in before["state"].items():
+        assert state.keys() == after["state"][i].keys()
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                assert_same_bits(after["state"][i][key], value, f"parameter {i}, {key}")
+            else:
+                assert after["state"][i][key] == value
+
+
+def trained(steps=3):
+    """A model trained a few steps (every parameter has state) and fresh gradients."""
+    model = make_mlp()
+    opt = Adamax(model.parameters(), lr=0.01)
+    for step in range(steps):
+        opt.zero_grad()
+        loss_of(model, step, torch.float32).backward()
+        opt.step()
+    opt.zero_grad()
+    loss_of(model, steps, torch.float32).backward()
+    return model, opt
+
+
+def test_sparse_gradients_give_torchs_error_and_change_nothing():
+    messages = []
+    for kind in (Adamax, torch.optim.Adamax):
+        torch.manual_seed(0)
+        embedding = nn.Embedding(10, 4, sparse=True)
+        dense = nn.Linear(4, 1)
+        opt = kind([*dense.parameters(), *embedding.parameters()], lr=0.1)
+        dense(embedding(torch.tensor([1, 5]))).sum().backward()
+        before = snapshot(opt)
+        with pytest.raises(RuntimeError) as error:
+            opt.step()
+        messages.append(str(error.value))
+        if kind is Adamax:
+            assert_unchanged(before, opt)  # the dense layer was not updated either
+            assert not opt.state
+    assert messages[0] == messages[1] == "Adamax does not support sparse gradients"
+
+
+def breakages():
+    """Ways to spoil a trained optimizer between steps: what to do, the exception expected,
+    and the start of its message (which names the group and parameter)."""
+
+    def reshape_last(model, opt):
+        model[4].bias.data = torch.zeros(5)
+        model[4].bias.grad = torch.ones(5)
+
+    def retype_middle(model, opt):
+        model[2].weight.data = model[2].weight.data.double()
+        model[2].weight.grad = torch.ones_like(model[2].weight)
+
+    def move_to_meta(model, opt):
+        opt.param_groups[0]["params"][3] = meta_param()
+        opt.param_groups[0]["params"][3].grad = torch.ones(3, 2, device="meta")
+
+    def wrong_state_shape(model, opt):
+        opt.state[model[2].bias]["exp_inf"] = torch.zeros(3)
+
+    def wrong_state_dtype(model, opt):
+        opt.state[model[2].bias]["exp_avg"] = opt.state[model[2].bias]["exp_avg"].double()
+
+    def negative_step(model, opt):
+        opt.state[model[4].weight]["step"] = torch.tensor(-1.0)
+
+    def fractional_step(model, opt):
+        opt.state[model[4].weight]["step"] = torch.tensor(2.5)
+
+    def missing_state_key(model, opt):
+        del opt.state[model[4].weight]["exp_inf"]
+
+    def state_not_a_tensor(model, opt):
+        opt.state[model[0].bias]["exp_avg"] = [0.0] * 32
+
+    def negative_lr(model, opt):
+        opt.param_groups[0]["lr"] = -0.1
+
+    def wide_tensor_lr(model, opt):
+        opt.param_groups[0]["lr"] = torch.tensor([0.1, 0.2])
+
+    def three_betas(model, opt):
+        opt.param_groups[0]["betas"] = (0.9, 0.99, 0.999)
+
+    def beta_of_one(model, opt):
+        opt.param_groups[0]["betas"] = (1.0, 0.999)
+
+    def differentiable_later(model, opt):
+        opt.param_groups[0]["differentiable"] = True
+
+    def capturable_later(model, opt):
+        opt.param_groups[0]["capturable"] = True
+
+    def grad_of_a_view_over_the_parameter(model, opt):
+        # Two parameters over one buffer: the step would race with itself.
+        opt.param_groups[0]["params"].append(model[0].weight.detach()[:2].requires_grad_())
+        opt.param_groups[0]["params"][-1].grad = torch.ones(2, 6)
+        opt.state[opt.param_groups[0]["params"][-1]] = {
+            "step": torch.tensor(3.0),
+            "exp_avg": torch.zeros(2, 6),
+            "exp_inf": torch.zeros(2, 6),
+        }
+
+    return {
+        "parameter reshaped": (reshape_last, ValueError, "group 0, parameter 5:"),
+        "parameter retyped": (retype_middle, TypeError, "group 0, parameter 2:"),
+        "parameter on meta": (move_to_meta, ValueError, "group 0, parameter 3 is on meta;"),
+        "state of the wrong shape": (wrong_state_shape, ValueError, "group 0, parameter 3:"),
+        "state of the wrong dtype": (wrong_state_dtype, TypeError, "group 0, parameter 3:"),
+        "negative step count": (negative_step, ValueError, "group 0, parameter 4:"),
+        "fractional step count": (fractional_step, ValueError, "group 0, parameter 4:"),
+        "state without exp_inf": (missing_state_key, ValueError, "group 0, parameter 4:"),
+        "state that is a list": (state_not_a_tensor, TypeError, "group 0, parameter 1:"),
+        "negative lr": (negative_lr, ValueError, "group 0:"),
+        "two-element tensor lr": (wide_tensor_lr, ValueError, "group 0:"),
+        "three betas": (three_betas, ValueError, "group 0:"),
+        "beta1 of one": (beta_of_one, ValueError, "group 0:"),
+        "differentiable set later": (differentiable_later, ValueError, "group 0:"),
+        "capturable set later": (capturable_later, ValueError, "group 0:"),
+        "two parameters over one buffer": (
+            grad_of_a_view_over_the_parameter,
+            ValueError,
+            "",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(breakages()))
+def test_a_refused_step_changes_nothing(case):
+    breakage, error_type, start = breakages()[case]
+    model, opt = trained()
+    breakage(model, opt)
+    before = snapshot(opt)
+    with pytest.raises(error_type) as error:
+        opt.step()
+    assert str(error.value).startswith(start), str(error.value)
+    assert_unchanged(before, opt)
+    # Step counts too: none moved.
+    for state in opt.state.values():
+        if isinstance(state.get("step"), torch.Tensor) and state["step"].numel() == 1:
+            assert state["step"].item() in (3.0, -1.0, 2.5)
+
+
+@pytest.mark.parametrize("bad", [0, 2, 5])
+def test_a_refused_first_step_creates_no_state(bad):
+    """The first step creates the state of every parameter, then updates; a parameter refused
+    on the way (here one on meta, first, in the middle or last) leaves no state behind."""
+    model = make_mlp()
+    opt = Adamax(model.parameters(), lr=0.01)
+    loss_of(model, 0, torch.float32).backward()
+    opt.param_groups[0]["params"][bad] = meta_param()
+    opt.param_groups[0]["params"][bad].grad = torch.ones(3, 2, device="meta")
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=f"group 0, parameter {bad} is on meta"):
+        opt.step()
+    assert_unchanged(before, opt)
+    assert not opt.state
+
+
+def test_a_refused_add_param_group_changes_nothing():
+    model, opt = trained()
+    before = snapshot(opt)
+    for group in (
+        {"params": [meta_param()]},
+        {"params": [cpu_param()], "capturable": True},
+        {"params": [model[0].weight]},  # already in group 0
+    ):
+        with pytest.raises(ValueError):
+            opt.add_param_group(group)
+        assert len(opt.param_groups) == 1
+        assert_unchanged(before, opt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors whose memory does not hold their values: torch's lazy conjugate and negative views
+
+LAZY_VIEW_BUG = (
+    "adamax_rs bug: a tensor with torch's conjugate or negative bit set (a lazy view, such as "
+    "the gradient autograd leaves for z.conj(), or x._neg_view()) is read through DLPack as its "
+    "raw memory, without the conjugation or negation (src/bindings/dlpack.rs, describe): the "
+    "step silently uses the wrong values. It should resolve or refuse such tensors."
+)
+
+
+def lazy_views():
+    def conj_grad_from_autograd():
+        z = nn.Parameter(torch.randn(4, dtype=torch.complex64))
+        c = torch.randn(4, dtype=torch.complex64)
+        (z.conj() * c).real.sum().backward()
+        assert z.grad.is_conj()  # autograd's own gradient is a lazy conjugate
+        return z
+
+    def neg_grad():
+        p = nn.Parameter(torch.randn(4))
+        p.grad = torch.randn(4)._neg_view()
+        return p
+
+    def neg_parameter():
+        p = nn.Parameter(torch.randn(4)._neg_view())
+        assert p.is_neg()
+        p.grad = torch.randn(4)
+        return p
+
+    def conj_parameter():
+        p = nn.Parameter(torch.randn(4, dtype=torch.complex64).conj())
+        assert p.is_conj()
+        p.grad = torch.randn(4, dtype=torch.complex64)
+        return p
+
+    return {
+        "conjugate gradient from autograd": conj_grad_from_autograd,
+        "negative-view gradient": neg_grad,
+        "negative-view parameter": neg_parameter,
+        "conjugate parameter": conj_parameter,
+    }
+
+
+@pytest.mark.xfail(strict=True, reason=LAZY_VIEW_BUG)
+@pytest.mark.parametrize("case", sorted(lazy_views()))
+def test_lazy_conjugate_and_negative_views_are_resolved_or_refused(case):
+    """Either the step refuses (changing nothing) or it computes what torch computes on the
+    resolved values; a silent step with the unresolved memory is the bug."""
+    torch.manual_seed(1)
+    p = lazy_views()[case]()
+    resolved = nn.Parameter(p.detach().resolve_conj().resolve_neg().clone())
+    resolved.grad = p.grad.resolve_conj().resolve_neg().clone()
+    opt = Adamax([p], lr=0.1)
+    reference = torch.optim.Adamax([resolved], lr=0.1)
+    before = snapshot(opt)
+    try:
+        opt.step()
+    except (TypeError, ValueError, RuntimeError):
+        assert_unchanged(before, opt)
+        return
+    reference.step()
+    assert_same_bits(p.detach().resolve_conj().resolve_neg(), resolved, "parameter")
