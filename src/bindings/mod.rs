@@ -15,6 +15,7 @@ mod numpy_plan;
 mod parameter;
 mod policy;
 mod quantize;
+mod reentry;
 mod run;
 mod state;
 mod torch_plan;

@@ -29,6 +29,7 @@ use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::PyHyperparameters;
 use super::ndarray::type_name;
 use super::policy::{state_kind, StatePolicy};
+use super::reentry::one_step_at_a_time;
 use super::run::run_step;
 
 /// What the plan remembers of one parameter position.
@@ -319,19 +320,20 @@ impl TorchStepPlan {
     /// Returns ``None``; or, when some parameters with a gradient have no state yet, their
     /// ``(group, index)`` pairs, having changed nothing.
     fn step<'py>(
-        &mut self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         param_groups: &Bound<'py, PyAny>,
         state: &Bound<'py, PyAny>,
         hyperparameters: Vec<PyRef<'py, PyHyperparameters>>,
     ) -> PyResult<Option<Vec<(usize, usize)>>> {
         guarded(|| {
-            self.run(
-                py,
-                param_groups,
-                state,
-                hyperparameters.iter().map(|h| h.0).collect(),
-            )
+            one_step_at_a_time(slf, "optimizer", |plan| {
+                plan.run(
+                    slf.py(),
+                    param_groups,
+                    state,
+                    hyperparameters.iter().map(|h| h.0).collect(),
+                )
+            })
         })
     }
 }
