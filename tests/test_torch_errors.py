@@ -364,6 +364,7 @@ def test_a_refused_add_param_group_changes_nothing():
 # ---------------------------------------------------------------------------------------------
 # Tensors whose memory does not hold their values: torch's lazy conjugate and negative views
 
+
 def lazy_views():
     def conj_grad_from_autograd():
         z = nn.Parameter(torch.randn(4, dtype=torch.complex64))
