@@ -610,10 +610,7 @@ impl StepPlan {
                         for (slot, value) in arrays {
                             if let (Some(slot), Some(value)) = (slot, value) {
                                 if untouched || d.arrays[slot].is_none() {
-                                    let new = Some(value.clone_ref(py));
-                                    if let Some(old) = std::mem::replace(&mut d.arrays[slot], new) {
-                                        objects.push(old);
-                                    }
+                                    objects.extend(d.arrays[slot].replace(value.clone_ref(py)));
                                 }
                             }
                         }

@@ -197,7 +197,7 @@ impl StateEntry {
                 match change {
                     Change::Step(step) => d.step = Some(step),
                     Change::Array(slot, value) => {
-                        replaced.extend(std::mem::replace(&mut d.arrays[slot], Some(value)));
+                        replaced.extend(d.arrays[slot].replace(value));
                     }
                 }
             }
