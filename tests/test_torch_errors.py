@@ -438,3 +438,28 @@ def test_lazy_views_put_in_the_state_are_refused(key):
     with pytest.raises(ValueError, match=f"group 0, parameter 0: {key} .*negative bit"):
         opt.step()
     assert_unchanged(before, opt)
+
+
+def test_a_step_re_entered_from_inside_a_step_says_so():
+    # Python code that the step runs (here a parameter's __hash__, called when the step looks
+    # up its state) starts a step of the same optimizer: a RuntimeError that says so, not
+    # pyo3's bare "Already borrowed", and nothing changed.
+    holder: list[Adamax] = []
+
+    class StepsAgain(nn.Parameter):
+        def __hash__(self):
+            if holder:
+                holder.pop().step()
+            return id(self)
+
+    first = nn.Parameter(torch.ones(3))
+    first.grad = torch.ones(3)
+    second = StepsAgain(torch.ones(3))
+    second.grad = torch.ones(3)
+    opt = Adamax([first, second], lr=0.1)
+    opt.step()
+    before = snapshot(opt)  # (it looks the parameters up too: arm the hook after it)
+    holder.append(opt)
+    with pytest.raises(RuntimeError, match="a step of this optimizer is already running on this"):
+        opt.step()
+    assert_unchanged(before, opt)
