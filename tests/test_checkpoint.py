@@ -214,9 +214,11 @@ def test_group_values_that_are_not_json_are_refused_before_writing(tmp_path, tra
     path = tmp_path / "opt.safetensors"
     save_checkpoint(opt, path)
     good = path.read_bytes()
-    for bad in (object(), float("nan"), {1: "a"}, np.zeros(2)):
+    bad_values = [(object(), TypeError), ({1: "a"}, TypeError), (np.zeros(2), TypeError)]
+    bad_values += [(float("nan"), ValueError), (-np.inf, ValueError), (10**400, ValueError)]
+    for bad, error in bad_values:
         opt.param_groups[0]["tag"] = bad
-        with pytest.raises(TypeError, match="tag"):
+        with pytest.raises(error, match="tag"):
             save_checkpoint(opt, path)
         assert path.read_bytes() == good
     assert [f.name for f in tmp_path.iterdir()] == ["opt.safetensors"]

@@ -302,8 +302,9 @@ def test_functional_checks_lengths_and_steps():
     p, g, m, u = (np.zeros(3) for _ in range(4))
     with pytest.raises(ValueError, match="steps has 2 entries"):
         functional.adamax([p], [g], [m], [u], [1, 2], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
-    with pytest.raises(ValueError, match=r"step must be between 1 and 2\*\*53, got 0"):
-        functional.adamax([p], [g], [m], [u], [0], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
+    for bad, shown in ((0, "0"), (-1, "-1"), (2**53 + 1, str(2**53 + 1)), (10**400, "1000")):
+        with pytest.raises(ValueError, match=rf"step must be between 1 and 2\*\*53, got {shown}"):
+            functional.adamax([p], [g], [m], [u], [bad], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
     with pytest.raises(TypeError, match="steps must be integers"):
         functional.adamax([p], [g], [m], [u], [1.0], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
     assert not p.any()

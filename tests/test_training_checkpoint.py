@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,6 @@ def test_load_checkpoint_reads_only_the_optimizer_of_a_training_checkpoint(tmp_p
     "extra, culprit",
     [
         ({"a": object()}, "extra['a']"),
-        ({"a": [1, float("nan")]}, "extra['a'][1]"),
         ({"a": {1: 2}}, "extra['a']"),
         ({"a": {1, 2}}, "set"),
         ({"a": np.zeros(2)}, "ndarray"),
@@ -170,6 +170,24 @@ def test_extra_must_be_json_values(tmp_path, extra, culprit):
         save_training_checkpoint(opt, path, extra=extra)
     assert path.read_bytes() == good
     assert [f.name for f in tmp_path.iterdir()] == ["run.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "extra, culprit",
+    [
+        ({"a": [1, float("nan")]}, "extra['a'][1]"),
+        ({"b": np.float32("inf")}, "extra['b']"),
+        ({"c": Fraction(10**400)}, "extra['c']"),
+    ],
+)
+def test_extra_numbers_json_cannot_hold_are_value_errors(tmp_path, extra, culprit):
+    opt, params = model()
+    path = tmp_path / "run.safetensors"
+    save_training_checkpoint(opt, path, extra={"ok": 1})
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match=culprit.replace("[", r"\[").replace("]", r"\]")):
+        save_training_checkpoint(opt, path, extra=extra)
+    assert path.read_bytes() == good
 
 
 def test_too_much_extra_is_refused_before_writing(tmp_path):

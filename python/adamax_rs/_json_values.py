@@ -2,8 +2,11 @@
 
 Writing: numpy scalars (``np.float32(0.1)``, ``np.bool_(True)``, ``np.int64(3)``) are what
 users put in hyperparameters and in their own values, so they become the plain JSON number or
-boolean of the same value; anything that has no exact JSON form (an object, NaN, a key that is
-not a string, which JSON would silently turn into one) is a ``TypeError`` naming where it is.
+boolean of the same value; any other ``numbers.Real`` (a ``fractions.Fraction``) becomes the
+float64 a step would use. A value of a type with no JSON form (an object, a key that is not a
+string, which JSON would silently turn into one) is a ``TypeError``, and a number JSON cannot
+hold (NaN, infinity, one too large for a float64, an integer of more than
+:data:`MAX_INT_DIGITS` digits) a ``ValueError``, each naming where it is.
 
 Reading: ``json.loads`` alone accepts NaN and Infinity, integers of any length, a key given
 twice (the last one silently wins) and nesting deep enough to exhaust the interpreter's
@@ -37,9 +40,10 @@ def to_json_value(value: Any, where: str, depth: int = 0) -> Any:
     Raises
     ------
     TypeError
-        If some part of ``value`` has no exact JSON form; the message says which.
+        If some part of ``value`` is of a type with no JSON form; the message says which.
     ValueError
-        If it is nested more than :data:`MAX_DEPTH` deep.
+        If a number in it is NaN, infinite, too large for a float64 or an integer of more
+        than :data:`MAX_INT_DIGITS` digits, or it is nested more than :data:`MAX_DEPTH` deep.
     """
     if depth > MAX_DEPTH:
         raise ValueError(f"{where} is nested more than {MAX_DEPTH} levels deep")
@@ -50,12 +54,21 @@ def to_json_value(value: Any, where: str, depth: int = 0) -> Any:
     if isinstance(value, numbers.Integral):
         number = int(value)
         if len(str(abs(number))) > MAX_INT_DIGITS:
-            raise TypeError(f"{where} is an integer of more than {MAX_INT_DIGITS} digits")
+            raise ValueError(
+                f"{where} is an integer of more than {MAX_INT_DIGITS} digits, more than a "
+                "checkpoint reads back"
+            )
         return number
-    if isinstance(value, (float, np.floating)):
-        real = float(value)  # exact: every float16/32/64 value is a float64 value
+    if isinstance(value, numbers.Real):
+        # Any real number a step accepts (floats, numpy floats, fractions.Fraction, float
+        # subclasses) is written as the float64 the step uses: exact for every float16/32/64
+        # value, float(value) for the others.
+        try:
+            real = float(value)
+        except OverflowError:
+            raise ValueError(f"{where} is too large for a float64") from None
         if not math.isfinite(real):
-            raise TypeError(f"{where} is {real}, which JSON cannot hold")
+            raise ValueError(f"{where} is {real}, which JSON cannot hold")
         return real
     if isinstance(value, dict):
         out = {}

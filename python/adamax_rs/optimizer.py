@@ -231,9 +231,13 @@ class Optimizer:
         Raises
         ------
         TypeError
-            If a parameter's ``grad`` cannot be set to ``None`` (a read-only attribute), or,
-            with ``set_to_none=False``, a gradient is not an array that can be written. Every
-            parameter is checked before any gradient changes.
+            If a parameter's ``grad`` cannot be set to ``None`` (a read-only attribute, or a
+            setter that refuses it with a TypeError), or, with ``set_to_none=False``, a
+            gradient is not an array that can be written. Every parameter is checked before any
+            gradient changes; whatever a ``grad`` setter raises, the gradients already set to
+            ``None`` are put back first.
+        ValueError
+            If a parameter's ``grad`` setter refuses ``None`` with a ValueError.
         """
         with self._lock:
             places = [
@@ -242,21 +246,7 @@ class Optimizer:
                 for i, param in enumerate(group["params"])
             ]
             if set_to_none:
-                # Setting is the only reliable test of whether a grad can be set (a read-only
-                # property, a C attribute without a setter): undo the ones done if one fails.
-                done: list[tuple[Any, Any]] = []
-                for where, param in places:
-                    previous = param.grad
-                    try:
-                        param.grad = None
-                    except AttributeError as error:
-                        for undone, grad in reversed(done):
-                            undone.grad = grad
-                        raise TypeError(
-                            f"{where}: cannot set .grad to None on a {_describe(param)} ({error}); "
-                            "use zero_grad(set_to_none=False) to zero it in place"
-                        ) from None
-                    done.append((param, previous))
+                self._set_grads_to_none(places)
                 return
             grads = [(where, param.grad) for where, param in places]
             for where, grad in grads:
@@ -274,6 +264,37 @@ class Optimizer:
             for _, grad in grads:
                 if grad is not None:
                     grad[...] = 0
+
+    @staticmethod
+    def _set_grads_to_none(places: list[tuple[str, Any]]) -> None:
+        """Set every ``grad`` to None, or, if any getter or setter raises (whatever it raises,
+        a KeyboardInterrupt included), put back the ones already set and raise."""
+        # Setting is the only reliable test of whether a grad can be set (a read-only property,
+        # a C attribute without a setter, a setter that validates): undo the ones done if one
+        # fails.
+        done: list[tuple[Any, Any]] = []
+        where, param = "", None
+        try:
+            for place in places:
+                where, param = place
+                previous = param.grad
+                param.grad = None
+                done.append((param, previous))
+        except BaseException as error:
+            for undone, grad in reversed(done):
+                undone.grad = grad
+            if isinstance(error, AttributeError):
+                raise TypeError(
+                    f"{where}: cannot set .grad to None on a {_describe(param)} ({error}); "
+                    "use zero_grad(set_to_none=False) to zero it in place"
+                ) from None
+            if isinstance(error, (TypeError, ValueError)):
+                kind = TypeError if isinstance(error, TypeError) else ValueError
+                raise kind(
+                    f"{where}: setting .grad to None on a {_describe(param)} failed: {error}; "
+                    "no gradient was changed"
+                ) from error
+            raise
 
     # -- state dicts ------------------------------------------------------------------------
 

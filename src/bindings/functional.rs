@@ -44,7 +44,16 @@ fn step_number(value: &Bound<'_, PyAny>, index: usize) -> PyResult<u64> {
                 super::ndarray::type_name(value)
             ))
         } else {
-            e
+            // The state's rule says 0 is a count; a step number starts at 1.
+            let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
+            let shown = if shown.len() > 40 {
+                format!("{}...", shown.chars().take(37).collect::<String>())
+            } else {
+                shown
+            };
+            place.value_error(format_args!(
+                "step must be between 1 and 2**53, got {shown}"
+            ))
         }
     })?;
     if t == 0 || t > MAX_STEP {

@@ -191,6 +191,35 @@ pub fn from_group(
     Ok(h)
 }
 
+/// An optional keyword argument: given (any object, `None` included, which is then checked like
+/// any other value) or left out. `Option` would make an explicit `None` mean "left out".
+pub enum Keyword<'py> {
+    Given(Bound<'py, PyAny>),
+    LeftOut,
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Keyword<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Keyword::Given(obj.to_owned()))
+    }
+}
+
+impl Keyword<'_> {
+    /// The value, or `default` when left out.
+    fn or<T>(
+        &self,
+        default: T,
+        read: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>,
+    ) -> PyResult<T> {
+        match self {
+            Keyword::Given(value) => read(value),
+            Keyword::LeftOut => Ok(default),
+        }
+    }
+}
+
 /// The hyperparameters of an Adamax step, checked (for the functional form and the torch front
 /// end, which pass them by keyword).
 #[pyclass(
@@ -209,37 +238,33 @@ impl PyHyperparameters {
     ///
     /// Raises TypeError for a value of the wrong type, ValueError for one out of range.
     #[new]
-    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = None, maximize = None, eps_inside_max = None, decoupled_weight_decay = None))]
+    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = Keyword::LeftOut, maximize = Keyword::LeftOut, eps_inside_max = Keyword::LeftOut, decoupled_weight_decay = Keyword::LeftOut))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         lr: &Bound<'_, PyAny>,
         beta1: &Bound<'_, PyAny>,
         beta2: &Bound<'_, PyAny>,
         eps: &Bound<'_, PyAny>,
-        weight_decay: Option<&Bound<'_, PyAny>>,
-        maximize: Option<&Bound<'_, PyAny>>,
-        eps_inside_max: Option<&Bound<'_, PyAny>>,
-        decoupled_weight_decay: Option<&Bound<'_, PyAny>>,
+        weight_decay: Keyword<'_>,
+        maximize: Keyword<'_>,
+        eps_inside_max: Keyword<'_>,
+        decoupled_weight_decay: Keyword<'_>,
     ) -> PyResult<Self> {
         super::errors::guarded(|| {
-            let number = |v: Option<&Bound<'_, PyAny>>, name: &str| {
-                v.map_or(Ok(0.0), |v| real_number(v, name, ""))
-            };
-            let option = |v: Option<&Bound<'_, PyAny>>, name: &str| {
-                v.map_or(Ok(false), |v| flag(v, name, ""))
-            };
+            let number = |v: &Keyword<'_>, name: &str| v.or(0.0, |v| real_number(v, name, ""));
+            let option = |v: &Keyword<'_>, name: &str| v.or(false, |v| flag(v, name, ""));
             let h = assemble(
                 [
                     real_number(lr, "lr", "")?,
                     real_number(beta1, "beta1", "")?,
                     real_number(beta2, "beta2", "")?,
                     real_number(eps, "eps", "")?,
-                    number(weight_decay, "weight_decay")?,
+                    number(&weight_decay, "weight_decay")?,
                 ],
                 [
-                    option(maximize, "maximize")?,
-                    option(eps_inside_max, "eps_inside_max")?,
-                    option(decoupled_weight_decay, "decoupled_weight_decay")?,
+                    option(&maximize, "maximize")?,
+                    option(&eps_inside_max, "eps_inside_max")?,
+                    option(&decoupled_weight_decay, "decoupled_weight_decay")?,
                 ],
             );
             Ok(PyHyperparameters(validated(h, "")?))

@@ -15,6 +15,7 @@ mod numpy_plan;
 mod parameter;
 mod policy;
 mod quantize;
+mod reentry;
 mod run;
 mod state;
 mod torch_plan;
@@ -41,9 +42,14 @@ fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
     if n.is_instance_of::<pyo3::types::PyBool>() {
         return Err(pyo3::exceptions::PyTypeError::new_err(message()));
     }
-    let count: i128 = n
-        .extract()
-        .map_err(|_| pyo3::exceptions::PyTypeError::new_err(message()))?;
+    // An int too large for the conversion (10**400) is a wrong value, not a wrong type.
+    let count: i128 = n.extract().map_err(|error: PyErr| {
+        if error.is_instance_of::<pyo3::exceptions::PyOverflowError>(n.py()) {
+            PyValueError::new_err(message())
+        } else {
+            pyo3::exceptions::PyTypeError::new_err(message())
+        }
+    })?;
     let count = usize::try_from(count).map_err(|_| PyValueError::new_err(message()))?;
     pool::set_num_threads(count).map_err(|_| PyValueError::new_err(message()))
 }

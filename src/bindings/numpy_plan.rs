@@ -32,9 +32,10 @@ use super::hyperparameters::{from_group, GroupValues};
 use super::ndarray::header_matches;
 use super::ndarray::{numpy, read_array, type_name};
 use super::parameter::{data_and_grad, fast_fields};
-use super::policy::{state_kind, StatePolicy};
+use super::policy::{state_kind, StateKind, StatePolicy};
+use super::reentry::one_step_at_a_time;
 use super::run::run_step;
-use super::state::{ParameterState, StateEntry};
+use super::state::{ParameterState, StateEntry, StateKeys};
 
 /// A parameter's state arrays and step count, as its entry held them at the last step: valid
 /// while nothing in the optimizer's state changed from Python (its version).
@@ -76,6 +77,13 @@ struct Stepped {
     /// State made by this step for a parameter stepped for the first time: its arrays, and the
     /// entry they go into (new, or the parameter's empty one). Boxed: rare, and large.
     created: Option<Box<(HeldState, Py<StateEntry>, bool)>>,
+}
+
+/// What a step's commit lets go of, dropped after the commit (see `step_with`).
+#[derive(Default)]
+struct Released {
+    objects: Vec<Py<PyAny>>,
+    held: Vec<HeldState>,
 }
 
 /// Where the state's arrays sit in an entry (positions in the state's keys).
@@ -270,6 +278,8 @@ struct StepContext<'a> {
     slots: Slots,
     policy: StatePolicy,
     relookup: bool,
+    /// The state's version when the step began (see `ParameterState::current_version`).
+    version_at_start: u64,
 }
 
 /// One parameter position: `None` when it has no gradient this step; otherwise its gradient's
@@ -409,16 +419,49 @@ impl StepPlan {
     /// a gradient, with state in ``state`` (a ``ParameterState``). Raises ``TypeError`` or
     /// ``ValueError`` naming the group and parameter, and then nothing has changed.
     fn step(
-        &mut self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         param_groups: &Bound<'_, PyAny>,
         state: &Bound<'_, ParameterState>,
     ) -> PyResult<()> {
-        guarded(|| self.run(py, param_groups, state))
+        guarded(|| {
+            one_step_at_a_time(slf, "optimizer", |plan| {
+                plan.run(slf.py(), param_groups, state)
+            })
+        })
     }
 }
 
 impl StepPlan {
+    /// Refuses a state whose entries cannot hold every array this plan keeps: the step would
+    /// otherwise update moments that no entry holds, and the next step start them again.
+    fn check_schema(&self, slots: Slots, keys: &StateKeys) -> PyResult<()> {
+        let blockwise = self.policy.kind == StateKind::Blockwise8;
+        let needed = [
+            ("exp_avg", slots.exp_avg.is_some()),
+            ("exp_inf", slots.exp_inf.is_some()),
+            (
+                "master",
+                slots.master.is_some() || !self.policy.master_weights,
+            ),
+            ("exp_avg_scale", slots.exp_avg_scale.is_some() || !blockwise),
+            ("exp_inf_scale", slots.exp_inf_scale.is_some() || !blockwise),
+        ];
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|(_, present)| !present)
+            .map(|(name, _)| format!("'{name}'"))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(PyValueError::new_err(format!(
+            "state: its entries cannot hold {}, which this step keeps for each parameter (its \
+             keys are {:?})",
+            missing.join(", "),
+            keys.0
+        )))
+    }
+
     fn run(
         &mut self,
         py: Python<'_>,
@@ -439,17 +482,21 @@ impl StepPlan {
         let state_ref = state.get();
         let keys = Arc::clone(state_ref.schema());
         let position = |name: &str| keys.0.iter().position(|k| k == name);
+        let slots = Slots {
+            exp_avg: position("exp_avg"),
+            exp_inf: position("exp_inf"),
+            master: position("master"),
+            exp_avg_scale: position("exp_avg_scale"),
+            exp_inf_scale: position("exp_inf_scale"),
+        };
+        self.check_schema(slots, &keys)?;
+        let version_at_start = state_ref.current_version();
         let context = StepContext {
             state: state_ref,
-            slots: Slots {
-                exp_avg: position("exp_avg"),
-                exp_inf: position("exp_inf"),
-                master: position("master"),
-                exp_avg_scale: position("exp_avg_scale"),
-                exp_inf_scale: position("exp_inf_scale"),
-            },
+            slots,
             policy: self.policy,
-            relookup: state_ref.current_version() != self.state_version,
+            relookup: version_at_start != self.state_version,
+            version_at_start,
         };
         self.groups.resize_with(groups.len(), GroupCache::default);
         self.groups.truncate(groups.len());
@@ -527,49 +574,93 @@ impl StepPlan {
         step.finish(&mut self.buffers);
         ran?;
 
-        // 4. Commit: step counts and new entries, without running any Python code.
+        // 4. Commit: step counts and new entries, without running any Python code. Whatever the
+        //    commit lets go of (an array it replaces, an entry, a gradient held for the step) is
+        //    kept in `released` and dropped only at the end: dropping the last reference to a
+        //    Python object runs its finalizer, which must not find the commit half done, nor run
+        //    while an entry's contents are borrowed.
         let slots = context.slots;
+        // Python code may have changed the state since the step began (a later parameter's
+        // getter, or another thread while the update ran without the GIL). Then each entry keeps
+        // what was written into it, as if that write came just after the step: the step fills
+        // only what is still empty and advances only counts still as it found them.
+        let untouched = state_ref.current_version() == context.version_at_start;
+        let mut released = Released::default();
         for s in stepped.drain(..) {
-            let cache = &mut self.groups[s.place.group].params[s.place.index];
-            match s.created.map(|created| *created) {
+            let Stepped {
+                place,
+                grad,
+                step,
+                created,
+            } = s;
+            released.objects.push(grad);
+            let cache = &mut self.groups[place.group].params[place.index];
+            match created.map(|created| *created) {
                 Some((held, entry, is_new)) => {
+                    let arrays = [
+                        (slots.exp_avg, Some(&held.exp_avg)),
+                        (slots.exp_inf, Some(&held.exp_inf)),
+                        (slots.master, held.master.as_ref()),
+                        (slots.exp_avg_scale, held.scales.as_ref().map(|[a, _]| a)),
+                        (slots.exp_inf_scale, held.scales.as_ref().map(|[_, b]| b)),
+                    ];
+                    let objects = &mut released.objects;
                     entry.get().data.update(py, |d| {
-                        d.step = Some(s.step);
-                        let arrays = [
-                            (slots.exp_avg, Some(&held.exp_avg)),
-                            (slots.exp_inf, Some(&held.exp_inf)),
-                            (slots.master, held.master.as_ref()),
-                            (slots.exp_avg_scale, held.scales.as_ref().map(|[a, _]| a)),
-                            (slots.exp_inf_scale, held.scales.as_ref().map(|[_, b]| b)),
-                        ];
+                        if untouched || d.step.is_none() {
+                            d.step = Some(step);
+                        }
                         for (slot, value) in arrays {
                             if let (Some(slot), Some(value)) = (slot, value) {
-                                d.arrays[slot] = Some(value.clone_ref(py));
+                                if untouched || d.arrays[slot].is_none() {
+                                    objects.extend(d.arrays[slot].replace(value.clone_ref(py)));
+                                }
                             }
                         }
                     });
+                    let mut stored = true;
                     if is_new {
-                        if let Some(param) = &cache.param {
-                            drop(state_ref.insert(param.bind(py), entry.clone_ref(py)));
+                        match &cache.param {
+                            // A parameter given an entry while the step ran keeps that entry.
+                            Some(param)
+                                if untouched || state_ref.entry(py, param.bind(py)).is_none() =>
+                            {
+                                if let Some((p, e)) =
+                                    state_ref.insert(param.bind(py), entry.clone_ref(py))
+                                {
+                                    released.objects.extend([p, e.into_any()]);
+                                }
+                            }
+                            _ => stored = false,
                         }
                     }
-                    cache.entry = Some(entry);
-                    cache.held = Some(HeldState {
-                        step: s.step,
-                        ..held
-                    });
+                    if let Some(old) = cache.entry.replace(entry) {
+                        released.objects.push(old.into_any());
+                    }
+                    let kept = (untouched && stored).then_some(HeldState { step, ..held });
+                    if let Some(old) = std::mem::replace(&mut cache.held, kept) {
+                        released.held.push(old);
+                    }
                 }
                 None => {
                     if let Some(entry) = &cache.entry {
-                        entry.get().data.update(py, |d| d.step = Some(s.step));
+                        entry.get().data.update(py, |d| {
+                            if untouched || d.step == Some(step - 1) {
+                                d.step = Some(step);
+                            }
+                        });
                     }
                     if let Some(held) = &mut cache.held {
-                        held.step = s.step;
+                        held.step = step;
                     }
                 }
             }
         }
-        self.state_version = state_ref.current_version();
+        // The state as the plan now knows it; when Python changed it during the step, the caches
+        // are read again at the next step.
+        if untouched {
+            self.state_version = state_ref.current_version();
+        }
+        drop(released);
         Ok(())
     }
 }

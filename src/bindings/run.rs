@@ -30,23 +30,38 @@ pub fn run_step<U: Update>(
         return Ok(());
     }
     let claims = Arc::clone(step.claims());
-    let registration = match Registration::try_new(&claims) {
-        Ok(registration) => registration,
-        Err(_) => py.detach(|| Registration::waiting(&claims)),
+    let outcome = match Registration::try_new(&claims) {
+        Ok(registration) => {
+            drop(claims);
+            let registered = step
+                .jobs(registration, buffers)
+                .map_err(|_| internal("a registration for other claims"))?;
+            let run = move || catch_unwind(AssertUnwindSafe(move || Some(registered.run(rule))));
+            // The registration is released inside `run`, before the GIL is taken back: a `fork()`
+            // waiting (with the GIL) for running steps to finish must not wait for this thread to
+            // get the GIL.
+            if step.cost() < KEEP_GIL_BELOW_BYTES {
+                run()
+            } else {
+                py.detach(run)
+            }
+        }
+        // Another thread's step uses this memory: wait for it, run and release, all without the
+        // GIL. A registration must never wait for the GIL: `fork()` holds the GIL while it waits
+        // for the running steps to finish, and would wait its full timeout for this one.
+        Err(_) => py.detach(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let registration = Registration::waiting(&claims);
+                // `None` (never expected): the registration is for other claims; it is released.
+                step.jobs(registration, buffers)
+                    .ok()
+                    .map(|registered| registered.run(rule))
+            }))
+        }),
     };
-    drop(claims);
-    let registered = step
-        .jobs(registration, buffers)
-        .map_err(|_| internal("a registration for other claims"))?;
-    let run = move || catch_unwind(AssertUnwindSafe(move || registered.run(rule)));
-    // The registration is released inside `run`, before the GIL is taken back: a `fork()` waiting
-    // (with the GIL) for running steps to finish must not wait for this thread to get the GIL.
-    let outcome = if step.cost() < KEEP_GIL_BELOW_BYTES {
-        run()
-    } else {
-        py.detach(run)
-    };
-    let spent = outcome.map_err(|_| internal("a Rust panic during the update"))?;
+    let spent = outcome
+        .map_err(|_| internal("a Rust panic during the update"))?
+        .ok_or_else(|| internal("a registration for other claims"))?;
     spent.keep(buffers);
     Ok(())
 }

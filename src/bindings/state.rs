@@ -39,6 +39,13 @@ impl StateKeys {
     }
 }
 
+/// One checked change of an entry.
+enum Change {
+    Step(u64),
+    /// A new array for the slot.
+    Array(usize, Py<PyAny>),
+}
+
 /// The contents of one entry.
 #[derive(Default)]
 pub struct EntryData {
@@ -152,19 +159,21 @@ impl StateEntry {
         &self.keys
     }
 
-    fn set(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>, where_: &str) -> PyResult<()> {
+    /// `entry[key] = value`, checked, as a change not yet made.
+    fn checked_change(
+        &self,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        where_: &str,
+    ) -> PyResult<Change> {
         let Ok(name) = key.extract::<String>() else {
             return Err(PyTypeError::new_err(format!(
                 "{where_}state keys are strings, got {}",
                 type_name(key)
             )));
         };
-        let py = key.py();
         if name == "step" {
-            let step = step_count(value, where_)?;
-            self.data.update(py, |d| d.step = Some(step));
-            self.mutations.bump();
-            return Ok(());
+            return Ok(Change::Step(step_count(value, where_)?));
         }
         let Some(slot) = self.keys.position(&name) else {
             return Err(PyValueError::new_err(format!(
@@ -173,12 +182,34 @@ impl StateEntry {
             )));
         };
         check_array(value, &name, where_)?;
-        let new = Some(value.clone().unbind());
-        let old = self
-            .data
-            .update(py, |d| std::mem::replace(&mut d.arrays[slot], new));
+        Ok(Change::Array(slot, value.clone().unbind()))
+    }
+
+    /// Makes `changes`, in order, at once: no Python code runs between them, and the arrays they
+    /// replace are dropped after (their finalizers may use this entry).
+    fn apply(&self, py: Python<'_>, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let replaced = self.data.update(py, |d| {
+            let mut replaced = Vec::new();
+            for change in changes {
+                match change {
+                    Change::Step(step) => d.step = Some(step),
+                    Change::Array(slot, value) => {
+                        replaced.extend(d.arrays[slot].replace(value));
+                    }
+                }
+            }
+            replaced
+        });
         self.mutations.bump();
-        drop(old);
+        drop(replaced);
+    }
+
+    fn set(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>, where_: &str) -> PyResult<()> {
+        let change = self.checked_change(key, value, where_)?;
+        self.apply(key.py(), vec![change]);
         Ok(())
     }
 
@@ -332,21 +363,30 @@ impl StateEntry {
     }
 
     /// Sets each item of `other` (a mapping) and of the keywords, checking each as
-    /// `entry[key] = value` does, as ``dict.update``.
+    /// `entry[key] = value` does, as ``dict.update``; all or nothing: every item is checked
+    /// before any is set.
     #[pyo3(signature = (other = None, **keywords))]
     fn update(
         &self,
         other: Option<&Bound<'_, PyAny>>,
         keywords: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        for mapping in other.into_iter().chain(keywords.map(|k| k.as_any())) {
-            let items = mapping.call_method0("items")?;
-            for item in items.try_iter()? {
-                let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
-                self.set(&key, &value, "")?;
+        super::errors::guarded(|| {
+            let mut changes = Vec::new();
+            let mut py = None;
+            for mapping in other.into_iter().chain(keywords.map(|k| k.as_any())) {
+                py = Some(mapping.py());
+                let items = mapping.call_method0("items")?;
+                for item in items.try_iter()? {
+                    let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+                    changes.push(self.checked_change(&key, &value, "")?);
+                }
             }
-        }
-        Ok(())
+            if let Some(py) = py {
+                self.apply(py, changes);
+            }
+            Ok(())
+        })
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

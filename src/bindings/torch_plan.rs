@@ -29,6 +29,7 @@ use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::PyHyperparameters;
 use super::ndarray::type_name;
 use super::policy::{state_kind, StatePolicy};
+use super::reentry::one_step_at_a_time;
 use super::run::run_step;
 
 /// What the plan remembers of one parameter position.
@@ -138,6 +139,44 @@ fn describe(
         .map_err(|p| problem_error(place, role, p))
 }
 
+/// Which lazy bit a tensor has set, if any: torch's conjugate bit (`z.conj()` of a complex
+/// tensor, and the gradients autograd computes through one) or negative bit (`x._neg_view()`).
+/// Such a tensor's memory holds the values before the conjugation or negation, so it cannot be
+/// read, nor written, as it is. `element` is the tensor's: only complex tensors have a
+/// conjugate bit.
+fn lazy_bit(obj: &Bound<'_, PyAny>, element: Element) -> PyResult<Option<&'static str>> {
+    let py = obj.py();
+    if obj.call_method0(pyo3::intern!(py, "is_neg"))?.is_truthy()? {
+        return Ok(Some("negative"));
+    }
+    if element.real_part().is_some()
+        && obj
+            .call_method0(pyo3::intern!(py, "is_conj"))?
+            .is_truthy()?
+    {
+        return Ok(Some("conjugate"));
+    }
+    Ok(None)
+}
+
+/// Refuses a tensor the step writes that has a lazy bit set (see [`lazy_bit`]).
+fn refuse_lazy(obj: &Bound<'_, PyAny>, raw: &RawArray, place: Place, role: Role) -> PyResult<()> {
+    match lazy_bit(obj, raw.element)? {
+        None => Ok(()),
+        Some(bit) => Err(place.value_error(format_args!(
+            "{} has torch's {bit} bit set (a lazy view whose memory holds the values before \
+             the {}); the step cannot write it in place: resolve it first, for example \
+             p.data = p.data.resolve_conj().resolve_neg()",
+            role.describe(),
+            if bit == "negative" {
+                "negation"
+            } else {
+                "conjugation"
+            }
+        ))),
+    }
+}
+
 fn increment_version(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static INCREMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     INCREMENT
@@ -230,18 +269,33 @@ impl TorchStepPlan {
             }
         };
         let param_raw = describe(reader, &param, place, Role::Param)?;
-        let grad_raw = reader.describe(&grad).map_err(|problem| match problem {
-            TensorProblem::Layout(error)
-                if grad
-                    .getattr("is_sparse")
-                    .and_then(|s| s.is_truthy())
-                    .unwrap_or(false) =>
-            {
-                let _ = error;
-                PyRuntimeError::new_err("Adamax does not support sparse gradients")
-            }
-            other => problem_error(place, Role::Grad, other),
-        })?;
+        refuse_lazy(&param, &param_raw, place, Role::Param)?;
+        let read_grad = |grad: &Bound<'py, PyAny>| {
+            reader.describe(grad).map_err(|problem| match problem {
+                TensorProblem::Layout(error)
+                    if grad
+                        .getattr("is_sparse")
+                        .and_then(|s| s.is_truthy())
+                        .unwrap_or(false) =>
+                {
+                    let _ = error;
+                    PyRuntimeError::new_err("Adamax does not support sparse gradients")
+                }
+                other => problem_error(place, Role::Grad, other),
+            })
+        };
+        let mut grad_raw = read_grad(&grad)?;
+        // A lazily conjugated or negated gradient (autograd makes them) is only read: the step
+        // uses its values, resolved into a new tensor that `TorchTensor` holds for the step.
+        let grad = if lazy_bit(&grad, grad_raw.element)?.is_some() {
+            let resolved = grad
+                .call_method0(pyo3::intern!(py, "resolve_conj"))?
+                .call_method0(pyo3::intern!(py, "resolve_neg"))?;
+            grad_raw = read_grad(&resolved)?;
+            resolved
+        } else {
+            grad
+        };
         check_gradient(&param_raw, &grad_raw).map_err(|e| place.tensor_error(e))?;
         let exp_avg_raw = describe(reader, &exp_avg, place, Role::ExpAvg)?;
         let exp_inf_raw = describe(reader, &exp_inf, place, Role::ExpInf)?;
@@ -260,6 +314,14 @@ impl TorchStepPlan {
                 && s.exp_inf() == &exp_inf_raw
                 && s.scales() == scales_raw.as_ref()
         });
+        // Every step: a lazy view has the description of the tensor it views, so an unchanged
+        // description does not mean an unchanged bit.
+        refuse_lazy(&exp_avg, &exp_avg_raw, place, Role::ExpAvg)?;
+        refuse_lazy(&exp_inf, &exp_inf_raw, place, Role::ExpInf)?;
+        if let (Some([a, b]), Some([a_raw, b_raw])) = (&scales, &scales_raw) {
+            refuse_lazy(a, a_raw, place, Role::ExpAvgScale)?;
+            refuse_lazy(b, b_raw, place, Role::ExpInfScale)?;
+        }
         if !unchanged {
             cache.state = None;
             let state = TensorState::check(param_raw, exp_avg_raw, exp_inf_raw, None, scales_raw)
@@ -319,19 +381,20 @@ impl TorchStepPlan {
     /// Returns ``None``; or, when some parameters with a gradient have no state yet, their
     /// ``(group, index)`` pairs, having changed nothing.
     fn step<'py>(
-        &mut self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         param_groups: &Bound<'py, PyAny>,
         state: &Bound<'py, PyAny>,
         hyperparameters: Vec<PyRef<'py, PyHyperparameters>>,
     ) -> PyResult<Option<Vec<(usize, usize)>>> {
         guarded(|| {
-            self.run(
-                py,
-                param_groups,
-                state,
-                hyperparameters.iter().map(|h| h.0).collect(),
-            )
+            one_step_at_a_time(slf, "optimizer", |plan| {
+                plan.run(
+                    slf.py(),
+                    param_groups,
+                    state,
+                    hyperparameters.iter().map(|h| h.0).collect(),
+                )
+            })
         })
     }
 }

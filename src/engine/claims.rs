@@ -11,11 +11,10 @@
 //! every step, are looked up in it (O(log n) each). Registering a step with the steps running on
 //! other threads takes one short lock.
 
+use std::cell::Cell;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::memory::Extent;
 
@@ -199,9 +198,26 @@ fn conflict_between(mine: &StepClaims, other: &StepClaims) -> Option<usize> {
 }
 
 /// The claims of the steps running now, process-wide.
+///
+/// std's mutex and condition variable, not parking_lot's: parking_lot parks waiting threads in a
+/// process-wide table, and a child process inherits that table with the entries (and perhaps the
+/// locks) of threads that do not exist in it, so unlocking in the child after `fork()` could hand
+/// the lock to a dead thread and hang. std's are a futex word each on Linux (a mutex of the
+/// platform elsewhere), which the forking thread can hold across `fork()` and release in both
+/// processes. No code panics while holding it; a poisoned lock is used as it is.
 static ACTIVE: Mutex<Vec<Arc<StepClaims>>> = Mutex::new(Vec::new());
 /// Notified whenever a step releases its claims.
 static RELEASED: Condvar = Condvar::new();
+
+fn running() -> MutexGuard<'static, Vec<Arc<StepClaims>>> {
+    ACTIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// The lock of `ACTIVE`, held by the forking thread from before `fork()` to after it.
+    static HELD_ACROSS_FORK: Cell<Option<MutexGuard<'static, Vec<Arc<StepClaims>>>>> =
+        const { Cell::new(None) };
+}
 
 fn conflict_with_running(mine: &StepClaims, running: &[Arc<StepClaims>]) -> Option<usize> {
     running
@@ -216,7 +232,7 @@ pub struct Registration(Arc<StepClaims>);
 impl Registration {
     /// Registers `claims`, unless they conflict with a step running on another thread.
     pub fn try_new(claims: &Arc<StepClaims>) -> Result<Registration, Conflict> {
-        let mut running = ACTIVE.lock();
+        let mut running = running();
         if let Some(tag) = conflict_with_running(claims, &running) {
             return Err(Conflict::OtherStep { tag });
         }
@@ -226,11 +242,15 @@ impl Registration {
 
     /// Registers `claims`, first waiting for every conflicting step to finish: steps that share
     /// memory run one after the other. A waiting step holds no claims, so two steps can never
-    /// wait for each other. Call it with the GIL released.
+    /// wait for each other. Call it with the GIL released, and run and drop the registration
+    /// before taking the GIL back: `fork()` holds the GIL while it waits for running steps to
+    /// finish, so a registration held by a thread waiting for the GIL would stall it.
     pub fn waiting(claims: &Arc<StepClaims>) -> Registration {
-        let mut running = ACTIVE.lock();
+        let mut running = running();
         while conflict_with_running(claims, &running).is_some() {
-            RELEASED.wait(&mut running);
+            running = RELEASED
+                .wait(running)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         running.push(Arc::clone(claims));
         Registration(Arc::clone(claims))
@@ -244,7 +264,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut running = ACTIVE.lock();
+        let mut running = running();
         if let Some(i) = running.iter().position(|c| Arc::ptr_eq(c, &self.0)) {
             running.swap_remove(i);
         }
@@ -260,30 +280,32 @@ const FORK_WAIT: Duration = Duration::from_secs(10);
 /// half-written by a step of the parent.
 pub(super) fn before_fork() {
     let deadline = Instant::now() + FORK_WAIT;
-    let mut running = ACTIVE.lock();
+    let mut running = running();
     while !running.is_empty() {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        RELEASED.wait_for(&mut running, deadline - now);
+        running = RELEASED
+            .wait_timeout(running, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
-    MutexGuard::leak(running);
+    HELD_ACROSS_FORK.set(Some(running));
 }
 
 /// After `fork()`, in the parent: release the lock taken before it.
 pub(super) fn after_fork_in_parent() {
-    // SAFETY: `before_fork`, on this thread, locked ACTIVE and leaked the guard; nothing else can
-    // have unlocked it.
-    unsafe { ACTIVE.force_unlock() }
+    drop(HELD_ACROSS_FORK.take());
 }
 
 /// After `fork()`, in the child: the steps the parent was running have no thread here; forget
-/// their claims, or anything touching that memory would wait forever.
+/// their claims, or anything touching that memory would wait forever. (The forking thread is the
+/// child's only thread, with its thread-locals: it still holds the lock.)
 pub(super) fn after_fork_in_child() {
-    // SAFETY: as in the parent; in the child this thread is the only one, and it holds the lock.
-    unsafe { ACTIVE.force_unlock() };
-    ACTIVE.lock().clear();
+    if let Some(mut running) = HELD_ACROSS_FORK.take() {
+        running.clear();
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ pub fn install_fork_handlers() {
         #[cfg(unix)]
         // SAFETY: the three handlers are `extern "C"` functions with no arguments that live for
         // the whole process, as pthread_atfork requires; they never unwind (nothing in them
-        // panics: the locks are parking_lot's, which do not poison).
+        // panics: a poisoned lock is used as it is, and the guards held across the fork sit in
+        // `Cell`s, which cannot fail).
         unsafe {
             libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
         }

@@ -6,10 +6,9 @@
 //! its threads, so work sent to it would wait forever. A child therefore abandons the inherited
 //! pool (never touching its dead threads) and builds its own.
 
-use std::sync::{Arc, OnceLock};
-
-use parking_lot::{Mutex, MutexGuard};
 use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::cell::Cell;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// The most threads `set_num_threads` accepts: far above any core count, far below what would
 /// exhaust the process's threads or memory when the pool is built.
@@ -26,10 +25,20 @@ struct Settings {
     built: Option<Pool>,
 }
 
+/// std's mutex, not parking_lot's, for `fork()`: see `claims::ACTIVE`.
 static SETTINGS: Mutex<Settings> = Mutex::new(Settings {
     requested: None,
     built: None,
 });
+
+fn settings() -> MutexGuard<'static, Settings> {
+    SETTINGS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// The lock of `SETTINGS`, held by the forking thread from before `fork()` to after it.
+    static HELD_ACROSS_FORK: Cell<Option<MutexGuard<'static, Settings>>> = const { Cell::new(None) };
+}
 
 /// The count used when none was set: `RAYON_NUM_THREADS` if it is a positive integer (at most
 /// [`MAX_THREADS`]), otherwise the number of cores available to this process. Read once, like
@@ -54,10 +63,7 @@ fn read_default_num_threads() -> usize {
 
 /// The number of threads a step may use.
 pub fn num_threads() -> usize {
-    SETTINGS
-        .lock()
-        .requested
-        .unwrap_or_else(default_num_threads)
+    settings().requested.unwrap_or_else(default_num_threads)
 }
 
 /// A thread count outside `0..=MAX_THREADS`.
@@ -69,7 +75,7 @@ pub fn set_num_threads(n: usize) -> Result<(), TooManyThreads> {
     if n > MAX_THREADS {
         return Err(TooManyThreads(n));
     }
-    let mut s = SETTINGS.lock();
+    let mut s = settings();
     s.requested = if n == 0 { None } else { Some(n) };
     // Dropping our handle is enough: a step still running keeps its own `Arc` and the old pool's
     // threads exit once it finishes.
@@ -80,7 +86,7 @@ pub fn set_num_threads(n: usize) -> Result<(), TooManyThreads> {
 /// The pool to run on, built on first use (and again in a forked child). `None` when not even
 /// one worker thread can be started; the caller then works on its own thread.
 pub fn pool() -> Option<Arc<ThreadPool>> {
-    let mut s = SETTINGS.lock();
+    let mut s = settings();
     let pid = std::process::id();
     if let Some(built) = s.built.take() {
         if built.owner_pid == pid {
@@ -110,14 +116,13 @@ pub fn pool() -> Option<Arc<ThreadPool>> {
 
 /// Before `fork()`: hold the settings' lock, so the child's copy is not caught mid-change.
 pub(super) fn before_fork() {
-    MutexGuard::leak(SETTINGS.lock());
+    HELD_ACROSS_FORK.set(Some(settings()));
 }
 
 /// After `fork()`, in either process: release the lock taken before it. (The child notices that
 /// the pool is not its own by its process id.)
 pub(super) fn after_fork() {
-    // SAFETY: `before_fork`, on this thread, locked SETTINGS and leaked the guard.
-    unsafe { SETTINGS.force_unlock() }
+    drop(HELD_ACROSS_FORK.take());
 }
 
 #[cfg(test)]
