@@ -114,3 +114,134 @@ class ReferenceAdamax:
             self.params[i], st[1], st[2] = adamax_reference_step(
                 self.params[i], grad, st[1], st[2], st[0], **(hyper or self.hyper)
             )
+
+
+# -- compressed state: 8-bit block codes and bfloat16, written from the format's description --
+
+#: Elements per block of 8-bit state.
+BLOCK = 256
+
+
+def _signed_code_values():
+    """The magnitudes of the 128 non-negative exp_avg codes: 4 exponent bits (bias 7), 3
+    mantissa bits, subnormals below exponent 1; code ``c`` stands for this value."""
+    values = []
+    for code in range(128):
+        exponent, mantissa = code >> 3, code & 7
+        if exponent == 0:
+            values.append(mantissa * 2.0**-9)
+        else:
+            values.append((8 + mantissa) * 2.0 ** (exponent - 10))
+    return np.array(values)
+
+
+def _unsigned_code_values():
+    """The values of the 256 exp_inf codes: 4 exponent bits (bias 7), 4 mantissa bits."""
+    values = []
+    for code in range(256):
+        exponent, mantissa = code >> 4, code & 15
+        if exponent == 0:
+            values.append(mantissa * 2.0**-10)
+        else:
+            values.append((16 + mantissa) * 2.0 ** (exponent - 11))
+    return np.array(values)
+
+
+SIGNED_VALUES = _signed_code_values()
+UNSIGNED_VALUES = _unsigned_code_values()
+
+
+def block_scale(largest, top, compute):
+    """A block's scale: ``largest / top`` in float32, then the next float32 up until
+    ``top * scale``, computed in ``compute``, is at least ``largest`` (every code fits)."""
+    scale = np.float32(np.float32(largest) / np.float32(top))
+    while np.isfinite(scale) and compute(top) * compute(scale) < compute(largest):
+        scale = np.nextafter(scale, np.float32(np.inf))
+    return scale
+
+
+def encode_block(values, signed, compute):
+    """Codes and scale of one block of moments held in ``compute`` (float32 or float64).
+
+    ``stored[k]`` is what code ``k`` decodes to, computed in ``compute``. exp_avg (signed) takes
+    the largest code whose stored magnitude is not above ``|x|``, with ``x``'s sign; exp_inf takes
+    the smallest code whose stored value is not below ``x``.
+    """
+    values = np.asarray(values, dtype=compute)
+    table = SIGNED_VALUES if signed else UNSIGNED_VALUES
+    top = table[-1]
+    largest = np.abs(values).max()
+    codes = np.zeros(len(values), np.uint8)
+    if largest == 0:
+        return codes, np.float32(0)
+    scale = block_scale(largest, top, compute)
+    stored = table.astype(compute) * compute(scale)
+    for i, x in enumerate(values):
+        if signed:
+            k = int(np.searchsorted(stored, abs(x), side="right")) - 1
+            codes[i] = k | (0x80 if (x < 0 and k != 0) else 0)
+        else:
+            codes[i] = min(int(np.searchsorted(stored, x, side="left")), 255)
+    return codes, scale
+
+
+def decode(codes, scales, signed, compute=np.float32):
+    """The values of flat codes with one scale per block, in ``compute``."""
+    codes = np.asarray(codes)
+    if signed:
+        magnitude = SIGNED_VALUES[codes & 0x7F]
+        values = np.where(codes & 0x80, -magnitude, magnitude)
+    else:
+        values = UNSIGNED_VALUES[codes]
+    block_scales = np.repeat(np.asarray(scales, np.float32), BLOCK)[: len(codes)]
+    return values.astype(compute) * block_scales.astype(compute)
+
+
+def quantize(values, signed, compute=np.float32):
+    """Flat moments to ``(codes, scales)``, block by block."""
+    values = np.asarray(values).reshape(-1)
+    codes = np.zeros(len(values), np.uint8)
+    scales = np.zeros(-(-len(values) // BLOCK), np.float32)
+    for b in range(len(scales)):
+        part = slice(b * BLOCK, (b + 1) * BLOCK)
+        codes[part], scales[b] = encode_block(values[part], signed, compute)
+    return codes, scales
+
+
+def blockwise_reference_step(param, grad, state, t, master=None, **hyper):
+    """One step of a dense, C-ordered parameter with 8-bit state ``{"exp_avg": codes,
+    "exp_inf": codes, "exp_avg_scale": ..., "exp_inf_scale": ...}``: decode in float32, the
+    float32 formula (``adamax_reference_step``), round the parameter to its dtype, encode.
+    Returns ``(param, state, master)``."""
+    shape = param.shape
+    m = decode(state["exp_avg"].reshape(-1), state["exp_avg_scale"], True)
+    u = decode(state["exp_inf"].reshape(-1), state["exp_inf_scale"], False)
+    source = (master if master is not None else param).reshape(-1).astype(np.float32)
+    p, m, u = adamax_reference_step(source, grad.reshape(-1).astype(np.float32), m, u, t, **hyper)
+    m_codes, m_scales = quantize(m, True)
+    u_codes, u_scales = quantize(u, False)
+    new_state = {
+        "exp_avg": m_codes.reshape(shape),
+        "exp_inf": u_codes.reshape(shape),
+        "exp_avg_scale": m_scales,
+        "exp_inf_scale": u_scales,
+    }
+    new_master = p.reshape(shape) if master is not None else None
+    return p.astype(param.dtype).reshape(shape), new_state, new_master
+
+
+def bfloat16_reference_step(param, grad, exp_avg, exp_inf, t, master=None, **hyper):
+    """One step with bfloat16 state: widen to float32, the float32 formula, round the new
+    moments to bfloat16 (ml_dtypes' cast: nearest, ties to even). Returns ``(param, exp_avg,
+    exp_inf, master)``."""
+    source = (master if master is not None else param).astype(np.float32)
+    p, m, u = adamax_reference_step(
+        source,
+        grad.astype(np.float32),
+        exp_avg.astype(np.float32),
+        exp_inf.astype(np.float32),
+        t,
+        **hyper,
+    )
+    new_master = p if master is not None else None
+    return p.astype(param.dtype), m.astype(exp_avg.dtype), u.astype(exp_inf.dtype), new_master

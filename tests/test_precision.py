@@ -197,7 +197,14 @@ def test_state_dict_loading_converts_only_where_exact():
         narrow.load_state_dict(wide.state_dict())
 
 
-@pytest.mark.parametrize("bad", [np.float16, np.int32, "complex64", "nonsense"])
-def test_state_dtype_must_be_float32_or_float64(bad):
+@pytest.mark.parametrize("bad", [np.float16, np.int32, "complex64", "nonsense", "int8", "9bit"])
+def test_state_dtype_names_a_supported_state(bad):
+    # A dtype or a name of anything else is a wrong value.
+    with pytest.raises(ValueError, match="state_dtype"):
+        Adamax([Parameter(np.ones(2))], state_dtype=bad)
+
+
+@pytest.mark.parametrize("bad", [3, 8.0, ["8bit"], object()])
+def test_state_dtype_of_the_wrong_type(bad):
     with pytest.raises(TypeError, match="state_dtype"):
         Adamax([Parameter(np.ones(2))], state_dtype=bad)

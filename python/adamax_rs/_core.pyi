@@ -119,6 +119,8 @@ def adamax_arrays(
     *,
     hyperparameters: Hyperparameters,
     masters: Sequence[np.ndarray | None] | None = None,
+    exp_avg_scales: Sequence[np.ndarray | None] | None = None,
+    exp_inf_scales: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """One Adamax step in place over lists of arrays."""
 
@@ -128,6 +130,9 @@ def bandwidth_probe(
     exp_avgs: Sequence[np.ndarray],
     exp_infs: Sequence[np.ndarray],
     /,
+    *,
+    exp_avg_scales: Sequence[np.ndarray | None] | None = None,
+    exp_inf_scales: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """Move exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks)."""
 
@@ -139,3 +144,25 @@ def get_num_threads() -> int:
 
 def simd_level() -> str:
     """The vector instruction set in use: "avx512", "avx2" or "baseline"."""
+
+#: Elements per block of 8-bit state.
+BLOCK: int
+#: Parameters with fewer elements keep float32 state under ``state_dtype="8bit"``.
+BLOCKWISE_MIN_ELEMENTS: int
+
+def quantize_moments(
+    exp_avg: np.ndarray, exp_inf: np.ndarray, /
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 8-bit form of flat float64 moments: (avg codes, avg scales, inf codes, inf scales)."""
+
+def dequantize_moments(
+    exp_avg_codes: np.ndarray,
+    exp_avg_scales: np.ndarray,
+    exp_inf_codes: np.ndarray,
+    exp_inf_scales: np.ndarray,
+    /,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 values that 8-bit moments stand for: (exp_avg, exp_inf), flat."""
+
+def blockwise_fits(array: Any, /) -> bool:
+    """Whether an optimizer with state_dtype="8bit" keeps 8-bit state for this parameter."""

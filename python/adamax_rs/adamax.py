@@ -8,8 +8,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _core
-from .dtypes import check_state_dtype, is_bfloat16, is_half, state_dtype_for
+from . import _compressed, _core
+from .dtypes import (
+    BLOCKWISE,
+    check_state_dtype,
+    is_bfloat16,
+    is_half,
+    state_dtype_for,
+    state_dtype_name,
+)
 from .optimizer import Optimizer, ParamGroup
 
 __all__ = ["Adamax", "HYPERPARAMETER_KEYS", "MAX_STEP", "check_hyperparameters"]
@@ -96,16 +103,31 @@ class Adamax(Optimizer):
     decoupled_weight_decay : bool, default False
         Decay the parameter directly (``param *= 1 - lr * weight_decay``) instead of adding
         the L2 gradient.
-    state_dtype : numpy dtype, optional
-        The dtype of ``exp_avg`` and ``exp_inf``: ``None`` (the default) means float32 for
-        float16/bfloat16 parameters and the parameter's own dtype otherwise; ``np.float32``
-        or ``np.float64`` may be asked for any parameter (complex parameters get complex
-        state of that precision). The arithmetic runs in float64 when either the parameter
-        or the state is float64, in float32 otherwise.
+    state_dtype : numpy dtype or str, optional
+        How ``exp_avg`` and ``exp_inf`` are stored:
+
+        - ``None`` (the default): float32 for float16/bfloat16 parameters, the parameter's
+          own dtype otherwise.
+        - ``np.float32`` / ``"float32"``, ``np.float64`` / ``"float64"``: that dtype for
+          every parameter (complex parameters get complex state of that precision). The
+          arithmetic runs in float64 when the parameter or the state is float64, in float32
+          otherwise.
+        - ``"bfloat16"`` (or ml_dtypes' ``bfloat16``): bfloat16 moments, half the memory of
+          float32 state; the arithmetic runs in float32 and the new moments are rounded to
+          nearest (ties to even). Needs ml_dtypes.
+        - ``"8bit"``: block-wise quantized moments, one byte per element each plus a
+          float32 scale per block of 256 elements and moment (``state["exp_avg_scale"]``,
+          ``state["exp_inf_scale"]``); the arithmetic runs in float32. ``exp_avg`` is
+          truncated toward zero and ``exp_inf`` rounded up, so no step is larger than the
+          float32 bound ``lr / (1 - beta1**t)``. Parameters with fewer than 4096 elements
+          (and complex or non-dense ones) keep float32 state.
+
+        See docs/compressed_state.md for what each costs and saves.
     master_weights : bool, default False
-        For float16/bfloat16 parameters, keep a copy in the state dtype (``state["master"]``)
-        that is updated every step and rounded into the parameter, so that updates smaller
-        than the parameter's precision are not lost. Other parameters are unaffected.
+        For float16/bfloat16 parameters, keep a copy in the state dtype (``state["master"]``;
+        float32 with bfloat16 or 8-bit state) that is updated every step and rounded into the
+        parameter, so that updates smaller than the parameter's precision are not lost. Other
+        parameters are unaffected.
 
     Attributes
     ----------
@@ -116,7 +138,22 @@ class Adamax(Optimizer):
         again at every step.
     state : ParameterState
         For each parameter that has been stepped: ``{"step": int, "exp_avg": ndarray,
-        "exp_inf": ndarray}``, the arrays with the parameter's dtype and memory layout.
+        "exp_inf": ndarray}``, the arrays of the state dtype in the parameter's memory
+        layout (with 8-bit state: uint8 codes, and the float32 block scales
+        ``"exp_avg_scale"`` and ``"exp_inf_scale"``).
+
+    Notes
+    -----
+    ``load_state_dict`` (and ``load_checkpoint``) converts saved state to this optimizer's
+    state dtype where the conversion is well defined:
+
+    - float state into 8-bit: quantized with the step's own codec (``exp_avg`` truncated
+      toward zero, ``exp_inf`` rounded up);
+    - 8-bit state into float: the values the codes and scales stand for (exact in float32
+      and float64; rounded to nearest even in bfloat16);
+    - any float state into bfloat16: rounded to nearest, ties to even, once;
+    - otherwise the saved dtype must convert exactly (bfloat16 or float32 into float32 or
+      float64, ...): float64 state does not load into float32 state.
 
     Raises
     ------
@@ -169,14 +206,23 @@ class Adamax(Optimizer):
         )
         check_hyperparameters(defaults)
         self._plan = _core.StepPlan(
-            state_dtype=None if self.state_dtype is None else self.state_dtype.name,
-            master_weights=self.master_weights,
+            state_dtype=state_dtype_name(self.state_dtype), master_weights=self.master_weights
         )
         super().__init__(params, defaults)
 
     def state_keys(self) -> tuple[str, ...]:
-        """The arrays of each parameter's state: ``exp_avg``, ``exp_inf`` (and ``master``)."""
-        return ("exp_avg", "exp_inf") + (("master",) if self.master_weights else ())
+        """The arrays of each parameter's state: ``exp_avg``, ``exp_inf``, ``master`` with
+        master weights, and the block scales ``exp_avg_scale``, ``exp_inf_scale`` with 8-bit
+        state."""
+        return (
+            ("exp_avg", "exp_inf")
+            + (("master",) if self.master_weights else ())
+            + (_compressed.SCALE_KEYS if self.state_dtype == BLOCKWISE else ())
+        )
+
+    def _keeps_blockwise(self, data: np.ndarray) -> bool:
+        """Whether a parameter whose data is ``data`` has 8-bit state in this optimizer."""
+        return self.state_dtype == BLOCKWISE and _core.blockwise_fits(data)
 
     def _normalize_group(
         self, group: ParamGroup, where: str, *, fill_defaults: bool = True
@@ -193,8 +239,13 @@ class Adamax(Optimizer):
     def _check_state(self, param: Any, state: Mapping[str, Any], where: str) -> dict[str, Any]:
         data = param.data
         master = self.master_weights and is_half(data.dtype)
+        blockwise = self._keeps_blockwise(data)
+        saved_codes = isinstance(state.get("exp_avg"), np.ndarray) and state["exp_avg"].dtype == (
+            np.uint8
+        )
         arrays = ("exp_avg", "exp_inf") + (("master",) if master else ())
-        missing = [key for key in ("step",) + arrays if key not in state]
+        scales = _compressed.SCALE_KEYS if saved_codes else ()
+        missing = [key for key in ("step",) + arrays + scales if key not in state]
         if missing:
             raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
         step = state["step"]
@@ -203,24 +254,109 @@ class Adamax(Optimizer):
         step = int(step)
         if not 0 <= step <= MAX_STEP:
             raise ValueError(f"{where}: 'step' must be between 0 and 2**53, got {step}")
-        target = state_dtype_for(data.dtype, self.state_dtype)
-        kept: dict[str, Any] = {"step": step}
-        for key in arrays:
+        extra = sorted(set(state) - {"step", *arrays, *scales})
+        if extra:
+            raise ValueError(f"{where}: unexpected keys {extra}")
+        for key in arrays + scales:
             value = state[key]
             if not isinstance(value, np.ndarray):
                 raise TypeError(
                     f"{where}: {key!r} must be a numpy.ndarray, got {type(value).__name__}"
+                )
+        kept: dict[str, Any] = {"step": step}
+        moments = {key: state[key] for key in ("exp_avg", "exp_inf")}
+        if saved_codes:
+            moments = self._saved_codes(data, state, where)
+            if blockwise:
+                kept.update(moments)
+                moments = {}
+            else:
+                exp_avg, exp_inf = _compressed.dequantize(**moments)
+                moments = {"exp_avg": exp_avg, "exp_inf": exp_inf}
+        elif blockwise:
+            self._check_float_moments(data, moments, np.dtype(np.float64), where, exact=False)
+            if np.any(moments["exp_inf"] < 0):
+                raise ValueError(f"{where}: 'exp_inf' has negative values")
+            kept.update(_compressed.quantize(moments["exp_avg"], moments["exp_inf"], data))
+            moments = {}
+        target = state_dtype_for(data.dtype, self.state_dtype)
+        if moments:
+            kept.update(self._check_float_moments(data, moments, target, where))
+        if master:
+            master_dtype = np.dtype(np.float64 if target == np.float64 else np.float32)
+            kept.update(
+                self._check_float_moments(data, {"master": state["master"]}, master_dtype, where)
+            )
+        return kept
+
+    @staticmethod
+    def _saved_codes(data: np.ndarray, state: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Saved 8-bit state (codes and scales), checked and copied into ``data``'s layout."""
+        blocks = _compressed.block_count(data.size)
+        if data.dtype.kind == "c":
+            raise ValueError(f"{where}: 8-bit state (uint8 codes) is for real parameters only")
+        codes: dict[str, Any] = {}
+        for key in ("exp_avg", "exp_inf"):
+            value = state[key]
+            if value.dtype != np.uint8:
+                raise TypeError(
+                    f"{where}: {key!r} has dtype {value.dtype}; with uint8 'exp_avg' codes "
+                    "(8-bit state) it must be uint8 too"
                 )
             if value.shape != data.shape:
                 raise ValueError(
                     f"{where}: {key!r} has shape {value.shape}, "
                     f"the parameter has shape {data.shape}"
                 )
-            exact = value.dtype == target or (
-                (value.dtype.kind in "fc" or is_bfloat16(value.dtype))
-                and np.can_cast(value.dtype, target, "safe")
+            copy = np.empty_like(data, dtype=np.uint8)
+            copy[...] = value
+            codes[key] = copy
+        for key in _compressed.SCALE_KEYS:
+            value = state[key]
+            if value.dtype != np.float32:
+                raise TypeError(f"{where}: {key!r} has dtype {value.dtype}, it must be float32")
+            if value.shape != (blocks,):
+                raise ValueError(
+                    f"{where}: {key!r} has shape {value.shape}; 8-bit state of "
+                    f"{data.size} elements has one scale per block of {_compressed.BLOCK}: "
+                    f"({blocks},)"
+                )
+            if np.any(value < 0):
+                raise ValueError(f"{where}: {key!r} has negative scales")
+            codes[key] = np.array(value, dtype=np.float32, order="C")
+        return codes
+
+    @staticmethod
+    def _check_float_moments(
+        data: np.ndarray,
+        arrays: Mapping[str, np.ndarray],
+        target: np.dtype,
+        where: str,
+        *,
+        exact: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Float state arrays checked and converted to ``target`` in ``data``'s layout.
+
+        Conversions must be exact, except into bfloat16 (rounded to nearest even) and, with
+        ``exact=False``, into the float64 that 8-bit quantization reads.
+        """
+        kept: dict[str, np.ndarray] = {}
+        for key, value in arrays.items():
+            if value.shape != data.shape:
+                raise ValueError(
+                    f"{where}: {key!r} has shape {value.shape}, "
+                    f"the parameter has shape {data.shape}"
+                )
+            floating = value.dtype.kind in "fc" or is_bfloat16(value.dtype)
+            rounded = is_bfloat16(target) or not exact
+            fits = value.dtype == target or (
+                floating
+                and (
+                    np.can_cast(value.dtype, target, "safe")
+                    or (rounded and (value.dtype.kind == "c") == (target.kind == "c"))
+                )
             )
-            if not exact:
+            if not fits:
                 raise TypeError(
                     f"{where}: {key!r} has dtype {value.dtype}, which does not convert exactly "
                     f"to this optimizer's state dtype {target} for the parameter"
@@ -228,11 +364,11 @@ class Adamax(Optimizer):
             # A fresh array in the parameter's own memory layout, so the step stays on the
             # flat fast path.
             copy = np.empty_like(data, dtype=target)
-            copy[...] = value
+            if is_bfloat16(target) and value.dtype != target:
+                copy[...] = _compressed.to_bfloat16(np.asarray(value))
+            else:
+                copy[...] = value
             kept[key] = copy
-        extra = sorted(set(state) - set(kept))
-        if extra:
-            raise ValueError(f"{where}: unexpected keys {extra}")
         return kept
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -457,6 +457,20 @@ def _stand_in(declared: Declared) -> np.ndarray:
 _Reads = list[tuple[Declared, np.ndarray]]
 
 
+def _fits(out: Any, declared: Declared, stand_in: np.ndarray, data: np.ndarray) -> bool:
+    """Whether the file's array can be read straight into ``out``, what the optimizer kept."""
+    return (
+        isinstance(out, np.ndarray)
+        and out.shape == declared.shape
+        and out.flags.writeable
+        # Codes are not numbers: uint8 is read only into uint8.
+        and (declared.dtype == np.uint8) == (out.dtype == np.uint8)
+        and np.can_cast(declared.dtype, out.dtype, "safe")
+        and not np.may_share_memory(out, stand_in)
+        and not np.may_share_memory(out, data)
+    )
+
+
 def _plan_states(
     contents: _Contents, optimizer: Optimizer, by_index: dict[int, Any]
 ) -> tuple[dict[int, dict[str, Any]], _Reads]:
@@ -484,22 +498,19 @@ def _plan_states(
             raise ValueError(f"parameter {index}: step {step!r} is not an int in [0, 2**53]")
         entry = {**values, **{key: _stand_in(d) for key, d in declared.items()}}
         kept = optimizer._check_state(param, entry, f"state of parameter {index}")
+        kept_arrays = {key for key, value in kept.items() if isinstance(value, np.ndarray)}
+
+        if kept_arrays != set(declared) or not all(
+            _fits(kept.get(k), d, entry[k], param.data) for k, d in declared.items()
+        ):
+            # The optimizer keeps another form (another state dtype: it converts): read the
+            # arrays as declared (sizes it accepted) and let load_state_dict convert them.
+            kept = {
+                **values,
+                **{key: np.empty(d.shape, dtype=d.dtype) for key, d in declared.items()},
+            }
         for key, d in declared.items():
-            out: Any = kept.get(key)
-            fits = (
-                isinstance(out, np.ndarray)
-                and out.shape == d.shape
-                and out.flags.writeable
-                and np.can_cast(d.dtype, out.dtype, "safe")
-                and not np.may_share_memory(out, entry[key])
-                and not np.may_share_memory(out, param.data)
-            )
-            if not fits:
-                # The optimizer keeps something else than a copy: read the array as declared
-                # (a size it accepted) and let load_state_dict convert it.
-                out = np.empty(d.shape, dtype=d.dtype)
-                kept[key] = out
-            reads.append((d, out))
+            reads.append((d, kept[key]))
         states[index] = kept
     return states, reads
 

@@ -22,6 +22,9 @@ from .lr_scheduler import CosineAnnealingLR
 from .numpy_adamax import NumpyAdamax
 from .parameter import Parameter
 
+#: The --state-dtype choices and the Adamax state_dtype each stands for.
+STATE_DTYPES: dict[str, Any] = {"float32": None, "bfloat16": "bfloat16", "8bit": "8bit"}
+
 
 def two_spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points on two interleaved spirals (inputs float32, labels 0/1)."""
@@ -182,6 +185,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     parser.add_argument(
+        "--task",
+        choices=["spirals", "charlm"],
+        default="spirals",
+        help="spirals (default), or charlm: a character-level language model (harder)",
+    )
+    parser.add_argument(
+        "--state-dtype",
+        choices=list(STATE_DTYPES) + ["all"],
+        default="float32",
+        help="the optimizer's state: float32 (default), bfloat16, 8bit, or all three; other "
+        "than float32, the run is compared with float32 state (loss ratios, --plot curves)",
+    )
+    parser.add_argument(
         "--distributed",
         action="store_true",
         help="train data-parallel on the ranks of mpiexec, with ShardedAdamax (needs mpi4py)",
@@ -202,6 +218,8 @@ def main(args: argparse.Namespace) -> int:
         return distributed_main(args)
     if args.plot:
         prepare_plot(args.plot)
+    if args.task == "charlm" or args.state_dtype != "float32":
+        return compare_state_dtypes(args)
     print(
         f"Training a {args.layers}x{args.hidden} MLP on {args.samples} points of two spirals "
         f"with adamax_rs.Adamax(lr={args.lr}) and a cosine schedule, {args.epochs} epochs"
@@ -255,3 +273,59 @@ def main(args: argparse.Namespace) -> int:
         print("the loss did not fall: something is wrong")
         return 1
     return 0
+
+
+def compare_state_dtypes(args: argparse.Namespace) -> int:
+    """Train the task with float32 state and with the compressed state(s) asked for, from the
+    same seed; print each final loss and its ratio to float32's, plot the curves."""
+    from .demo_charlm import train_charlm
+
+    kinds = list(STATE_DTYPES) if args.state_dtype in ("all", "float32") else ["float32"]
+    if args.state_dtype not in kinds and args.state_dtype != "all":
+        kinds.append(args.state_dtype)
+    runs: dict[str, list[float]] = {}
+    finals: dict[str, float] = {}
+    for kind in kinds:
+        state_dtype = STATE_DTYPES[kind]
+
+        def make(params: list[Parameter], lr: float, sd: Any = state_dtype) -> Adamax:
+            return Adamax(params, lr=lr, state_dtype=sd)
+
+        started = time.perf_counter()
+        if args.task == "charlm":
+            result = train_charlm(lambda ps: make(ps, 0.01), seed=args.seed)
+            runs[kind], finals[kind] = result["losses"], result["held_out"]
+            what = "held-out loss"
+        else:
+
+            def cosine(optimizer: Any, epoch: int, made: dict[int, Any] = {}) -> None:  # noqa: B006
+                # One scheduler per optimizer, made at its first epoch.
+                made.setdefault(id(optimizer), CosineAnnealingLR(optimizer, args.epochs)).step()
+
+            result = train(lambda ps: make(ps, args.lr), args, cosine)
+            runs[kind], finals[kind] = result["losses"], result["losses"][-1]
+            what = "final training loss"
+        seconds = time.perf_counter() - started
+        ratio = finals[kind] / finals["float32"]
+        print(
+            f"{args.task}, {kind:>8} state: {what} {finals[kind]:.4f} "
+            f"({ratio:.3f}x float32's, {ratio - 1:+.1%}), {seconds:.1f} s",
+            flush=True,
+        )
+    if args.plot:
+        plt = prepare_plot(args.plot)
+        fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.5), sharey=True)
+        for ax, (kind, losses) in zip(np.atleast_1d(axes), runs.items()):
+            ax.plot(runs["float32"], color="0.6", label="float32 state")
+            if kind != "float32":
+                ax.plot(losses, label=f"{kind} state")
+            ax.set_title(f"{kind}: {finals[kind]:.4f}")
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch" if args.task == "spirals" else "step / 50")
+            ax.legend()
+        np.atleast_1d(axes)[0].set_ylabel("mean training loss")
+        fig.suptitle(f"{args.task}: loss by optimizer state dtype")
+        fig.tight_layout()
+        save_figure(fig, args.plot)
+        print(f"loss curves written to {args.plot}")
+    return 0 if all(np.isfinite(list(finals.values()))) else 1

@@ -4,17 +4,23 @@ Parameters may be float16, bfloat16 (the ``ml_dtypes`` dtype, when that package 
 installed), float32, float64, complex64 or complex128. The Rust core updates complex
 parameters as pairs of reals, as torch does (``view_as_real``). The state (``exp_avg``,
 ``exp_inf``, and the master copy with master weights) is float32 for 16-bit parameters and has
-the parameter's own precision otherwise, unless ``state_dtype`` asks for float32 or float64.
+the parameter's own precision otherwise, unless ``state_dtype`` asks for float32, float64,
+bfloat16 (moments stored in bfloat16, arithmetic in float32) or ``"8bit"`` (block-wise
+quantized moments, see :mod:`adamax_rs._compressed`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 __all__ = [
+    "BLOCKWISE",
+    "StateDtype",
+    "bfloat16_dtype",
     "check_state_dtype",
+    "state_dtype_name",
     "describe_supported",
     "is_bfloat16",
     "is_half",
@@ -49,30 +55,77 @@ def describe_supported() -> str:
     return "float16, bfloat16 (ml_dtypes), float32, float64, complex64 or complex128"
 
 
-def check_state_dtype(state_dtype: Any) -> np.dtype | None:
-    """``None``, or ``state_dtype`` as float32/float64; anything else is a ``TypeError``."""
-    if state_dtype is None:
-        return None
+#: The ``state_dtype`` value of 8-bit block-wise state.
+BLOCKWISE = "8bit"
+
+#: What :func:`check_state_dtype` returns: ``None`` (the default), a float dtype (float32,
+#: float64, ml_dtypes' bfloat16) or :data:`BLOCKWISE`.
+StateDtype = Union[np.dtype, str, None]
+
+_ACCEPTED = "None, 'float32', 'float64', 'bfloat16' (or its ml_dtypes dtype) or '8bit'"
+
+
+def bfloat16_dtype() -> np.dtype:
+    """ml_dtypes' bfloat16 dtype; ``ImportError`` with what to install when it is missing."""
     try:
-        dtype: np.dtype = np.dtype(state_dtype)
-    except TypeError:
-        raise TypeError(
-            f"state_dtype must be None, float32 or float64, got {state_dtype!r}"
+        import ml_dtypes
+    except ImportError:
+        raise ImportError(
+            "bfloat16 arrays need the ml_dtypes package: pip install 'adamax_rs[bfloat16]'"
         ) from None
-    if dtype not in _STATE:
-        raise TypeError(f"state_dtype must be None, float32 or float64, got {dtype}")
+    dtype: np.dtype = np.dtype(ml_dtypes.bfloat16)
     return dtype
 
 
-def state_dtype_for(param_dtype: np.dtype, requested: np.dtype | None) -> np.dtype:
-    """The dtype of the state arrays of a parameter of ``param_dtype``.
+def check_state_dtype(state_dtype: Any) -> StateDtype:
+    """``state_dtype`` checked: ``None``, float32, float64, bfloat16 or ``"8bit"``.
+
+    A string or dtype that names anything else is a ``ValueError``; an object that is
+    neither (a number, a list) is a ``TypeError``. Both name ``state_dtype``.
+    """
+    if state_dtype is None:
+        return None
+    if isinstance(state_dtype, str):
+        if state_dtype == BLOCKWISE:
+            return BLOCKWISE
+        if state_dtype == "bfloat16":
+            return bfloat16_dtype()
+        if state_dtype in ("float32", "float64"):
+            return np.dtype(state_dtype)
+        raise ValueError(f"state_dtype must be {_ACCEPTED}, got {state_dtype!r}")
+    if not isinstance(state_dtype, (np.dtype, type)):
+        raise TypeError(
+            f"state_dtype must be {_ACCEPTED}, got a {type(state_dtype).__name__}: {state_dtype!r}"
+        )
+    try:
+        dtype: np.dtype = np.dtype(state_dtype)
+    except TypeError:
+        raise TypeError(f"state_dtype must be {_ACCEPTED}, got {state_dtype!r}") from None
+    if dtype in _STATE or is_bfloat16(dtype):
+        return dtype
+    raise ValueError(f"state_dtype must be {_ACCEPTED}, got {dtype}")
+
+
+def state_dtype_name(state_dtype: StateDtype) -> str | None:
+    """The name the Rust core takes for a checked ``state_dtype``."""
+    if state_dtype is None or isinstance(state_dtype, str):
+        return state_dtype
+    return str(state_dtype.name)
+
+
+def state_dtype_for(param_dtype: np.dtype, requested: StateDtype) -> np.dtype:
+    """The float dtype of the state arrays of a parameter of ``param_dtype``.
 
     16-bit parameters default to float32 state, others to their own precision; complex
-    parameters get complex state of the chosen real precision.
+    parameters get complex state of the chosen real precision (complex64 for bfloat16 and
+    8-bit, which have no complex form). For ``"8bit"`` this is the dtype of the parameters
+    that keep float state (float32: complex, small or not dense ones).
     """
     if param_dtype.kind == "c":
-        real = requested if requested is not None else param_dtype.type(0).real.dtype
-        return np.dtype(np.complex64 if real == np.float32 else np.complex128)
+        wide = requested == np.float64 or (requested is None and param_dtype == np.complex128)
+        return np.dtype(np.complex128 if wide else np.complex64)
+    if isinstance(requested, str):
+        return np.dtype(np.float32)
     if requested is not None:
         return requested
     return np.dtype(np.float32) if is_half(param_dtype) else param_dtype

@@ -3,12 +3,67 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _compressed, _core
+from .dtypes import BLOCKWISE, check_state_dtype, is_half, state_dtype_for
 
-__all__ = ["adamax"]
+__all__ = ["adamax", "new_state"]
+
+
+def new_state(
+    param: np.ndarray, *, state_dtype: Any = None, master_weights: bool = False
+) -> dict[str, np.ndarray]:
+    """Fresh (zero) state for ``param``, as :class:`adamax_rs.Adamax` would make it.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        The parameter; the state arrays get its shape and memory layout.
+    state_dtype : numpy dtype or str, optional
+        As in :class:`adamax_rs.Adamax`: ``None``, float32, float64, ``"bfloat16"`` or
+        ``"8bit"``.
+    master_weights : bool, default False
+        Add a ``"master"`` copy of a float16/bfloat16 parameter (float32, or float64 with
+        float64 state).
+
+    Returns
+    -------
+    dict
+        ``{"exp_avg": ..., "exp_inf": ...}``, with ``"exp_avg_scale"`` and
+        ``"exp_inf_scale"`` for 8-bit state (which parameters under 4096 elements, complex
+        or non-dense ones do not get: they get float32 state), and ``"master"`` when asked.
+        Pass them to :func:`adamax` as ``exp_avgs``, ``exp_infs``, ``exp_avg_scales``,
+        ``exp_inf_scales`` and ``masters``.
+
+    Raises
+    ------
+    TypeError
+        If ``param`` is not a numpy array, or ``state_dtype`` is not a dtype or a string.
+    ValueError
+        If ``state_dtype`` names an unsupported type.
+    """
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
+    requested = check_state_dtype(state_dtype)
+    state: dict[str, np.ndarray] = {}
+    if requested == BLOCKWISE and _core.blockwise_fits(param):
+        state["exp_avg"] = np.zeros_like(param, dtype=np.uint8)
+        state["exp_inf"] = np.zeros_like(param, dtype=np.uint8)
+        blocks = _compressed.block_count(param.size)
+        state["exp_avg_scale"] = np.zeros(blocks, np.float32)
+        state["exp_inf_scale"] = np.zeros(blocks, np.float32)
+        target = np.dtype(np.float32)
+    else:
+        target = state_dtype_for(param.dtype, requested)
+        state["exp_avg"] = np.zeros_like(param, dtype=target)
+        state["exp_inf"] = np.zeros_like(param, dtype=target)
+    if master_weights and is_half(param.dtype):
+        wide = np.float64 if target == np.float64 else np.float32
+        state["master"] = param.astype(wide, order="K")
+    return state
 
 
 def adamax(
@@ -27,6 +82,8 @@ def adamax(
     eps_inside_max: bool = False,
     decoupled_weight_decay: bool = False,
     masters: Sequence[np.ndarray | None] | None = None,
+    exp_avg_scales: Sequence[np.ndarray | None] | None = None,
+    exp_inf_scales: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """Apply one Adamax step in place to each array of ``params``.
 
@@ -43,8 +100,10 @@ def adamax(
     exp_avgs, exp_infs : sequence of numpy.ndarray
         The first moment and the infinity norm of each parameter (zeros before the first step),
         same shape, float32 or float64 (complex64 or complex128 for complex parameters); the
-        arithmetic runs in float64 if either the parameter or its state is float64. Updated in
-        place.
+        arithmetic runs in float64 if either the parameter or its state is float64. Also
+        bfloat16 (rounded to nearest even after float32 arithmetic), or uint8 codes of 8-bit
+        state, laid out like the parameter, with their scales in ``exp_avg_scales`` and
+        ``exp_inf_scales``. :func:`new_state` makes them. Updated in place.
     steps : sequence of int
         The step number ``t`` (``>= 1``) to use for each array's bias correction.
     lr, beta1, beta2, eps, weight_decay : float
@@ -54,6 +113,10 @@ def adamax(
     masters : sequence of numpy.ndarray or None, optional
         Master copies of the parameters in the state dtype: each is updated and rounded into its
         parameter (``None`` entries, or no list, for none).
+    exp_avg_scales, exp_inf_scales : sequence of numpy.ndarray or None, optional
+        The float32 block scales of 8-bit state (one per 256 elements, in the parameter's
+        memory order), updated in place; ``None`` entries for parameters with float state.
+        Give both lists or neither.
 
     Raises
     ------
@@ -71,5 +134,13 @@ def adamax(
         decoupled_weight_decay=decoupled_weight_decay,
     )
     _core.adamax_arrays(
-        params, grads, exp_avgs, exp_infs, steps, hyperparameters=hyperparameters, masters=masters
+        params,
+        grads,
+        exp_avgs,
+        exp_infs,
+        steps,
+        hyperparameters=hyperparameters,
+        masters=masters,
+        exp_avg_scales=exp_avg_scales,
+        exp_inf_scales=exp_inf_scales,
     )

@@ -17,11 +17,13 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch.optim import Optimizer
 
-from . import _core
+from . import _compressed, _core
 from ._fork import track
+from .dtypes import BLOCKWISE
 
 __all__ = ["Adamax"]
 
@@ -35,7 +37,52 @@ SUPPORTED_DTYPES = (
     torch.complex128,
 )
 
-_STATE_DTYPES = {None: None, torch.float32: "float32", torch.float64: "float64"}
+#: The state dtypes asked for by name, and what they stand for.
+_STATE_DTYPE_NAMES: dict[str, torch.dtype | str] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    BLOCKWISE: BLOCKWISE,
+}
+_ACCEPTED = (
+    "None, torch.float32, torch.float64, torch.bfloat16 (or their names 'float32', 'float64', "
+    "'bfloat16') or '8bit'"
+)
+#: The keys of a parameter's state tensors that a state dict may hold.
+_STATE_TENSOR_KEYS = ("exp_avg", "exp_inf") + _compressed.SCALE_KEYS
+
+
+def _check_state_dtype(state_dtype: Any) -> torch.dtype | str | None:
+    """``state_dtype`` as a torch dtype or ``"8bit"`` (``None`` stays); ``ValueError`` for a
+    name or dtype of anything else, ``TypeError`` for any other object."""
+    if state_dtype is None:
+        return None
+    if isinstance(state_dtype, str):
+        if state_dtype in _STATE_DTYPE_NAMES:
+            return _STATE_DTYPE_NAMES[state_dtype]
+        raise ValueError(f"state_dtype must be {_ACCEPTED}, got {state_dtype!r}")
+    if not isinstance(state_dtype, torch.dtype):
+        raise TypeError(
+            f"state_dtype must be {_ACCEPTED}, got a {type(state_dtype).__name__}: {state_dtype!r}"
+        )
+    if state_dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise ValueError(f"state_dtype must be {_ACCEPTED}, got {state_dtype}")
+    return state_dtype
+
+
+def _core_name(state_dtype: torch.dtype | str | None) -> str | None:
+    """The name the Rust core takes for a checked state dtype."""
+    if state_dtype is None or isinstance(state_dtype, str):
+        return state_dtype
+    return str(state_dtype).replace("torch.", "")
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as a numpy array laid out as the tensor (bfloat16 as float32)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.to(torch.float32)
+    return tensor.numpy()
 
 
 def _scalar(value: Any) -> Any:
@@ -109,12 +156,18 @@ class Adamax(Optimizer):
         the Adamax paper's and lucid's formula (``m / (u + eps)``), as ``adamax_rs.Adamax``.
     decoupled_weight_decay : bool, default False
         Decay the parameter directly (``param *= 1 - lr * weight_decay``).
-    state_dtype : torch.dtype, optional
+    state_dtype : torch.dtype or str, optional
         The dtype of ``exp_avg`` and ``exp_inf``: ``None`` (the default) means float32 for
         float16/bfloat16 parameters and the parameter's own dtype otherwise; ``torch.float32``
         or ``torch.float64`` may be asked for (complex parameters get complex state of that
         precision). ``torch.optim.Adamax`` keeps 16-bit state for 16-bit parameters.
-
+        ``torch.bfloat16`` (or ``"bfloat16"``): bfloat16 moments, float32 arithmetic, rounded
+        to nearest even. ``"8bit"``: block-wise quantized moments (uint8 codes and float32
+        scales ``state[p]["exp_avg_scale"]``, ``state[p]["exp_inf_scale"]``, one per 256
+        elements), float32 arithmetic; parameters under 4096 elements, complex and
+        non-dense ones keep float32 state. As in :class:`adamax_rs.Adamax`, whose
+        documentation and docs/compressed_state.md say more. State dicts with 8-bit state
+        load only into this class (``torch.optim.Adamax`` would read the codes as numbers).
     Raises
     ------
     ValueError
@@ -147,7 +200,7 @@ class Adamax(Optimizer):
         capturable: bool = False,
         eps_inside_max: bool = True,
         decoupled_weight_decay: bool = False,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         # torch.optim.Adamax's checks, in its order and with its messages.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -162,10 +215,7 @@ class Adamax(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if state_dtype not in _STATE_DTYPES:
-            raise TypeError(
-                f"state_dtype must be None, torch.float32 or torch.float64, got {state_dtype!r}"
-            )
+        state_dtype = _check_state_dtype(state_dtype)
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -180,7 +230,7 @@ class Adamax(Optimizer):
         }
         _refuse_unsupported(defaults, "")
         self.state_dtype = state_dtype
-        self._plan = _core.TorchStepPlan(state_dtype=_STATE_DTYPES[state_dtype])
+        self._plan = _core.TorchStepPlan(state_dtype=_core_name(state_dtype))
         self._lock = threading.RLock()
         super().__init__(params, defaults)
         track(self)
@@ -212,7 +262,7 @@ class Adamax(Optimizer):
             # Unpickled or deep-copied (load_state_dict comes here too, with the plan in place):
             # the plan and the lock are not copied, so make them.
             self.state_dtype = state_dtype
-            self._plan = _core.TorchStepPlan(state_dtype=_STATE_DTYPES[state_dtype])
+            self._plan = _core.TorchStepPlan(state_dtype=_core_name(state_dtype))
             self._lock = threading.RLock()
             track(self)
         for group in self.param_groups:
@@ -232,54 +282,144 @@ class Adamax(Optimizer):
         """Load a state dict of this class or of ``torch.optim.Adamax``.
 
         torch's loader casts every floating-point state value to its parameter's dtype; the
-        state then gets this optimizer's state dtype back from the saved values (so float32
-        state saved for a bfloat16 parameter is not rounded through bfloat16). That happens
-        after the load pre-hooks, from the state dict they leave, and before the post-hooks.
+        state then gets this optimizer's state form back from the saved values (so float32
+        state saved for a bfloat16 parameter is not rounded through bfloat16, and 8-bit
+        codes and scales stay as saved). Saved state of another form converts: float state
+        into 8-bit is quantized as a step would (``exp_avg`` truncated toward zero,
+        ``exp_inf`` rounded up), 8-bit into float takes the values the codes stand for,
+        and float into bfloat16 rounds to nearest even. That is checked and computed after
+        the load pre-hooks, from the state dict they leave, before torch changes anything
+        (a state that does not fit is a ``ValueError`` naming the parameter), and put in
+        place before the post-hooks.
         """
-        loaded: list[Mapping[str, Any]] = []
+        converted: list[dict[torch.Tensor, dict[str, torch.Tensor]]] = []
 
-        def keep_what_is_loaded(optimizer: Optimizer, state_dict: Any) -> None:
-            loaded.append(state_dict)
+        def convert_what_is_loaded(optimizer: Optimizer, state_dict: Any) -> None:
+            converted.append(self._convert_saved_state(state_dict))
 
-        def restore_state_dtypes(optimizer: Optimizer) -> None:
-            self._restore_state_dtypes(loaded[-1])
+        def restore_state(optimizer: Optimizer) -> None:
+            for param, tensors in converted[-1].items():
+                entry = self.state[param]
+                for key in _compressed.SCALE_KEYS:
+                    entry.pop(key, None)
+                entry.update(tensors)
 
         with self._lock:
             # Registered last among the pre-hooks and first among the post-hooks.
-            before = self.register_load_state_dict_pre_hook(keep_what_is_loaded)
-            after = self.register_load_state_dict_post_hook(restore_state_dtypes, prepend=True)
+            before = self.register_load_state_dict_pre_hook(convert_what_is_loaded)
+            after = self.register_load_state_dict_post_hook(restore_state, prepend=True)
             try:
                 super().load_state_dict(state_dict)
             finally:
                 before.remove()
                 after.remove()
 
-    def _restore_state_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+    def _convert_saved_state(
+        self, state_dict: Mapping[str, Any]
+    ) -> dict[torch.Tensor, dict[str, torch.Tensor]]:
+        """The state tensors of each parameter in ``state_dict``, in this optimizer's form."""
         saved_state = state_dict.get("state", {})
         saved_groups = state_dict.get("param_groups", [])
-        indices = [i for group in saved_groups for i in group.get("params", [])]
+        if not isinstance(saved_state, Mapping) or not isinstance(saved_groups, list):
+            return {}  # torch's own load reports it
+        indices = [
+            i for group in saved_groups if isinstance(group, Mapping) for i in group["params"]
+        ]
         params = [p for group in self.param_groups for p in group["params"]]
+        converted: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
         for index, param in zip(indices, params):
             saved = saved_state.get(index)
-            if not saved or param not in self.state:
+            if not isinstance(saved, Mapping) or not saved:
                 continue
-            target = self._state_dtype_for(param)
-            for key in ("exp_avg", "exp_inf"):
-                value = saved.get(key)
-                loaded = self.state[param].get(key)
-                if isinstance(value, torch.Tensor) and isinstance(loaded, torch.Tensor):
-                    if loaded.dtype != target:
-                        self.state[param][key] = value.to(
-                            dtype=target, device=param.device, copy=True
-                        )
+            tensors = {
+                key: saved[key]
+                for key in _STATE_TENSOR_KEYS
+                if isinstance(saved.get(key), torch.Tensor)
+            }
+            if "exp_avg" not in tensors or "exp_inf" not in tensors:
+                continue  # the step reports what is missing
+            try:
+                converted[param] = self._state_in_my_form(param, tensors)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"state of parameter {index}: {error}") from None
+        return converted
 
-    def _state_dtype_for(self, param: torch.Tensor) -> torch.dtype:
+    def _state_in_my_form(
+        self, param: torch.Tensor, saved: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """A parameter's saved ``exp_avg``, ``exp_inf`` (and scales) in this optimizer's form."""
+        for key in ("exp_avg", "exp_inf"):
+            if saved[key].shape != param.shape:
+                raise ValueError(
+                    f"{key!r} has shape {tuple(saved[key].shape)}, the parameter has shape "
+                    f"{tuple(param.shape)}"
+                )
+        codes = saved["exp_avg"].dtype == torch.uint8
+        if codes != all(key in saved for key in _compressed.SCALE_KEYS) or (
+            codes != (saved["exp_inf"].dtype == torch.uint8)
+        ):
+            raise ValueError(
+                "8-bit state has uint8 'exp_avg' and 'exp_inf' codes and both "
+                "'exp_avg_scale' and 'exp_inf_scale', and other state none of these"
+            )
+        like = torch.empty_like(param, dtype=torch.uint8, memory_format=torch.preserve_format)
+        form = self._state_dtype_for(param)
+        if codes:
+            blocks = _compressed.block_count(param.numel())
+            for key in _compressed.SCALE_KEYS:
+                scale = saved[key]
+                if scale.dtype != torch.float32 or tuple(scale.shape) != (blocks,):
+                    raise ValueError(
+                        f"{key!r} must be float32 of shape ({blocks},) (one scale per block of "
+                        f"{_compressed.BLOCK}), got {scale.dtype} of shape {tuple(scale.shape)}"
+                    )
+                if bool((scale < 0).any()):
+                    raise ValueError(f"{key!r} has negative scales")
+            if form is None:
+                out = {"exp_avg": like.copy_(saved["exp_avg"]), "exp_inf": torch.empty_like(like)}
+                out["exp_inf"].copy_(saved["exp_inf"])
+                for key in _compressed.SCALE_KEYS:
+                    out[key] = saved[key].detach().to("cpu", copy=True).contiguous()
+                return out
+            m, u = _compressed.dequantize(
+                _as_numpy(saved["exp_avg"]),
+                _as_numpy(saved["exp_inf"]),
+                _as_numpy(saved["exp_avg_scale"]),
+                _as_numpy(saved["exp_inf_scale"]),
+            )
+            values = {"exp_avg": torch.from_numpy(m), "exp_inf": torch.from_numpy(u)}
+        else:
+            values = {key: saved[key].detach().cpu() for key in ("exp_avg", "exp_inf")}
+        if form is None:
+            if bool((values["exp_inf"] < 0).any()):
+                raise ValueError("'exp_inf' has negative values")
+            quantized = _compressed.quantize(
+                _as_numpy(values["exp_avg"]).astype(np.float64),
+                _as_numpy(values["exp_inf"]).astype(np.float64),
+                _as_numpy(like),
+            )
+            return {key: torch.from_numpy(value) for key, value in quantized.items()}
+        out = {}
+        for key, value in values.items():
+            target = torch.empty_like(param, dtype=form, memory_format=torch.preserve_format)
+            if form == torch.bfloat16 and value.dtype == torch.float64:
+                # torch rounds float64 to bfloat16 through float32 (twice): once, here.
+                rounded = _compressed.to_bfloat16(value.numpy())
+                value = torch.from_numpy(rounded.view(np.int16)).view(torch.bfloat16)
+            target.copy_(value)
+            out[key] = target
+        return out
+
+    def _state_dtype_for(self, param: torch.Tensor) -> torch.dtype | None:
+        """The dtype of ``param``'s state, ``None`` for 8-bit (uint8 codes and scales)."""
         if param.is_complex():
             double = self.state_dtype == torch.float64 or (
                 self.state_dtype is None and param.dtype == torch.complex128
             )
             return torch.complex128 if double else torch.complex64
-        if self.state_dtype is not None:
+        if self.state_dtype == BLOCKWISE:
+            return None if _core.blockwise_fits(param) else torch.float32
+        if isinstance(self.state_dtype, torch.dtype):
             return self.state_dtype
         if param.dtype in (torch.float16, torch.bfloat16):
             return torch.float32
@@ -317,7 +457,8 @@ class Adamax(Optimizer):
         for g, index in missing:
             param = self.param_groups[g]["params"][index]
             _check_tensor(param, f"group {g}, parameter {index}")
-            dtype = self._state_dtype_for(param)
+            form = self._state_dtype_for(param)
+            dtype = torch.uint8 if form is None else form
             entry = {
                 "step": torch.tensor(0.0, dtype=_scalar_dtype()),
                 "exp_avg": torch.zeros_like(
@@ -327,6 +468,10 @@ class Adamax(Optimizer):
                     param, dtype=dtype, memory_format=torch.preserve_format
                 ),
             }
+            if form is None:
+                blocks = _compressed.block_count(param.numel())
+                for key in _compressed.SCALE_KEYS:
+                    entry[key] = torch.zeros(blocks, dtype=torch.float32)
             # Listed first and stored whole: an interrupt between two statements leaves no
             # entry that is partial or not listed.
             created.append(param)

@@ -1,0 +1,539 @@
+"""Compressed optimizer state (state_dtype="bfloat16" and "8bit") in the numpy front end.
+
+Every number is checked against the plain numpy codec and step of tests/reference.py.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from adamax_rs import Adamax, Parameter, _core, _safetensors
+from adamax_rs._file_arrays import read_into
+from adamax_rs.checkpoint import load_checkpoint, save_checkpoint
+from adamax_rs.functional import adamax, new_state
+from conftest import assert_unchanged, snapshot
+from reference import (
+    adamax_reference_step,
+    bfloat16_reference_step,
+    blockwise_reference_step,
+    decode,
+    quantize,
+)
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+N = 4096 + 300  # 8-bit state, and a partial last block
+OPTIONS = [
+    {},
+    {"eps_inside_max": True},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.1, "eps_inside_max": True},
+    {"weight_decay": 0.05, "decoupled_weight_decay": True},
+    {"maximize": True},
+]
+
+
+# Master weights are for 16-bit parameters only.
+DTYPES_AND_MASTER = [
+    (np.float32, False),
+    (np.float16, False),
+    ("bfloat16", False),
+    (np.float16, True),
+    ("bfloat16", True),
+]
+
+
+def heavy_tailed(rng, n, orders=12):
+    """Values whose magnitudes span ``orders`` orders of magnitude, both signs."""
+    return (rng.standard_normal(n) * 10.0 ** rng.uniform(-orders, 0, n)).astype(np.float32)
+
+
+def state_arrays(state):
+    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+
+
+# -- the codec ---------------------------------------------------------------------------------
+
+
+def test_quantize_moments_is_the_reference_codec(rng):
+    for n in (1, 255, 256, 257, 3000):
+        m = rng.standard_normal(n) * 10.0 ** rng.uniform(-14, 2, n)
+        u = np.abs(rng.standard_normal(n)) * 10.0 ** rng.uniform(-14, 2, n)
+        m_codes, m_scales, u_codes, u_scales = _core.quantize_moments(m, u)
+        expected_m = quantize(m, True, np.float64)
+        expected_u = quantize(u, False, np.float64)
+        np.testing.assert_array_equal(m_codes, expected_m[0])
+        np.testing.assert_array_equal(m_scales, expected_m[1])
+        np.testing.assert_array_equal(u_codes, expected_u[0])
+        np.testing.assert_array_equal(u_scales, expected_u[1])
+        m_back, u_back = _core.dequantize_moments(m_codes, m_scales, u_codes, u_scales)
+        np.testing.assert_array_equal(m_back, decode(m_codes, m_scales, True))
+        np.testing.assert_array_equal(u_back, decode(u_codes, u_scales, False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.integers(1, 600),
+        elements=st.floats(0, 1e30, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_exp_inf_is_never_underestimated_and_never_zero(u):
+    _, _, codes, scales = _core.quantize_moments(np.zeros_like(u), u)
+    stored = decode(codes, scales, False, np.float64)
+    assert np.all(stored >= u)
+    assert np.all(stored[u > 0] > 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.integers(1, 600),
+        elements=st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_exp_avg_is_never_overestimated_and_keeps_its_sign(m):
+    codes, scales, _, _ = _core.quantize_moments(m, np.zeros_like(m))
+    stored = decode(codes, scales, True, np.float64)
+    assert np.all(np.abs(stored) <= np.abs(m))
+    assert np.all(stored * m >= 0)
+
+
+# -- steps against the reference -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
+@pytest.mark.parametrize("param_dtype, master_weights", DTYPES_AND_MASTER)
+def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, master_weights):
+    dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
+    hyper = {"lr": 0.01, **options}
+    p = Parameter(rng.standard_normal(N).astype(dtype))
+    opt = Adamax([p], lr=0.01, state_dtype="8bit", master_weights=master_weights, **options)
+    ref_p = p.data.copy()
+    ref_state = {
+        "exp_avg": np.zeros(N, np.uint8),
+        "exp_inf": np.zeros(N, np.uint8),
+        "exp_avg_scale": np.zeros(-(-N // 256), np.float32),
+        "exp_inf_scale": np.zeros(-(-N // 256), np.float32),
+    }
+    ref_master = ref_p.astype(np.float32) if master_weights else None
+    for t in range(1, 4):
+        g = heavy_tailed(rng, N, orders=6).astype(dtype)
+        p.grad = g
+        opt.step()
+        ref_p, ref_state, ref_master = blockwise_reference_step(
+            ref_p, g, ref_state, t, master=ref_master, **hyper
+        )
+        np.testing.assert_array_equal(
+            p.data.view(np.uint16 if dtype.itemsize == 2 else np.uint32),
+            ref_p.view(np.uint16 if dtype.itemsize == 2 else np.uint32),
+        )
+        for key, value in ref_state.items():
+            np.testing.assert_array_equal(opt.state[p][key], value, err_msg=f"{key} step {t}")
+        if master_weights:
+            np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
+@pytest.mark.parametrize("param_dtype, master_weights", DTYPES_AND_MASTER)
+def test_bfloat16_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, master_weights):
+    dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
+    hyper = {"lr": 0.01, **options}
+    n = 1000
+    p = Parameter(rng.standard_normal(n).astype(dtype))
+    opt = Adamax([p], lr=0.01, state_dtype="bfloat16", master_weights=master_weights, **options)
+    ref_p, m, u = p.data.copy(), np.zeros(n, BF16), np.zeros(n, BF16)
+    ref_master = ref_p.astype(np.float32) if master_weights else None
+    for t in range(1, 4):
+        g = heavy_tailed(rng, n, orders=6).astype(dtype)
+        p.grad = g
+        opt.step()
+        ref_p, m, u, ref_master = bfloat16_reference_step(
+            ref_p, g, m, u, t, master=ref_master, **hyper
+        )
+        assert opt.state[p]["exp_avg"].dtype == BF16
+        np.testing.assert_array_equal(p.data.astype(np.float32), ref_p.astype(np.float32))
+        np.testing.assert_array_equal(opt.state[p]["exp_avg"].view(np.uint16), m.view(np.uint16))
+        np.testing.assert_array_equal(opt.state[p]["exp_inf"].view(np.uint16), u.view(np.uint16))
+        if master_weights:
+            np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
+
+
+def test_functional_steps_equal_the_optimizer(rng):
+    data = rng.standard_normal((80, 60)).astype(np.float32)
+    p = Parameter(data.copy())
+    opt = Adamax([p], lr=0.01, state_dtype="8bit")
+    x = data.copy()
+    state = new_state(x, state_dtype="8bit")
+    assert set(state) == {"exp_avg", "exp_inf", "exp_avg_scale", "exp_inf_scale"}
+    for t in range(1, 4):
+        g = heavy_tailed(rng, x.size).reshape(x.shape)
+        p.grad = g
+        opt.step()
+        adamax(
+            [x],
+            [g],
+            [state["exp_avg"]],
+            [state["exp_inf"]],
+            [t],
+            lr=0.01,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            exp_avg_scales=[state["exp_avg_scale"]],
+            exp_inf_scales=[state["exp_inf_scale"]],
+        )
+    np.testing.assert_array_equal(x, p.data)
+    for key, value in state.items():
+        np.testing.assert_array_equal(value, opt.state[p][key])
+
+
+# -- safety on heavy tails ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state_dtype", ["8bit", "bfloat16"])
+@pytest.mark.parametrize("options", [{}, {"eps_inside_max": True}], ids=["paper", "torch"])
+def test_no_update_exceeds_the_float32_runs_largest_by_half(rng, state_dtype, options):
+    """Gradients spanning 12 orders of magnitude inside every block, changing scale from step
+    to step: the largest update (relative to lr) of the compressed run is at most 1.5x the
+    float32 run's. A tiny exp_inf rounded to zero would divide by eps and blow this up."""
+    n, lr, steps = 8192, 0.01, 30
+    init = rng.standard_normal(n).astype(np.float32)
+    grads = [heavy_tailed(rng, n) * np.float32(10.0 ** rng.uniform(-3, 3)) for _ in range(steps)]
+    # Some elements see a large gradient once, then tiny ones: their exp_inf decays.
+    grads[0][::7] *= 1e6
+
+    def largest_update(state):
+        p = Parameter(init.copy())
+        opt = Adamax([p], lr=lr, state_dtype=state, **options)
+        largest = 0.0
+        for g in grads:
+            before = p.data.copy()
+            p.grad = g
+            opt.step()
+            largest = max(largest, float(np.abs(p.data - before).max()) / lr)
+        return largest
+
+    reference = largest_update(None)
+    assert reference > 0
+    assert largest_update(state_dtype) <= 1.5 * reference
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def test_state_memory(rng):
+    params = {name: Parameter(np.zeros((1024, 1024), np.float32)) for name in ("f32", "bf", "q")}
+    dtypes = {"f32": None, "bf": "bfloat16", "q": "8bit"}
+    bytes_ = {}
+    for name, p in params.items():
+        opt = Adamax([p], state_dtype=dtypes[name])
+        p.grad = np.ones_like(p.data)
+        opt.step()
+        bytes_[name] = sum(a.nbytes for a in state_arrays(opt.state[p]).values())
+    assert bytes_["f32"] == 8 * 1024 * 1024
+    assert bytes_["bf"] / bytes_["f32"] == 0.5
+    assert bytes_["q"] / bytes_["f32"] <= 0.27
+
+
+# -- which parameters get compressed state ----------------------------------------------------
+
+
+def test_small_complex_and_strided_parameters_keep_float_state():
+    kept = {
+        "small": Parameter(np.ones(4095, np.float32)),
+        "threshold": Parameter(np.ones(4096, np.float32)),
+        "complex": Parameter(np.ones(5000, np.complex64)),
+        "strided": Parameter(np.ones(20000, np.float32)[::2]),
+        "fortran": Parameter(np.asfortranarray(np.ones((70, 90), np.float32))),
+    }
+    opt = Adamax(list(kept.values()), state_dtype="8bit")
+    for p in kept.values():
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    dtype = {name: opt.state[p]["exp_avg"].dtype for name, p in kept.items()}
+    assert dtype == {
+        "small": np.float32,
+        "threshold": np.uint8,
+        "complex": np.complex64,
+        "strided": np.float32,
+        "fortran": np.uint8,
+    }
+    assert "exp_avg_scale" not in opt.state[kept["small"]]
+    assert opt.state[kept["fortran"]]["exp_avg"].flags.f_contiguous
+    assert opt.state[kept["threshold"]]["exp_inf_scale"].shape == (16,)
+
+
+def test_fortran_order_codes_follow_memory_order(rng):
+    data = np.asfortranarray(rng.standard_normal((70, 90)).astype(np.float32))
+    g = np.asfortranarray(heavy_tailed(rng, data.size).reshape(data.shape))
+    p = Parameter(data.copy(order="K"))
+    opt = Adamax([p], lr=0.01, state_dtype="8bit")
+    p.grad = g
+    opt.step()
+    # In memory order (the transpose is C-ordered), the step is the reference's.
+    ref_state = {
+        "exp_avg": np.zeros(data.size, np.uint8),
+        "exp_inf": np.zeros(data.size, np.uint8),
+        "exp_avg_scale": np.zeros(25, np.float32),
+        "exp_inf_scale": np.zeros(25, np.float32),
+    }
+    ref_p, ref_state, _ = blockwise_reference_step(
+        data.T.reshape(-1), g.T.reshape(-1), ref_state, 1, lr=0.01
+    )
+    np.testing.assert_array_equal(p.data.T.reshape(-1), ref_p)
+    np.testing.assert_array_equal(opt.state[p]["exp_avg"].T.reshape(-1), ref_state["exp_avg"])
+    np.testing.assert_array_equal(opt.state[p]["exp_inf_scale"], ref_state["exp_inf_scale"])
+
+
+# -- state dicts, checkpoints, conversions ----------------------------------------------------
+
+
+def trained(rng, state_dtype, steps=3, dtype=np.float32, master_weights=False, shape=(70, 90)):
+    ps = [
+        Parameter(rng.standard_normal(shape).astype(dtype)),
+        Parameter(rng.standard_normal(100).astype(dtype)),
+    ]
+    opt = Adamax(ps, lr=0.01, state_dtype=state_dtype, master_weights=master_weights)
+    for _ in range(steps):
+        for p in ps:
+            p.grad = heavy_tailed(rng, p.data.size, orders=6).reshape(p.data.shape).astype(dtype)
+        opt.step()
+    return ps, opt
+
+
+@pytest.mark.parametrize("state_dtype", ["8bit", "bfloat16"])
+@pytest.mark.parametrize("through", ["state_dict", "checkpoint"])
+@pytest.mark.parametrize("dtype, master", [(np.float32, False), (np.float16, True)])
+def test_round_trip_continues_bit_for_bit(rng, tmp_path, state_dtype, through, dtype, master):
+    ps, opt = trained(rng, state_dtype, dtype=dtype, master_weights=master)
+    twins = [Parameter(p.data.copy()) for p in ps]
+    resumed = Adamax(twins, lr=0.01, state_dtype=state_dtype, master_weights=master)
+    if through == "state_dict":
+        resumed.load_state_dict(opt.state_dict())
+    else:
+        save_checkpoint(opt, tmp_path / "opt.safetensors")
+        load_checkpoint(resumed, tmp_path / "opt.safetensors")
+    kinds = {k: v.dtype for k, v in state_arrays(resumed.state[twins[0]]).items()}
+    assert kinds == {k: v.dtype for k, v in state_arrays(opt.state[ps[0]]).items()}
+    for _ in range(3):
+        for p, twin in zip(ps, twins):
+            g = heavy_tailed(rng, p.data.size, orders=6).reshape(p.data.shape).astype(dtype)
+            p.grad, twin.grad = g, g.copy()
+        opt.step()
+        resumed.step()
+    for p, twin in zip(ps, twins):
+        np.testing.assert_array_equal(p.data, twin.data)
+        for key, value in state_arrays(opt.state[p]).items():
+            np.testing.assert_array_equal(
+                resumed.state[twin][key].view(np.uint8), value.view(np.uint8)
+            )
+
+
+def test_float32_state_loads_into_8bit_quantized(rng, tmp_path):
+    ps, opt = trained(rng, None)
+    for through in ("state_dict", "checkpoint"):
+        twins = [Parameter(p.data.copy()) for p in ps]
+        q = Adamax(twins, lr=0.01, state_dtype="8bit")
+        if through == "state_dict":
+            q.load_state_dict(opt.state_dict())
+        else:
+            save_checkpoint(opt, tmp_path / "f32.safetensors")
+            load_checkpoint(q, tmp_path / "f32.safetensors")
+        big = opt.state[ps[0]]
+        m_codes, m_scales = quantize(big["exp_avg"].astype(np.float64), True, np.float64)
+        u_codes, u_scales = quantize(big["exp_inf"].astype(np.float64), False, np.float64)
+        np.testing.assert_array_equal(q.state[twins[0]]["exp_avg"].reshape(-1), m_codes)
+        np.testing.assert_array_equal(q.state[twins[0]]["exp_avg_scale"], m_scales)
+        np.testing.assert_array_equal(q.state[twins[0]]["exp_inf"].reshape(-1), u_codes)
+        np.testing.assert_array_equal(q.state[twins[0]]["exp_inf_scale"], u_scales)
+        # The small parameter keeps float32 state, loaded as it is.
+        np.testing.assert_array_equal(q.state[twins[1]]["exp_avg"], opt.state[ps[1]]["exp_avg"])
+
+
+@pytest.mark.parametrize("target", [None, np.float64, "bfloat16"])
+def test_8bit_state_loads_into_float_state_as_its_values(rng, tmp_path, target):
+    ps, opt = trained(rng, "8bit")
+    for through in ("state_dict", "checkpoint"):
+        twins = [Parameter(p.data.copy()) for p in ps]
+        wide = Adamax(twins, lr=0.01, state_dtype=target)
+        if through == "state_dict":
+            wide.load_state_dict(opt.state_dict())
+        else:
+            save_checkpoint(opt, tmp_path / "q.safetensors")
+            load_checkpoint(wide, tmp_path / "q.safetensors")
+        saved = opt.state[ps[0]]
+        m = decode(saved["exp_avg"].reshape(-1), saved["exp_avg_scale"], True)
+        u = decode(saved["exp_inf"].reshape(-1), saved["exp_inf_scale"], False)
+        dtype = {None: np.dtype(np.float32), np.float64: np.dtype(np.float64)}.get(target, BF16)
+        state = wide.state[twins[0]]
+        assert set(state) == {"step", "exp_avg", "exp_inf"}
+        np.testing.assert_array_equal(
+            state["exp_avg"].reshape(-1).astype(np.float64), m.astype(dtype).astype(np.float64)
+        )
+        np.testing.assert_array_equal(
+            state["exp_inf"].reshape(-1).astype(np.float64), u.astype(dtype).astype(np.float64)
+        )
+
+
+def exact_bfloat16(x):
+    """``x`` rounded to bfloat16, nearest, ties to even, by exact rational arithmetic."""
+    if x == 0:
+        return 0.0
+    exponent = int(np.floor(np.log2(abs(x))))
+    for e in (exponent - 1, exponent, exponent + 1):
+        if 2.0**e <= abs(x) < 2.0 ** (e + 1):
+            exponent = e
+    ulp = Fraction(2) ** (max(exponent, -126) - 7)
+    q = Fraction(x) / ulp
+    low = q.numerator // q.denominator
+    rest = q - low
+    up = rest > Fraction(1, 2) or (rest == Fraction(1, 2) and low % 2 == 1)
+    return float((low + up) * ulp)
+
+
+def test_float64_state_loads_into_bfloat16_rounded_once(rng):
+    # 1 + 2**-8 + 2**-30: float32 first would make it a tie and round it down to 1.
+    values = np.concatenate(
+        [
+            [1 + 2.0**-8 + 2.0**-30, -(1 + 2.0**-8 + 2.0**-30), 1 + 2.0**-8, 3e-39, 1e-300],
+            rng.standard_normal(995) * 10.0 ** rng.uniform(-30, 30, 995),
+        ]
+    )
+    p64 = Parameter(np.ones(1000))
+    opt64 = Adamax([p64])
+    p64.grad = np.ones(1000)
+    opt64.step()
+    saved = opt64.state_dict()
+    saved["state"][0]["exp_avg"] = values.copy()
+    saved["state"][0]["exp_inf"] = np.abs(values)
+    p = Parameter(np.ones(1000, np.float32))
+    bf = Adamax([p], state_dtype="bfloat16")
+    bf.load_state_dict(saved)
+    got = bf.state[p]["exp_avg"].astype(np.float64)
+    assert got[0] == 1 + 2.0**-7 and got[1] == -(1 + 2.0**-7) and got[2] == 1.0
+    np.testing.assert_array_equal(got, [exact_bfloat16(v) for v in values])
+
+
+# -- bad state is refused, and nothing changes -------------------------------------------------
+
+
+def corrupt(state, key, value):
+    state = dict(state)
+    state[key] = value
+    return state
+
+
+BAD_STATES = {
+    "scale of the wrong shape": (
+        lambda s: corrupt(s, "exp_avg_scale", np.zeros(5, np.float32)),
+        ValueError,
+        r"'exp_avg_scale' has shape \(5,\).*\(25,\)",
+    ),
+    "scale of the wrong dtype": (
+        lambda s: corrupt(s, "exp_inf_scale", s["exp_inf_scale"].astype(np.float64)),
+        TypeError,
+        "'exp_inf_scale' has dtype float64",
+    ),
+    "negative scales": (
+        lambda s: corrupt(s, "exp_inf_scale", -s["exp_inf_scale"]),
+        ValueError,
+        "negative",
+    ),
+    "a scale missing": (
+        lambda s: {k: v for k, v in s.items() if k != "exp_inf_scale"},
+        ValueError,
+        "missing 'exp_inf_scale'",
+    ),
+    "codes of another dtype": (
+        lambda s: corrupt(s, "exp_inf", s["exp_inf"].astype(np.float16)),
+        TypeError,
+        "'exp_inf' has dtype float16",
+    ),
+    "codes of the wrong shape": (
+        lambda s: corrupt(s, "exp_avg", s["exp_avg"].reshape(-1)),
+        ValueError,
+        "'exp_avg' has shape",
+    ),
+    "float state with scales": (
+        lambda s: corrupt(s, "exp_avg", s["exp_avg"].astype(np.float32)),
+        ValueError,
+        "unexpected keys",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATES))
+def test_bad_8bit_state_is_refused_and_changes_nothing(rng, tmp_path, case):
+    ps, opt = trained(rng, "8bit")
+    make_bad, error, message = BAD_STATES[case]
+    saved = opt.state_dict()
+    saved["state"][0] = make_bad(saved["state"][0])
+    before = snapshot(opt, ps)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(saved)
+    assert_unchanged(before, opt, ps)
+
+
+@pytest.mark.parametrize("case", list(BAD_STATES))
+def test_hostile_checkpoint_with_bad_8bit_state(rng, tmp_path, case):
+    ps, opt = trained(rng, "8bit")
+    path = tmp_path / "good.safetensors"
+    save_checkpoint(opt, path)
+    with open(path, "rb") as file:
+        header = _safetensors.read_header(file, path.stat().st_size, 1 << 20)
+        tensors = {}
+        for name, declared in header.tensors.items():
+            out = np.empty(declared.shape, declared.dtype)
+            read_into(file, declared, out)
+            tensors[name] = out
+    make_bad, _, message = BAD_STATES[case]
+    state = {k.split("/")[-1]: v for k, v in tensors.items() if k.startswith("state/0/")}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("state/0/")}
+    tensors.update({f"state/0/{k}": np.ascontiguousarray(v) for k, v in make_bad(state).items()})
+    metadata = {k: v for k, v in header.metadata.items() if k != _safetensors.CHECKSUMS}
+    # A well-formed file (the writer seals it with checksums) whose contents are wrong.
+    bad_path = tmp_path / "bad.safetensors"
+    with open(bad_path, "wb") as file:
+        _safetensors.write(file, tensors, metadata)
+    before = snapshot(opt, ps)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(opt, bad_path)
+    assert_unchanged(before, opt, ps)
+
+
+@pytest.mark.parametrize("bad", ["int8", "9bit", "uint8", np.int8])
+def test_bad_state_dtype_names_it(bad):
+    with pytest.raises(ValueError, match="state_dtype"):
+        Adamax([Parameter(np.ones(2, np.float32))], state_dtype=bad)
+    with pytest.raises(ValueError, match="state_dtype"):
+        new_state(np.ones(2, np.float32), state_dtype=bad)
+
+
+def test_reference_step_is_the_plain_formula_on_decoded_state(rng):
+    # A guard on the reference itself: with float32-exact codes, its step is the float32 step.
+    n = 512
+    g = np.full(n, 0.5, np.float32)
+    p = np.ones(n, np.float32)
+    state = {
+        "exp_avg": np.zeros(n, np.uint8),
+        "exp_inf": np.zeros(n, np.uint8),
+        "exp_avg_scale": np.zeros(2, np.float32),
+        "exp_inf_scale": np.zeros(2, np.float32),
+    }
+    new_p, new_state_, _ = blockwise_reference_step(p, g, state, 1, lr=0.01)
+    plain_p, m, u = adamax_reference_step(
+        p, g, np.zeros(n, np.float32), np.zeros(n, np.float32), 1, lr=0.01
+    )
+    np.testing.assert_array_equal(new_p, plain_p)
+    np.testing.assert_array_equal(
+        decode(new_state_["exp_inf"], new_state_["exp_inf_scale"], False), u
+    )
