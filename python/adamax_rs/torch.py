@@ -515,8 +515,8 @@ class Adamax(Optimizer):
                     missing = self._plan.step(self.param_groups, self.state, hyperparameters)
                 except BaseException:
                     # Take back the new state unless the step was committed (its count moved):
-                    # the plan can raise after the update, e.g. a KeyboardInterrupt in the
-                    # Python code it calls last (torch.autograd.graph.increment_version).
+                    # the plan can still raise after the update, if torch refuses to bump the
+                    # parameters' version counters (the C call it makes last).
                     for param in created:
                         entry = self.state.get(param)
                         if entry is None or _never_stepped(entry):

@@ -177,17 +177,41 @@ fn refuse_lazy(obj: &Bound<'_, PyAny>, raw: &RawArray, place: Place, role: Role)
     }
 }
 
+/// torch's C function that bumps autograd's version counters: `torch._C._increment_version`.
+///
+/// Called directly, not through `torch.autograd.graph.increment_version`, its Python wrapper:
+/// a Python function would run bytecode between the update and the bump, where a Ctrl-C
+/// (a signal handler raising `KeyboardInterrupt`) could land and leave the parameters changed
+/// but their versions not. A C function called from here runs no bytecode, so a signal that
+/// arrives is handled after the step returns, with everything committed.
 fn increment_version(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static INCREMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     INCREMENT
         .get_or_try_init(py, || {
             Ok::<_, PyErr>(
-                py.import("torch.autograd.graph")?
-                    .getattr("increment_version")?
+                py.import("torch._C")?
+                    .getattr("_increment_version")?
                     .unbind(),
             )
         })
         .map(|f| f.bind(py))
+}
+
+/// Tells autograd that `params` changed in place: one call with the list where torch takes a
+/// list (torch >= 2.2's signature); one call a tensor where it takes a single tensor (older).
+fn tell_autograd(py: Python<'_>, params: &[&Bound<'_, PyAny>]) -> PyResult<()> {
+    let increment = increment_version(py)?;
+    let list = PyList::new(py, params)?;
+    match increment.call1((list,)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+            for param in params {
+                increment.call1((param,))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The step count in a state's `step` tensor: where it is and the next step number.
@@ -532,8 +556,8 @@ impl TorchStepPlan {
         }
         // Then tell autograd the parameters changed in place, as torch's own in-place updates do.
         if !tensors.is_empty() {
-            let params = PyList::new(py, tensors.iter().map(|t| &t.param))?;
-            increment_version(py)?.call1((params,))?;
+            let params: Vec<&Bound<'_, PyAny>> = tensors.iter().map(|t| &t.param).collect();
+            tell_autograd(py, &params)?;
         }
         Ok(None)
     }
