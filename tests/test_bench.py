@@ -339,7 +339,7 @@ def test_time_workload_times_every_row_and_the_reference(capsys):
     results = run.time_workload(TINY, impls, seconds=0.01, seed=0, min_rounds=3)
     names = [r.implementation for r in results]
     assert names[0] == "adamax_rs" and results[1].reference
-    assert names[2:] == [impl.name for impl in impls[1:]]
+    assert names[2:] == [impl.name for impl in impls[1:] if not impl.workloads]
     for r in results:
         if r.note:
             assert not r.seconds
@@ -351,6 +351,36 @@ def test_time_workload_times_every_row_and_the_reference(capsys):
     if IN_CI:
         assert HAVE_TORCH, "torch must be installed in CI for the benchmark's torch rows"
     assert (by_name["adamax_rs.torch"].note == "not available") == (not HAS_TORCH_FRONT)
+
+
+def test_compressed_state_rows_run_on_their_workload_only():
+    compressed = [impl for impl in implementations.select("state") if impl.workloads]
+    assert [impl.name for impl in compressed] == [
+        "adamax_rs, bfloat16 state",
+        "adamax_rs, 8-bit state",
+    ]
+    named = Workload(implementations.COMPRESSED_STATE_WORKLOAD, ((5000,), (300,)), np.float32)
+    results = run.time_workload(named, compressed, seconds=0.01, seed=0, min_rounds=3)
+    assert [r.implementation for r in results] == [impl.name for impl in compressed]
+    assert all(len(r.seconds) >= 3 for r in results)
+    # GB/s counts the bytes each really moves: 4-byte param and grad, narrower state.
+    assert [r.bytes_moved for r in results] == [
+        5300 * (12 + 4 * 2),
+        round(5300 * (12 + 4 * (1 + 4 / 256))),
+    ]
+    assert run.time_workload(TINY, compressed, seconds=0.01, seed=0) == []
+
+
+def test_compressed_state_rows_keep_that_state():
+    params, grads = workloads.make_arrays(((5000,),), np.float32, seed=1)
+    for impl, kept in zip(
+        [i for i in implementations.IMPLEMENTATIONS if i.workloads], ("bfloat16", "uint8")
+    ):
+        step = impl.make(params, grads)
+        step()
+        optimizer = step.__self__
+        (state,) = optimizer.state.values()
+        assert str(state["exp_avg"].dtype) == kept, impl.name
 
 
 def test_time_workload_really_steps_the_parameters():
@@ -418,7 +448,10 @@ def test_command_line_table_has_the_rows_and_columns(capsys):
     main = [r for r in rows if len(r) == 6]
     names = [r[1] for r in main]
     assert names[:2] == ["adamax_rs", "reference: np.multiply(x, 0.9, out=x) on 1,000"]
-    assert set(names[2:]) == {impl.name for impl in implementations.IMPLEMENTATIONS[1:]}
+    every_workload = {
+        impl.name for impl in implementations.IMPLEMENTATIONS[1:] if not impl.workloads
+    }
+    assert set(names[2:]) == every_workload
     for r in main:
         if r[2].endswith(("installed", "available")):
             continue

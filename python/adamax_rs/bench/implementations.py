@@ -34,6 +34,8 @@ Step = Callable[[], Any]
 Factory = Callable[[list[np.ndarray], list[np.ndarray]], Step]
 
 LR = 1e-3
+#: The one workload the compressed-state rows are timed on (issue 12's comparison).
+COMPRESSED_STATE_WORKLOAD = "1 x 16M float32"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ class Implementation:
         for them); only such rows are timed on the float16 workload.
     description : str
         What the row is, for ``--help`` and the docs.
+    workloads : tuple of str
+        The names of the only workloads it is timed on; empty for all. The compressed-state
+        rows run on one workload: what they change is bytes per element, not overhead.
+    state_itemsize : float or None
+        Bytes of optimizer state per element and moment, for its GB/s, where the row keeps a
+        state narrower than the workload's (8-bit codes with a float32 scale per 256: 1 +
+        4/256); ``None`` for the workload's own.
     """
 
     name: str
@@ -60,6 +69,12 @@ class Implementation:
     requires: tuple[str, ...] = ()
     mixed_precision: bool = False
     description: str = ""
+    workloads: tuple[str, ...] = ()
+    state_itemsize: float | None = None
+
+    def runs_on(self, workload: str) -> bool:
+        """Whether the row is timed on the workload of that name."""
+        return not self.workloads or workload in self.workloads
 
     def missing(self) -> str:
         """Why the row cannot run here (``"torch not installed"``, ...), or ``""``."""
@@ -89,6 +104,13 @@ def _parameters(params: list[np.ndarray], grads: list[np.ndarray]) -> list[Param
 
 def _adamax_rs(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
     return Adamax(_parameters(params, grads), lr=LR).step
+
+
+def _adamax_rs_state(state_dtype: str) -> Factory:
+    def make(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
+        return Adamax(_parameters(params, grads), lr=LR, state_dtype=state_dtype).step
+
+    return make
 
 
 def _numpy(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
@@ -166,6 +188,20 @@ IMPLEMENTATIONS = [
         requires=("torch", "adamax_rs.torch"),
         mixed_precision=True,
         description="adamax_rs.torch.Adamax: adamax_rs stepping torch tensors",
+    ),
+    Implementation(
+        "adamax_rs, bfloat16 state",
+        _adamax_rs_state("bfloat16"),
+        description="adamax_rs.Adamax(state_dtype='bfloat16'): half the state's bytes",
+        workloads=(COMPRESSED_STATE_WORKLOAD,),
+        state_itemsize=2,
+    ),
+    Implementation(
+        "adamax_rs, 8-bit state",
+        _adamax_rs_state("8bit"),
+        description="adamax_rs.Adamax(state_dtype='8bit'): blockwise 8-bit moments",
+        workloads=(COMPRESSED_STATE_WORKLOAD,),
+        state_itemsize=1 + 4 / 256,
     ),
     Implementation(
         "numpy by hand", _numpy, description="the same formula, one numpy ufunc per operation"

@@ -19,7 +19,7 @@ from .implementations import LR, Implementation, Step
 from .timing import Entry, Result, time_interleaved
 from .workloads import ONE_TENSOR, UFUNC, Workload, make_arrays
 
-__all__ = ["set_threads", "time_thread_scaling", "time_workload", "unavailable"]
+__all__ = ["bytes_moved", "set_threads", "time_thread_scaling", "time_workload", "unavailable"]
 
 
 def unavailable(impl: Implementation, workload: Workload) -> str:
@@ -30,6 +30,14 @@ def unavailable(impl: Implementation, workload: Workload) -> str:
     if workload.mixed_precision and not impl.mixed_precision:
         return "n/a (keeps 16-bit state)"
     return ""
+
+
+def bytes_moved(impl: Implementation, workload: Workload) -> int:
+    """What one step of ``impl`` reads and writes on ``workload``, for its GB/s."""
+    if impl.state_itemsize is None:
+        return workload.bytes_moved
+    itemsize = int(np.dtype(workload.dtype).itemsize)
+    return round(workload.elements * (3 * itemsize + 4 * impl.state_itemsize))
 
 
 def reference_entry(workload: Workload, seed: int) -> Entry | None:
@@ -74,8 +82,8 @@ def time_workload(
     params, grads = make_arrays(workload.shapes, workload.dtype, seed)
     results: list[Result] = []
     entries: list[Entry] = []
-    for impl in impls:
-        result = Result(impl.name, workload.bytes_moved, note=unavailable(impl, workload))
+    for impl in (i for i in impls if i.runs_on(workload.name)):
+        result = Result(impl.name, bytes_moved(impl, workload), note=unavailable(impl, workload))
         results.append(result)
         if not result.note:
             entries.append(Entry(result, impl.make(params, grads)))
@@ -116,14 +124,18 @@ def time_thread_scaling(
     before = _core.get_num_threads()
     params, grads = make_arrays(workload.shapes, workload.dtype, seed)
     steps: list[tuple[Implementation, Step | None]] = [
-        (impl, None if unavailable(impl, workload) else impl.make(params, grads)) for impl in impls
+        (impl, None if unavailable(impl, workload) else impl.make(params, grads))
+        for impl in impls
+        if not impl.workloads  # rows timed on one workload only would leave holes in the table
     ]
     table: dict[int, list[Result]] = {}
     entries: list[Entry] = []
     for count in thread_counts:
         table[count] = []
         for impl, step in steps:
-            result = Result(impl.name, workload.bytes_moved, note=unavailable(impl, workload))
+            result = Result(
+                impl.name, bytes_moved(impl, workload), note=unavailable(impl, workload)
+            )
             table[count].append(result)
             if step is not None:
                 entries.append(Entry(result, step, before=functools.partial(set_threads, count)))
