@@ -264,12 +264,38 @@ fn scaled<C: Float>(code_value: f32, scale: C) -> C {
     C::from_f64(f64::from(code_value)) * scale
 }
 
+/// Running maxima kept side by side in [`largest_of`]: enough for a 512-bit vector of f32.
+const LANES: usize = 16;
+
+/// The largest `f(x)` over `xs` (at least zero), NaN if any is NaN.
+///
+/// [`LANES`] running maxima, each over every `LANES`-th element, then the largest of them: one
+/// running maximum is a chain of dependent compares that runs one element at a time, while
+/// side-by-side ones are one vector compare. The result is the same: the maximum does not
+/// depend on the order, ties keep the earlier value, and a NaN anywhere stays.
+#[inline(always)]
+fn largest_of<C: Float>(xs: &[C], f: impl Fn(C) -> C) -> C {
+    let zero = C::from_f64(0.0);
+    let mut lanes = [zero; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = max_propagate_nan(*lane, f(x));
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(zero, |a, &x| max_propagate_nan(a, f(x)));
+    lanes.iter().fold(tail, |a, &x| max_propagate_nan(a, x))
+}
+
 /// Encodes one block's `exp_avg` values `m` into `codes`, truncating toward zero; returns the
 /// scale.
 #[inline(always)]
 pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
     let zero = C::from_f64(0.0);
-    let largest = m.iter().fold(zero, |a, &x| max_propagate_nan(a, x.abs()));
+    let largest = largest_of(m, |x| x.abs());
     let scale32 = block_scale(largest, MAX_SIGNED);
     let scale = C::from_f64(f64::from(scale32));
     let inverse = if largest > zero {
@@ -304,7 +330,7 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
 #[inline(always)]
 pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
     let zero = C::from_f64(0.0);
-    let largest = u.iter().fold(zero, |a, &x| max_propagate_nan(a, x));
+    let largest = largest_of(u, |x| x);
     let scale32 = block_scale(largest, MAX_UNSIGNED);
     let scale = C::from_f64(f64::from(scale32));
     let inverse = if largest > zero {
