@@ -228,7 +228,7 @@ def test_directives_and_fences_are_read(tmp_path):
         encoding="utf-8",
     )
     first, second = blocks_of(page)
-    assert (first.language, first.text, first.line) == ("python", "print(2)\n", 4)
+    assert (first.language, first.text, first.line) == ("python", "print(2)\n", 3)
     assert first.directives == {"expect": ["2"], "run with": ["mpiexec -n 2 python"]}
     assert (second.language, second.text, second.directives) == ("sh", "make test\n", {})
     page.write_text("```python\nprint(1)\n", encoding="utf-8")
