@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: The languages a fence may name; only ``python`` runs.
 LANGUAGES = {"python", "sh", "text"}
@@ -114,8 +115,9 @@ def run_block(block: Block, folder: Path) -> str:
     command.append(str(script))
     env = {
         **os.environ,
-        # The same adamax_rs as this test run, wherever it was imported from.
-        "PYTHONPATH": os.pathsep.join(sys.path),
+        # The same adamax_rs as this test run, wherever it was imported from; not the tests'
+        # own helpers, which a reader does not have.
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if Path(p or ".").resolve() != HERE),
         # MPICH starts every rank on this machine by fork: no ssh, no host names to resolve.
         "HYDRA_LAUNCHER": "fork",
     }
@@ -207,8 +209,9 @@ def fake_block(text: str, **directives: list[str]) -> Block:
         fake_block("import sys\nsys.exit(3)\n"),
         fake_block("print('something else')\n", expect=["loss"]),
         fake_block("print(end='')\n"),
+        fake_block("import reference\n"),
     ],
-    ids=["raises", "exits non-zero", "prints other text", "prints nothing"],
+    ids=["raises", "exits non-zero", "prints other text", "prints nothing", "uses test helpers"],
 )
 def test_a_block_that_fails_fails_the_test(block, tmp_path):
     with pytest.raises(pytest.fail.Exception):
