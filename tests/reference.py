@@ -1,4 +1,4 @@
-"""A plain numpy Adamax, written for the tests from the formula in the README.
+"""A plain numpy Adamax, written for the tests from the formula in docs/update_rule.md.
 
 It shares no code with the package: the tests compare the Rust update against it.
 """
