@@ -66,44 +66,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def train(args: argparse.Namespace, rank: int, world_size: int) -> None:
+    """Train with DDP and ZeRO, print the losses, and save a gathered checkpoint if asked."""
+    model = DistributedDataParallel(make_model())
+    optimizer = ZeroRedundancyOptimizer(
+        model.parameters(),
+        optimizer_class=adamax_rs.torch.Adamax,  # instead of torch.optim.Adamax
+        lr=args.lr,
+    )
+    shard = sum(p.numel() for group in optimizer.optim.param_groups for p in group["params"])
+    total = sum(p.numel() for p in model.parameters())
+    print(f"rank {rank}: updates {shard} of {total} parameters", flush=True)
+    held_out = batch(-1, 0, 1, size=512)  # the same data on every rank, never trained on
+    start_loss = validation_loss(model.module, held_out)  # the plain model: no collectives
+    for step in range(1, args.steps + 1):
+        x, y = batch(step, rank, world_size)
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()  # DDP averages the gradients over the ranks
+        optimizer.step()  # each rank updates its shard, then the shards are broadcast
+        if rank == 0 and (step % args.print_every == 0 or step == args.steps):
+            print(f"step {step}: loss {loss.item():.4f}", flush=True)
+
+    if rank == 0:
+        end_loss = validation_loss(model.module, held_out)
+        print(f"held-out loss: {start_loss:.4f} before, {end_loss:.4f} after", flush=True)
+
+    # Gather the sharded state on rank 0 (every rank takes part), then save it there.
+    optimizer.consolidate_state_dict(to=0)
+    if rank == 0 and args.checkpoint:
+        torch.save(
+            {"model": model.module.state_dict(), "optimizer": optimizer.state_dict()},
+            args.checkpoint,
+        )
+        print(f"saved {args.checkpoint}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process.
     dist.init_process_group("gloo")
-    rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
-        model = DistributedDataParallel(make_model())
-        optimizer = ZeroRedundancyOptimizer(
-            model.parameters(),
-            optimizer_class=adamax_rs.torch.Adamax,  # instead of torch.optim.Adamax
-            lr=args.lr,
-        )
-        shard = sum(p.numel() for group in optimizer.optim.param_groups for p in group["params"])
-        total = sum(p.numel() for p in model.parameters())
-        print(f"rank {rank}: updates {shard} of {total} parameters", flush=True)
-        held_out = batch(-1, 0, 1, size=512)  # the same data on every rank, never trained on
-        start_loss = validation_loss(model.module, held_out)  # the plain model: no collectives
-        for step in range(1, args.steps + 1):
-            x, y = batch(step, rank, world_size)
-            optimizer.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()  # DDP averages the gradients over the ranks
-            optimizer.step()  # each rank updates its shard, then the shards are broadcast
-            if rank == 0 and (step % args.print_every == 0 or step == args.steps):
-                print(f"step {step}: loss {loss.item():.4f}", flush=True)
-
-        if rank == 0:
-            end_loss = validation_loss(model.module, held_out)
-            print(f"held-out loss: {start_loss:.4f} before, {end_loss:.4f} after", flush=True)
-
-        # Gather the sharded state on rank 0 (every rank takes part), then save it there.
-        optimizer.consolidate_state_dict(to=0)
-        if rank == 0 and args.checkpoint:
-            torch.save(
-                {"model": model.module.state_dict(), "optimizer": optimizer.state_dict()},
-                args.checkpoint,
-            )
-            print(f"saved {args.checkpoint}", flush=True)
+        train(args, dist.get_rank(), dist.get_world_size())
+        # DDP and ZeRO hold the process group until they are freed, when train returns. With
+        # every rank past that point, destroy it here: destroyed while Python shuts down, with
+        # them still alive, gloo can abort ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -9,7 +9,7 @@
 //! Parameters are stored as `P`, state as `S`, and the arithmetic runs in `C` (see
 //! [`super::precision`]). Every scalar coefficient is computed once per tensor in `f64` and
 //! rounded to `C`, exactly as numpy rounds a Python float used with a float32 array. The element
-//! operations then happen in the order of the formula in the README, so a plain numpy
+//! operations then happen in the order of the formula in docs/update_rule.md, so a plain numpy
 //! implementation of it gives the same bits. With `eps_inside_max` the order and the fused
 //! multiply-adds are those of `torch.optim.Adamax`'s CPU kernels instead.
 
