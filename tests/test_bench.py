@@ -356,8 +356,8 @@ def test_time_workload_times_every_row_and_the_reference(capsys):
 def test_compressed_state_rows_run_on_their_workload_only():
     compressed = [impl for impl in implementations.select("state") if impl.workloads]
     assert [impl.name for impl in compressed] == [
-        "adamax_rs, bfloat16 state",
-        "adamax_rs, 8-bit state",
+        "adamax_rs bfloat16 state",
+        "adamax_rs 8-bit state",
     ]
     named = Workload(implementations.COMPRESSED_STATE_WORKLOAD, ((5000,), (300,)), np.float32)
     results = run.time_workload(named, compressed, seconds=0.01, seed=0, min_rounds=3)

@@ -190,14 +190,14 @@ IMPLEMENTATIONS = [
         description="adamax_rs.torch.Adamax: adamax_rs stepping torch tensors",
     ),
     Implementation(
-        "adamax_rs, bfloat16 state",
+        "adamax_rs bfloat16 state",
         _adamax_rs_state("bfloat16"),
         description="adamax_rs.Adamax(state_dtype='bfloat16'): half the state's bytes",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
         state_itemsize=2,
     ),
     Implementation(
-        "adamax_rs, 8-bit state",
+        "adamax_rs 8-bit state",
         _adamax_rs_state("8bit"),
         description="adamax_rs.Adamax(state_dtype='8bit'): blockwise 8-bit moments",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
