@@ -36,8 +36,7 @@ def bytes_moved(impl: Implementation, workload: Workload) -> int:
     """What one step of ``impl`` reads and writes on ``workload``, for its GB/s."""
     if impl.state_itemsize is None:
         return workload.bytes_moved
-    itemsize = int(np.dtype(workload.dtype).itemsize)
-    return round(workload.elements * (3 * itemsize + 4 * impl.state_itemsize))
+    return workload.bytes_moved_with_state(impl.state_itemsize)
 
 
 def reference_entry(workload: Workload, seed: int) -> Entry | None:

@@ -84,8 +84,12 @@ class Workload:
     @property
     def bytes_moved(self) -> int:
         """Read param, grad, exp_avg, exp_inf; write param, exp_avg, exp_inf."""
+        return self.bytes_moved_with_state(self.state_itemsize)
+
+    def bytes_moved_with_state(self, state_itemsize: float) -> int:
+        """What a step moves when each moment takes ``state_itemsize`` bytes an element."""
         itemsize = int(np.dtype(self.dtype).itemsize)
-        return self.elements * (3 * itemsize + 4 * self.state_itemsize)
+        return round(self.elements * (3 * itemsize + 4 * state_itemsize))
 
 
 def _flat(name: str, count: int, size: int, dtype: Any = np.float32, **extra: Any) -> Workload:
