@@ -12,6 +12,7 @@ element is one of a few, so the reference runs on the pattern alone).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,6 +131,18 @@ class Outcomes:
 # -- class 1: array headers changed in place while steps run ---------------------------------
 
 
+def step_until_the_deadline(
+    gate: threading.Barrier, opt: Any, outcomes: Any, done: threading.Event
+) -> None:
+    """A race's stepping thread: after the start gate, step ``opt`` for ``RACE_SECONDS``,
+    recording each outcome, then say it is done."""
+    gate.wait()
+    deadline = time.monotonic() + RACE_SECONDS
+    while time.monotonic() < deadline:
+        outcomes.run(opt.step)
+    done.set()
+
+
 def header_race(seed: int) -> None:
     """One optimizer stepped on one thread while two others change its arrays' headers in place
     (dtype, shape, strides), rebind data, grads and state arrays to views, and edit the groups.
@@ -150,12 +164,7 @@ def header_race(seed: int) -> None:
     done = threading.Event()
     gate = threading.Barrier(3)
 
-    def stepper() -> None:
-        gate.wait()
-        deadline = time.monotonic() + RACE_SECONDS
-        while time.monotonic() < deadline:
-            outcomes.run(opt.step)
-        done.set()
+    stepper = functools.partial(step_until_the_deadline, gate, opt, outcomes, done)
 
     chance = random.Random(seed)
 
@@ -440,12 +449,7 @@ def chaos_race(seed: int) -> None:
 
     gate = threading.Barrier(3)
 
-    def stepper() -> None:
-        gate.wait()
-        deadline = time.monotonic() + RACE_SECONDS
-        while time.monotonic() < deadline:
-            outcomes.run(opt.step)
-        done.set()
+    stepper = functools.partial(step_until_the_deadline, gate, opt, outcomes, done)
 
     def mutator(worker_seed: int) -> None:
         local = random.Random(worker_seed)
