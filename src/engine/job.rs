@@ -10,6 +10,7 @@ use crate::kernel::{Coefficients, StridedTensor, TensorSlices, Update};
 use crate::simd::{self, Blocks, Isa};
 
 use super::memory::Element;
+use super::prefetch;
 
 /// Bytes one element moves with parameters stored as `P` and state as `S`: without master
 /// weights param, grad, exp_avg and exp_inf are read and param, exp_avg and exp_inf written.
@@ -180,6 +181,38 @@ macro_rules! define_jobs {
                         Ok((Job::$qvariant(a, c), Job::$qvariant(b, c)))
                     })*
                     strided => Err(strided),
+                }
+            }
+
+            /// Hints the memory of this job's arrays to the CPU (see [`prefetch`]); strided jobs,
+            /// which are rare and walked by index, are left to the hardware.
+            #[inline]
+            pub fn prefetch(&self) {
+                fn range<T>(slice: &[T]) {
+                    prefetch::prefetch_range(slice.as_ptr() as usize, std::mem::size_of_val(slice));
+                }
+                match self {
+                    $(Job::$variant(Work::Flat(s, _)) => {
+                        range(s.param);
+                        range(s.grad);
+                        range(s.exp_avg);
+                        range(s.exp_inf);
+                        if let Some(master) = &s.master {
+                            range(master);
+                        }
+                    }
+                    Job::$variant(Work::Strided(..)) => {})*
+                    $(Job::$qvariant(s, _) => {
+                        range(s.param);
+                        range(s.grad);
+                        range(s.exp_avg);
+                        range(s.exp_inf);
+                        range(s.exp_avg_scale);
+                        range(s.exp_inf_scale);
+                        if let Some(master) = &s.master {
+                            range(master);
+                        }
+                    })*
                 }
             }
 

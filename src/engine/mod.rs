@@ -7,7 +7,8 @@
 //! - [`step`]: checking a tensor's arrays, gathering a step, and turning it into jobs;
 //! - [`claims`]: exclusive access to memory, within a step and across threads;
 //! - [`job`]: the supported precisions and the typed work on one tensor;
-//! - [`schedule`]: splitting a step's jobs across the pool;
+//! - [`schedule`]: splitting a step's jobs across the pool; [`prefetch`]: hiding the memory
+//!   latency of many small tensors;
 //! - [`pool`]: the thread pool; [`fork`]: what `fork()` must not break;
 //! - [`buffers`]: what a step keeps for the next one.
 
@@ -17,5 +18,6 @@ pub mod fork;
 pub mod job;
 pub mod memory;
 pub mod pool;
+pub mod prefetch;
 pub mod schedule;
 pub mod step;

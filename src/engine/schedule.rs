@@ -12,6 +12,7 @@ use crate::simd;
 
 use super::job::Job;
 use super::pool;
+use super::prefetch;
 
 /// Below this many bytes moved, a step stays on the calling thread. Measured with
 /// `cargo bench -- threshold` on the 2-core machine: handing work to the pool and waiting for it
@@ -94,6 +95,20 @@ fn partition<'a>(
     ends
 }
 
+/// Runs `rule` over `jobs` one after another on this thread, hinting the memory of the job
+/// [`prefetch::AHEAD`] places ahead of the one running.
+fn run_in_order<U: Update>(jobs: &mut [Job<'_>], isa: simd::Isa, rule: U) {
+    for job in jobs.iter().take(prefetch::AHEAD) {
+        job.prefetch();
+    }
+    for i in 0..jobs.len() {
+        if let Some(ahead) = jobs.get(i + prefetch::AHEAD) {
+            ahead.prefetch();
+        }
+        jobs[i].run(isa, rule);
+    }
+}
+
 /// Runs `rule` over every job, on the calling thread or on the pool, and returns when all are
 /// done, leaving `jobs` (and `scratch`, used to split them) empty, their allocations kept.
 pub fn run_jobs<'a, U: Update>(jobs: &mut Vec<Job<'a>>, scratch: &mut Vec<Job<'a>>, rule: U) {
@@ -105,15 +120,20 @@ pub fn run_jobs<'a, U: Update>(jobs: &mut Vec<Job<'a>>, scratch: &mut Vec<Job<'a
         None
     };
     let Some(pool) = pool else {
-        jobs.iter_mut().for_each(|job| job.run(isa, rule));
+        run_in_order(jobs, isa, rule);
         jobs.clear();
         return;
     };
     let tasks = total.div_ceil(TASK_BYTES).max(pool.current_num_threads());
     scratch.clear();
-    let ends = partition(jobs, scratch, total, tasks);
+    // Many small jobs (none a large part of a task) are cut into runs where they lie; otherwise
+    // they are moved into `scratch`, splitting the large ones.
+    let (ends, source) = match ends_without_splitting(jobs, total, tasks) {
+        Some(ends) => (ends, &mut **jobs),
+        None => (partition(jobs, scratch, total, tasks), &mut **scratch),
+    };
     let mut runs: Vec<&mut [Job<'_>]> = Vec::with_capacity(ends.len());
-    let mut rest: &mut [Job<'_>] = scratch;
+    let mut rest: &mut [Job<'_>] = source;
     let mut start = 0;
     for end in ends {
         let (run, tail) = rest.split_at_mut(end - start);
@@ -123,9 +143,34 @@ pub fn run_jobs<'a, U: Update>(jobs: &mut Vec<Job<'a>>, scratch: &mut Vec<Job<'a
     }
     pool.install(|| {
         runs.into_par_iter()
-            .for_each(|run| run.iter_mut().for_each(|job| job.run(isa, rule)));
+            .for_each(|run| run_in_order(run, isa, rule));
     });
+    jobs.clear();
     scratch.clear();
+}
+
+/// Where runs of about `total / tasks` bytes end in `jobs` as they are, when no job is more than
+/// a quarter of a run (splitting one would then gain little balance); `None` otherwise.
+fn ends_without_splitting(jobs: &[Job<'_>], total: usize, tasks: usize) -> Option<Vec<usize>> {
+    let per_task = total.div_ceil(tasks.max(1)).max(1);
+    let mut ends = Vec::with_capacity(tasks + 1);
+    let mut position = 0usize;
+    let mut boundary = per_task;
+    for (index, job) in jobs.iter().enumerate() {
+        let cost = job.cost();
+        if cost > per_task / 4 {
+            return None;
+        }
+        position += cost;
+        if position >= boundary {
+            ends.push(index + 1);
+            boundary = position + per_task;
+        }
+    }
+    if ends.last().copied().unwrap_or(0) < jobs.len() {
+        ends.push(jobs.len());
+    }
+    Some(ends)
 }
 
 #[cfg(test)]
@@ -207,6 +252,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn small_jobs_are_cut_where_they_lie_and_large_ones_are_not() {
+        let mut storage = tensors(&[16; 1000]);
+        let js = jobs(&mut storage);
+        let total: usize = js.iter().map(Job::cost).sum();
+        for tasks in [1, 2, 5, 64] {
+            let ends = ends_without_splitting(&js, total, tasks).expect("all small");
+            assert_eq!(ends.last().copied(), Some(js.len()));
+            assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+            assert!(
+                ends.len() <= tasks + 1,
+                "{} runs for {tasks} tasks",
+                ends.len()
+            );
+        }
+        let mut storage = tensors(&[16, 100_000, 16]);
+        let js = jobs(&mut storage);
+        let total: usize = js.iter().map(Job::cost).sum();
+        assert!(ends_without_splitting(&js, total, 4).is_none());
+    }
+
+    #[test]
+    fn run_jobs_on_the_pool_equals_serial_for_many_small_jobs() {
+        // Over SERIAL_BELOW_BYTES in all, so the pool runs them, in runs cut where they lie.
+        let sizes = vec![16usize; 10_000];
+        let mut expected = tensors(&sizes);
+        jobs(&mut expected)
+            .iter_mut()
+            .for_each(|j| j.run(Isa::Baseline, Adamax));
+        let mut got = tensors(&sizes);
+        let mut js = jobs(&mut got);
+        assert!(js.iter().map(Job::cost).sum::<usize>() >= SERIAL_BELOW_BYTES);
+        run_jobs(&mut js, &mut Vec::new(), Adamax);
+        assert!(js.is_empty());
+        drop(js);
+        assert_eq!(got, expected);
     }
 
     #[test]
