@@ -21,11 +21,13 @@ from .checkpoint import (
     save_checkpoint,
     save_training_checkpoint,
 )
+from .flat import FlatParameter
 from .optimizer import Optimizer, ParameterState, StateEntry
 from .parameter import Parameter
 
 __all__ = [
     "Adamax",
+    "FlatParameter",
     "Optimizer",
     "Parameter",
     "ParameterState",

@@ -4,6 +4,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 __version__: str
 
@@ -12,7 +13,7 @@ class Parameter:
 
     grad: np.ndarray | None
     name: Any
-    def __init__(self, data: Any, *, name: Any = None) -> None: ...
+    def __new__(cls, data: Any, *, name: Any = None) -> Self: ...
     @property
     def data(self) -> np.ndarray: ...
     @data.setter
@@ -135,6 +136,14 @@ def bandwidth_probe(
     exp_inf_scales: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """Move exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks)."""
+
+def check_flat_members(
+    members: tuple[Parameter, ...],
+    data_views: tuple[np.ndarray, ...],
+    grad_views: tuple[np.ndarray, ...],
+    /,
+) -> None:
+    """Raise ValueError naming the first member whose data or grad is not its view."""
 
 def set_num_threads(n: int, /) -> None:
     """Set the number of threads a step may use (at most 1024); 0 restores the default."""

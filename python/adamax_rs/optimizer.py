@@ -17,6 +17,7 @@ import numpy as np
 from ._core import ParameterState, StateEntry
 from ._fork import track
 from .dtypes import describe_supported, is_supported
+from .flat import FlatParameter
 
 __all__ = ["Optimizer", "ParameterState", "StateEntry"]
 
@@ -226,7 +227,8 @@ class Optimizer:
         set_to_none : bool, default True
             Set each ``grad`` to ``None`` (the optimizer then skips that parameter until it gets
             a gradient again). With ``False``, fill existing gradients with zeros in place
-            instead.
+            instead. A :class:`FlatParameter`'s gradient buffer is filled with zeros either way
+            (its members hold views of it).
 
         Raises
         ------
@@ -244,9 +246,20 @@ class Optimizer:
                 (f"group {g}, parameter {i}", param)
                 for g, group in enumerate(self.param_groups)
                 for i, param in enumerate(group["params"])
+                if not isinstance(param, FlatParameter)
+            ]
+            # A FlatParameter always has its gradient buffer (its members hold views of it):
+            # it is zeroed in place either way, last, once nothing else can fail.
+            flats = [
+                param
+                for group in self.param_groups
+                for param in group["params"]
+                if isinstance(param, FlatParameter)
             ]
             if set_to_none:
                 self._set_grads_to_none(places)
+                for flat in flats:
+                    flat.zero_grad()
                 return
             grads = [(where, param.grad) for where, param in places]
             for where, grad in grads:
@@ -264,6 +277,8 @@ class Optimizer:
             for _, grad in grads:
                 if grad is not None:
                     grad[...] = 0
+            for flat in flats:
+                flat.zero_grad()
 
     @staticmethod
     def _set_grads_to_none(places: list[tuple[str, Any]]) -> None:

@@ -7,6 +7,7 @@
 mod arrays;
 mod dlpack;
 mod errors;
+mod flat;
 mod functional;
 mod gil_cell;
 mod hyperparameters;
@@ -87,6 +88,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<torch_plan::TorchStepPlan>()?;
     m.add_function(wrap_pyfunction!(functional::adamax_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(functional::bandwidth_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(flat::check_flat_members, m)?)?;
     m.add_function(wrap_pyfunction!(quantize::quantize_moments, m)?)?;
     m.add_function(wrap_pyfunction!(quantize::dequantize_moments, m)?)?;
     m.add_function(wrap_pyfunction!(quantize::blockwise_fits, m)?)?;

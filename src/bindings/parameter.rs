@@ -267,3 +267,19 @@ pub fn fast_fields<'py>(
         })
     })
 }
+
+/// For an exact `adamax_rs.Parameter`: the addresses of the objects in its `data` and `grad`
+/// slots (0 for no gradient), to compare by identity with objects the caller holds.
+pub fn slot_addresses(param: &Borrowed<'_, '_, PyAny>) -> Option<(usize, usize)> {
+    let py = param.py();
+    if !param.get_type().is(Parameter::type_object(py)) {
+        return None;
+    }
+    let this = param.cast::<Parameter>().ok()?;
+    Some(this.get().slots.read(py, |s| {
+        (
+            s.data.as_ptr() as usize,
+            s.grad.as_ref().map_or(0, |g| g.as_ptr() as usize),
+        )
+    }))
+}
