@@ -23,8 +23,10 @@ import numpy as np
 
 from .. import _core
 from ..adamax import Adamax
+from ..flat import FlatParameter
 from ..numpy_adamax import NumpyAdamax
 from ..parameter import Parameter
+from .workloads import Workload
 
 __all__ = ["IMPLEMENTATIONS", "Implementation", "Step", "select"]
 
@@ -62,6 +64,9 @@ class Implementation:
         Bytes of optimizer state per element and moment, for its GB/s, where the row keeps a
         state narrower than the workload's (8-bit codes with a float32 scale per 256: 1 +
         4/256); ``None`` for the workload's own.
+    many_tensors_only : bool
+        Timed only on workloads of more than one tensor (what it changes is the cost of
+        having many).
     """
 
     name: str
@@ -71,10 +76,18 @@ class Implementation:
     description: str = ""
     workloads: tuple[str, ...] = ()
     state_itemsize: float | None = None
+    many_tensors_only: bool = False
 
-    def runs_on(self, workload: str) -> bool:
-        """Whether the row is timed on the workload of that name."""
-        return not self.workloads or workload in self.workloads
+    def runs_on(self, workload: Workload) -> bool:
+        """Whether the row is timed on ``workload``."""
+        if self.many_tensors_only and workload.tensors < 2:
+            return False
+        return not self.workloads or workload.name in self.workloads
+
+    @property
+    def runs_everywhere(self) -> bool:
+        """Whether the row is timed on every workload."""
+        return not self.workloads and not self.many_tensors_only
 
     def missing(self) -> str:
         """Why the row cannot run here (``"torch not installed"``, ...), or ``""``."""
@@ -104,6 +117,11 @@ def _parameters(params: list[np.ndarray], grads: list[np.ndarray]) -> list[Param
 
 def _adamax_rs(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
     return Adamax(_parameters(params, grads), lr=LR).step
+
+
+def _adamax_rs_flat(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
+    # FlatParameter copies the values and gradients into its own buffers.
+    return Adamax([FlatParameter(_parameters(params, grads))], lr=LR).step
 
 
 def _adamax_rs_state(state_dtype: str) -> Factory:
@@ -188,6 +206,12 @@ IMPLEMENTATIONS = [
         requires=("torch", "adamax_rs.torch"),
         mixed_precision=True,
         description="adamax_rs.torch.Adamax: adamax_rs stepping torch tensors",
+    ),
+    Implementation(
+        "adamax_rs FlatParameter",
+        _adamax_rs_flat,
+        description="adamax_rs.Adamax over one FlatParameter holding every tensor",
+        many_tensors_only=True,
     ),
     Implementation(
         "adamax_rs bfloat16 state",

@@ -123,6 +123,11 @@ def memory_line() -> str:
     return f"peak memory of the benchmark: {gib:.1f} GiB; load average now {load_average()}"
 
 
+#: The rows compared with their workload's reference: adamax_rs, and adamax_rs stepping one
+#: FlatParameter (on workloads of many tensors).
+OVERHEAD_ROWS = ("adamax_rs", "adamax_rs FlatParameter")
+
+
 def _adamax_rs(results: list[Result]) -> Result:
     return results[0]
 
@@ -133,7 +138,8 @@ def _reference(results: list[Result]) -> Result | None:
 
 def print_table(rows: Rows) -> None:
     """One row per workload and implementation: time, GB/s, time relative to adamax_rs, and
-    for adamax_rs on a workload with a reference, what each tensor costs over one tensor."""
+    for adamax_rs (and its FlatParameter row) on a workload with a reference, what each tensor
+    costs over one tensor."""
     print(
         "| workload | implementation | time per step | GB/s | time / adamax_rs "
         "| per-tensor overhead |"
@@ -147,30 +153,33 @@ def print_table(rows: Rows) -> None:
                 print(f"| {workload.name} | {r.implementation} | {r.note or '-'} | | | |")
                 continue
             overhead = ""
-            if r is ours and reference is not None and ours.seconds and reference.seconds:
-                overhead = format_time(per_tensor_overhead(ours, reference, workload.tensors))
+            if r.implementation in OVERHEAD_ROWS and reference is not None and reference.seconds:
+                overhead = format_time(per_tensor_overhead(r, reference, workload.tensors))
             print(
                 f"| {workload.name} | {r.implementation} | {format_time(r.median)} | "
                 f"{r.gb_per_second:.1f} | {r.median / ours.median:.2f}x | {overhead} |"
             )
 
 
-def overhead_rows(rows: Rows) -> list[tuple[Workload, Result, float, float]]:
-    """(workload, reference, step / reference, overhead per tensor in seconds) for each
-    workload that was timed beside a reference."""
+def overhead_rows(rows: Rows) -> list[tuple[Workload, Result, Result, float, float]]:
+    """(workload, row, reference, step / reference, overhead per tensor in seconds) for each
+    of :data:`OVERHEAD_ROWS` timed beside a reference."""
     out = []
     for workload, results in rows:
-        ours, reference = _adamax_rs(results), _reference(results)
-        if reference is None or not ours.seconds or not reference.seconds:
+        reference = _reference(results)
+        if reference is None or not reference.seconds:
             continue
-        out.append(
-            (
-                workload,
-                reference,
-                paired_ratio(ours, reference),
-                per_tensor_overhead(ours, reference, workload.tensors),
-            )
-        )
+        for r in results:
+            if r.implementation in OVERHEAD_ROWS and r.seconds and not r.note:
+                out.append(
+                    (
+                        workload,
+                        r,
+                        reference,
+                        paired_ratio(r, reference),
+                        per_tensor_overhead(r, reference, workload.tensors),
+                    )
+                )
     return out
 
 
@@ -182,7 +191,8 @@ def verdict(ratio: float, target: float | None) -> str:
 
 
 def print_overhead_table(rows: Rows) -> None:
-    """adamax_rs's step against its reference, with the targets of issues 10 and 11."""
+    """adamax_rs's step against its reference, with the targets of issues 10 and 11; the
+    FlatParameter rows say so after the workload's name."""
     lines = overhead_rows(rows)
     if not lines:
         return
@@ -191,12 +201,14 @@ def print_overhead_table(rows: Rows) -> None:
         "| step / reference | overhead per tensor | target | |"
     )
     print("|---|---:|---:|---|---:|---:|---:|---:|---|")
-    for workload, reference, ratio, overhead in lines:
-        ours = _adamax_rs(next(results for w, results in rows if w is workload))
+    for workload, row, reference, ratio, overhead in lines:
+        label = workload.name
+        if row.implementation != "adamax_rs":
+            label += ", " + row.implementation.removeprefix("adamax_rs ")
         target = f"<= {workload.target:g}x" if workload.target is not None else ""
         name = reference.implementation.removeprefix("reference: ")
         print(
-            f"| {workload.name} | {workload.tensors:,} | {format_time(ours.median)} | {name} | "
+            f"| {label} | {workload.tensors:,} | {format_time(row.median)} | {name} | "
             f"{format_time(reference.median)} | {ratio:.2f}x | {format_time(overhead)} | "
             f"{target} | {verdict(ratio, workload.target)} |"
         )

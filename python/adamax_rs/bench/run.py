@@ -81,7 +81,7 @@ def time_workload(
     params, grads = make_arrays(workload.shapes, workload.dtype, seed)
     results: list[Result] = []
     entries: list[Entry] = []
-    for impl in (i for i in impls if i.runs_on(workload.name)):
+    for impl in (i for i in impls if i.runs_on(workload)):
         result = Result(impl.name, bytes_moved(impl, workload), note=unavailable(impl, workload))
         results.append(result)
         if not result.note:
@@ -125,7 +125,7 @@ def time_thread_scaling(
     steps: list[tuple[Implementation, Step | None]] = [
         (impl, None if unavailable(impl, workload) else impl.make(params, grads))
         for impl in impls
-        if not impl.workloads  # rows timed on one workload only would leave holes in the table
+        if impl.runs_everywhere  # rows timed on some workloads only would leave holes in the table
     ]
     table: dict[int, list[Result]] = {}
     entries: list[Entry] = []
