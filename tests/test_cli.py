@@ -31,9 +31,47 @@ def test_demo_trains_and_matches_the_numpy_baseline():
     assert "accuracy" in out
 
 
+def test_demo_beta2_reaches_the_optimizers():
+    # The numpy baseline takes the same beta2, or the losses would differ.
+    out = run("demo", "--epochs", "8", "--samples", "400", "--quiet", "--beta2", "0.9")
+    assert "losses identical: True" in out
+    # Both the plain run and the state-dtype comparison train differently with another beta2.
+    for state_dtype in ("float32", "bfloat16"):
+        losses = {
+            beta2: re.findall(
+                r"loss (\d+\.\d+)",
+                run(
+                    "demo",
+                    "--epochs",
+                    "4",
+                    "--samples",
+                    "400",
+                    "--quiet",
+                    "--no-compare",
+                    "--beta2",
+                    beta2,
+                    "--state-dtype",
+                    state_dtype,
+                ),
+            )
+            for beta2 in ("0.9", "0.999")
+        }
+        assert losses["0.9"] and losses["0.999"], losses
+        assert losses["0.9"][-1] != losses["0.999"][-1], (state_dtype, losses)
+
+
 def test_demo_help_documents_every_option():
     out = run("demo", "--help")
-    for option in ("--epochs", "--samples", "--hidden", "--lr", "--seed", "--plot", "--quiet"):
+    for option in (
+        "--epochs",
+        "--samples",
+        "--hidden",
+        "--lr",
+        "--beta2",
+        "--seed",
+        "--plot",
+        "--quiet",
+    ):
         assert option in out
 
 

@@ -171,6 +171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lr", type=float, default=0.02, help="initial Adamax learning rate (default 0.02)"
     )
+    parser.add_argument(
+        "--beta2",
+        type=float,
+        default=0.999,
+        help="decay rate of the infinity norm exp_inf (default 0.999)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--every", type=int, default=10, help="print progress every N epochs (default 10)"
@@ -245,7 +251,8 @@ def main(args: argparse.Namespace) -> int:
         scheduler.step()
         rates.append(optimizer.param_groups[0]["lr"])
 
-    ours = train(lambda ps: Adamax(ps, lr=args.lr), args, cosine, report)
+    betas = (0.9, args.beta2)
+    ours = train(lambda ps: Adamax(ps, lr=args.lr, betas=betas), args, cosine, report)
     if bar is not None:
         bar.close()
     per_step = ours["step_seconds"] / ours["steps"] * 1e6
@@ -259,7 +266,7 @@ def main(args: argparse.Namespace) -> int:
         def replay(optimizer: Any, epoch: int) -> None:
             optimizer.lr = rates[epoch - 1]  # the schedule adamax_rs followed
 
-        base = train(lambda ps: NumpyAdamax(ps, lr=args.lr), args, replay)
+        base = train(lambda ps: NumpyAdamax(ps, lr=args.lr, betas=betas), args, replay)
         same = np.array_equal(np.array(ours["losses"]), np.array(base["losses"]))
         base_step = base["step_seconds"] / base["steps"] * 1e6
         print(
@@ -289,7 +296,7 @@ def compare_state_dtypes(args: argparse.Namespace) -> int:
         state_dtype = STATE_DTYPES[kind]
 
         def make(params: list[Parameter], lr: float, sd: Any = state_dtype) -> Adamax:
-            return Adamax(params, lr=lr, state_dtype=sd)
+            return Adamax(params, lr=lr, betas=(0.9, args.beta2), state_dtype=sd)
 
         started = time.perf_counter()
         if args.task == "charlm":
