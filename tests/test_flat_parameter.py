@@ -8,7 +8,9 @@ pickling keep the members linked to the buffer.
 
 from __future__ import annotations
 
+import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -87,7 +89,7 @@ def test_members_hold_views_of_the_buffers_in_order():
 def test_gradients_set_before_are_kept_and_missing_ones_are_zero():
     members = make_members(layouts=False)
     members[1].grad = np.full(16, 2.0, dtype=np.float32)
-    members[3].grad = np.full((5, 2, 3), -1.0, dtype=np.float64)  # converted, same kind
+    members[3].grad = np.asfortranarray(np.full((5, 2, 3), -1.0, dtype=np.float32))
     FlatParameter(members)
     np.testing.assert_array_equal(members[1].grad, np.full(16, 2.0, dtype=np.float32))
     np.testing.assert_array_equal(members[3].grad, np.full((5, 2, 3), -1.0, dtype=np.float32))
@@ -119,6 +121,7 @@ def test_a_rebound_member_is_refused_and_nothing_changes(slot):
         (Parameter(np.zeros(3, dtype=np.float32)), TypeError, "iterable"),
         (np.zeros(3, dtype=np.float32), TypeError, "iterable"),
         (5, TypeError, "iterable"),
+        ({Parameter(np.zeros(3, dtype=np.float32))}, TypeError, "a set's order"),
         ([], ValueError, "at least one"),
         ([np.zeros(3, dtype=np.float32)], TypeError, "member 0 must be an adamax_rs.Parameter"),
     ],
@@ -145,6 +148,8 @@ def test_construction_refuses_duplicates_mixed_dtypes_and_flat_members():
     [
         (np.zeros(4, dtype=np.float32), ValueError, "shape"),
         (np.zeros(3, dtype=np.complex64), TypeError, "dtype complex64"),
+        (np.zeros(3, dtype=np.float64), TypeError, "dtype float64"),
+        (np.zeros(3, dtype=np.int64), TypeError, "dtype int64"),
         ([0.0, 0.0, 0.0], TypeError, "numpy.ndarray"),
     ],
 )
@@ -202,13 +207,13 @@ def test_state_dict_round_trip_continues_exactly():
     opt_copy.load_state_dict(saved)
     for _ in range(3):
         grads = gradients(members, rng)
-        for member, copy, grad in zip(members, copies, grads):
+        for member, twin, grad in zip(members, copies, grads):
             member.grad[...] = grad
-            copy.grad[...] = grad
+            twin.grad[...] = grad
         opt.step()
         opt_copy.step()
-    for member, copy in zip(members, copies):
-        np.testing.assert_array_equal(member.data, copy.data)
+    for member, twin in zip(members, copies):
+        np.testing.assert_array_equal(member.data, twin.data)
 
 
 def test_a_training_checkpoint_loads_into_the_buffer_and_the_members(tmp_path):
@@ -254,3 +259,87 @@ def test_a_member_also_given_on_its_own_is_refused_as_overlapping():
     with pytest.raises(ValueError):
         opt.step()
     np.testing.assert_array_equal(flat.data, before)
+
+
+def test_tied_or_read_only_members_are_refused_and_no_member_changes():
+    a = Parameter(np.ones(8, dtype=np.float32))
+    b = Parameter(a.data[2:5])  # tied: shares a's memory
+    c = Parameter(np.ones(3, dtype=np.float32))
+    datas = [p.data for p in (a, b, c)]
+    with pytest.raises(ValueError, match="members 0 and 1 share memory"):
+        FlatParameter([a, b, c])
+    # Interleaved views share an extent but no memory: accepted.
+    whole = np.arange(8, dtype=np.float32)
+    evens, odds = Parameter(whole[::2]), Parameter(whole[1::2])
+    FlatParameter([evens, odds])
+    frozen = np.ones(3, dtype=np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="member 1: its data is read-only"):
+        FlatParameter([c, Parameter(frozen)])
+    assert all(p.data is d for p, d in zip((a, b, c), datas))
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["shape", "writeable", "dtype", "strides"],
+)
+@pytest.mark.parametrize("slot", ["data", "grad"])
+def test_a_view_changed_in_place_is_refused_and_nothing_changes(slot, change):
+    members = [Parameter(np.ones(6, dtype=np.float32)) for _ in range(3)]
+    flat = FlatParameter(members)
+    opt = Adamax([flat], lr=0.01)
+    for member in members:
+        member.grad[...] = 1.0
+    opt.step()
+    view = getattr(members[1], slot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # setting strides or dtype
+        if change == "shape":
+            view.shape = (2, 3)
+        elif change == "writeable":
+            view.flags.writeable = False
+        elif change == "dtype":
+            view.dtype = np.int32
+        else:
+            view.strides = (0,)
+    data, grad = flat.data.copy(), Parameter.grad.__get__(flat).copy()
+    state = {key: np.copy(value) for key, value in opt.state[flat].items()}
+    with pytest.raises(ValueError, match=f"member 1: its {slot} view was changed in place"):
+        opt.step()
+    np.testing.assert_array_equal(flat.data, data)
+    np.testing.assert_array_equal(Parameter.grad.__get__(flat), grad)
+    for key, value in opt.state[flat].items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+
+
+def test_zero_grad_refuses_a_read_only_gradient_buffer_before_changing_anything():
+    flat = FlatParameter(make_members())
+    other = Parameter(np.ones(2, dtype=np.float32))
+    other.grad = np.ones(2, dtype=np.float32)
+    grad = other.grad
+    opt = Adamax([other, flat])
+    Parameter.grad.__get__(flat).flags.writeable = False
+    for set_to_none in (True, False):
+        with pytest.raises(TypeError, match="group 0, parameter 1: .*read-only"):
+            opt.zero_grad(set_to_none=set_to_none)
+        assert other.grad is grad and grad.all()
+
+
+class Named(FlatParameter):
+    """A subclass, defined where pickle finds it."""
+
+
+def test_copies_deep_only_and_pickles_keep_subclass_and_attributes():
+    members = make_members()
+    flat = Named(members, name="all")
+    flat.frozen = True
+    with pytest.raises(TypeError, match="cannot be copied shallowly"):
+        copy.copy(flat)
+    clone = copy.deepcopy(flat)
+    assert type(clone) is Named and clone.frozen and clone.name == "all"
+    assert not any(m is c for m, c in zip(flat.members, clone.members))
+    Adamax([flat]).step()  # the original still holds its members
+    back = pickle.loads(pickle.dumps(flat))
+    assert type(back) is Named and back.frozen
+    with pytest.raises(TypeError, match="cannot be set"):
+        flat.__setstate__({"grad": None})

@@ -24,6 +24,8 @@ class Parameter:
     def dtype(self) -> np.dtype[Any]: ...
     @property
     def size(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __setstate__(self, state: dict[str, Any]) -> None: ...
 
 class StateEntry:
     """One parameter's state: ``step`` and the optimizer's state arrays, like a dict."""
@@ -41,6 +43,22 @@ class StateEntry:
     def clear(self) -> None: ...
     def copy(self) -> dict[str, Any]: ...
     def update(self, other: Mapping[str, Any] | None = None, **keywords: Any) -> None: ...
+
+class FlatMembers:
+    """The members of a FlatParameter and the views of its buffers each holds."""
+
+    def __new__(
+        cls,
+        members: Sequence[Parameter],
+        data_views: Sequence[np.ndarray],
+        grad_views: Sequence[np.ndarray],
+        /,
+    ) -> Self: ...
+    def bind(self) -> None: ...
+    def check(self) -> None: ...
+    @property
+    def members(self) -> tuple[Parameter, ...]: ...
+    def __len__(self) -> int: ...
 
 class ParameterState:
     """The optimizer's state, keyed by parameter identity."""
@@ -136,14 +154,6 @@ def bandwidth_probe(
     exp_inf_scales: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """Move exactly the memory an Adamax step moves, with trivial arithmetic (benchmarks)."""
-
-def check_flat_members(
-    members: tuple[Parameter, ...],
-    data_views: tuple[np.ndarray, ...],
-    grad_views: tuple[np.ndarray, ...],
-    /,
-) -> None:
-    """Raise ValueError naming the first member whose data or grad is not its view."""
 
 def set_num_threads(n: int, /) -> None:
     """Set the number of threads a step may use (at most 1024); 0 restores the default."""

@@ -251,14 +251,16 @@ class Optimizer:
             # A FlatParameter always has its gradient buffer (its members hold views of it):
             # it is zeroed in place either way, last, once nothing else can fail.
             flats = [
-                param
-                for group in self.param_groups
-                for param in group["params"]
+                (f"group {g}, parameter {i}: ", param)
+                for g, group in enumerate(self.param_groups)
+                for i, param in enumerate(group["params"])
                 if isinstance(param, FlatParameter)
             ]
+            for where, flat in flats:
+                flat.check_zero_grad(where)
             if set_to_none:
                 self._set_grads_to_none(places)
-                for flat in flats:
+                for _, flat in flats:
                     flat.zero_grad()
                 return
             grads = [(where, param.grad) for where, param in places]
@@ -277,7 +279,7 @@ class Optimizer:
             for _, grad in grads:
                 if grad is not None:
                     grad[...] = 0
-            for flat in flats:
+            for _, flat in flats:
                 flat.zero_grad()
 
     @staticmethod

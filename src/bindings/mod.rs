@@ -81,6 +81,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fork::install_fork_handlers();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<parameter::Parameter>()?;
+    m.add_class::<flat::FlatMembers>()?;
     m.add_class::<state::ParameterState>()?;
     m.add_class::<state::StateEntry>()?;
     m.add_class::<hyperparameters::PyHyperparameters>()?;
@@ -88,7 +89,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<torch_plan::TorchStepPlan>()?;
     m.add_function(wrap_pyfunction!(functional::adamax_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(functional::bandwidth_probe, m)?)?;
-    m.add_function(wrap_pyfunction!(flat::check_flat_members, m)?)?;
     m.add_function(wrap_pyfunction!(quantize::quantize_moments, m)?)?;
     m.add_function(wrap_pyfunction!(quantize::dequantize_moments, m)?)?;
     m.add_function(wrap_pyfunction!(quantize::blockwise_fits, m)?)?;

@@ -242,6 +242,30 @@ pub fn data_and_grad<'py>(
     Ok((data, (!grad.is_none()).then_some(grad)))
 }
 
+/// `param` as a `Parameter`, when it is an exact `adamax_rs.Parameter` (not a subclass, which may
+/// override `data` or `grad`).
+pub fn exact_parameter<'a, 'py>(param: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, Parameter>> {
+    if !param.get_type().is(Parameter::type_object(param.py())) {
+        return None;
+    }
+    param.cast::<Parameter>().ok()
+}
+
+/// Replaces a parameter's `data` and `grad`, running no Python code, and returns what they held
+/// (for the caller to drop when nothing else is half done).
+pub fn replace_slots(
+    param: &Bound<'_, Parameter>,
+    data: Py<PyAny>,
+    grad: Option<Py<PyAny>>,
+) -> (Py<PyAny>, Option<Py<PyAny>>) {
+    param.get().slots.update(param.py(), |s| {
+        (
+            std::mem::replace(&mut s.data, data),
+            std::mem::replace(&mut s.grad, grad),
+        )
+    })
+}
+
 /// `param` as the Rust struct, when it is an exact `adamax_rs.Parameter` (not a subclass, which
 /// may override `data` or `grad`).
 fn exact<'a>(param: &'a Bound<'_, PyAny>) -> Option<&'a Parameter> {
