@@ -40,6 +40,19 @@ def gradients(members, rng):
     return [rng.standard_normal(p.data.shape).astype(p.data.dtype) for p in members]
 
 
+def assert_step_refused_and_nothing_changed(opt, flat, match):
+    """The next step raises ValueError matching ``match``, and the buffers and state are
+    exactly as before."""
+    data, grad = flat.data.copy(), Parameter.grad.__get__(flat).copy()
+    state = {key: np.copy(value) for key, value in opt.state[flat].items()}
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    np.testing.assert_array_equal(flat.data, data)
+    np.testing.assert_array_equal(Parameter.grad.__get__(flat), grad)
+    for key, value in opt.state[flat].items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "hyper",
@@ -105,14 +118,7 @@ def test_a_rebound_member_is_refused_and_nothing_changes(slot):
         member.grad[...] = 1.0
     opt.step()
     setattr(members[4], slot, np.ones(7, dtype=np.float32))
-    data, grad = flat.data.copy(), Parameter.grad.__get__(flat).copy()
-    state = {key: np.copy(value) for key, value in opt.state[flat].items()}
-    with pytest.raises(ValueError, match=f"member 4: its {slot} was rebound"):
-        opt.step()
-    np.testing.assert_array_equal(flat.data, data)
-    np.testing.assert_array_equal(Parameter.grad.__get__(flat), grad)
-    for key, value in opt.state[flat].items():
-        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    assert_step_refused_and_nothing_changed(opt, flat, f"member 4: its {slot} was rebound")
 
 
 @pytest.mark.parametrize(
@@ -302,14 +308,9 @@ def test_a_view_changed_in_place_is_refused_and_nothing_changes(slot, change):
             view.dtype = np.int32
         else:
             view.strides = (0,)
-    data, grad = flat.data.copy(), Parameter.grad.__get__(flat).copy()
-    state = {key: np.copy(value) for key, value in opt.state[flat].items()}
-    with pytest.raises(ValueError, match=f"member 1: its {slot} view was changed in place"):
-        opt.step()
-    np.testing.assert_array_equal(flat.data, data)
-    np.testing.assert_array_equal(Parameter.grad.__get__(flat), grad)
-    for key, value in opt.state[flat].items():
-        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    assert_step_refused_and_nothing_changed(
+        opt, flat, f"member 1: its {slot} view was changed in place"
+    )
 
 
 def test_zero_grad_refuses_a_read_only_gradient_buffer_before_changing_anything():

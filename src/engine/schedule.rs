@@ -275,21 +275,27 @@ mod tests {
         assert!(ends_without_splitting(&js, total, 4).is_none());
     }
 
-    #[test]
-    fn run_jobs_on_the_pool_equals_serial_for_many_small_jobs() {
-        // Over SERIAL_BELOW_BYTES in all, so the pool runs them, in runs cut where they lie.
-        let sizes = vec![16usize; 10_000];
-        let mut expected = tensors(&sizes);
+    /// `run_jobs` over tensors of `sizes` gives the serial, baseline run's results and leaves
+    /// the job vector empty.
+    fn assert_run_jobs_equals_serial(sizes: &[usize]) {
+        let mut expected = tensors(sizes);
         jobs(&mut expected)
             .iter_mut()
             .for_each(|j| j.run(Isa::Baseline, Adamax));
-        let mut got = tensors(&sizes);
+        let mut got = tensors(sizes);
         let mut js = jobs(&mut got);
-        assert!(js.iter().map(Job::cost).sum::<usize>() >= SERIAL_BELOW_BYTES);
         run_jobs(&mut js, &mut Vec::new(), Adamax);
         assert!(js.is_empty());
         drop(js);
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn run_jobs_on_the_pool_equals_serial_for_many_small_jobs() {
+        // Over SERIAL_BELOW_BYTES in all, so the pool runs them, in runs cut where they lie.
+        let sizes = vec![16usize; 10_000];
+        assert!(sizes.iter().sum::<usize>() * 28 >= SERIAL_BELOW_BYTES);
+        assert_run_jobs_equals_serial(&sizes);
     }
 
     #[test]
@@ -308,16 +314,6 @@ mod tests {
 
     #[test]
     fn run_jobs_on_the_pool_equals_serial() {
-        let sizes = [5usize, 1 << 18, 3, 1 << 16];
-        let mut expected = tensors(&sizes);
-        jobs(&mut expected)
-            .iter_mut()
-            .for_each(|j| j.run(Isa::Baseline, Adamax));
-        let mut got = tensors(&sizes);
-        let mut js = jobs(&mut got);
-        run_jobs(&mut js, &mut Vec::new(), Adamax);
-        assert!(js.is_empty());
-        drop(js);
-        assert_eq!(got, expected);
+        assert_run_jobs_equals_serial(&[5usize, 1 << 18, 3, 1 << 16]);
     }
 }
