@@ -4,9 +4,11 @@ A step over thousands of small parameters pays for each one: reading its arrays,
 scheduling its update. ``FlatParameter(params)`` moves the values of ``params`` into one
 contiguous buffer and their gradients into another, and gives each parameter views of its part
 of them as its ``data`` and ``grad``; the optimizer then steps the two buffers as one parameter.
-Each step checks, by identity, that every member still holds its two views (a member whose
-``data`` or ``grad`` was rebound would otherwise silently stop training), which costs a few
-nanoseconds per member instead of the full per-parameter work.
+Each step checks that every member still holds its two views, by identity and against their
+headers as made (a member whose ``data`` or ``grad`` was rebound, or whose view was reshaped in
+place, would otherwise silently stop training or pair the wrong elements), which costs a few
+tens of nanoseconds per member instead of the full per-parameter work. The links and those
+checks live in Rust (``_core.FlatMembers``).
 """
 
 from __future__ import annotations
