@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._gradient_check import check_gradient_fits
 from .parameter import Parameter
 
 __all__ = ["FlatParameter"]
@@ -68,23 +69,8 @@ def _check_values(datas: list[np.ndarray], grads: list[Any]) -> None:
             )
         if not data.flags.writeable:
             raise ValueError(f"FlatParameter member {index}: its data is read-only")
-        if grad is None:
-            continue
-        if not isinstance(grad, np.ndarray):
-            raise TypeError(
-                f"FlatParameter member {index}: its grad must be a numpy.ndarray or None, got "
-                f"{type(grad).__name__}"
-            )
-        if grad.shape != data.shape:
-            raise ValueError(
-                f"FlatParameter member {index}: its grad has shape {grad.shape}, its data "
-                f"{data.shape}"
-            )
-        if grad.dtype != data.dtype:
-            raise TypeError(
-                f"FlatParameter member {index}: its grad has dtype {grad.dtype}, its data "
-                f"{data.dtype} (the step casts nothing)"
-            )
+        if grad is not None:
+            check_gradient_fits(f"FlatParameter member {index}", grad, data)
     _check_no_shared_memory(datas)
 
 

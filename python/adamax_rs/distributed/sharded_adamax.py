@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 import numpy as np
 
 from .. import functional
+from .._gradient_check import check_gradient_fits
 from ..adamax import Adamax
 from ..checkpoint import load_checkpoint as _load_checkpoint
 from ..checkpoint import save_checkpoint as _save_checkpoint
@@ -264,20 +265,7 @@ class ShardedAdamax(Adamax):
                 continue
             if grad is data:
                 raise ValueError(f"{where}: the gradient is the parameter array itself")
-            if not isinstance(grad, np.ndarray):
-                raise TypeError(
-                    f"{where}: the gradient must be a numpy.ndarray, got {type(grad).__name__}"
-                )
-            if grad.dtype != data.dtype:
-                raise TypeError(
-                    f"{where}: the gradient has dtype {grad.dtype} but the parameter has dtype "
-                    f"{data.dtype}"
-                )
-            if grad.shape != data.shape:
-                raise ValueError(
-                    f"{where}: the gradient has shape {list(grad.shape)} but the parameter has "
-                    f"shape {list(data.shape)}"
-                )
+            check_gradient_fits(where, grad, data)
             if np.may_share_memory(grad, data):
                 raise ValueError(f"{where}: the parameter shares memory with the gradient")
             grads.append(grad)
