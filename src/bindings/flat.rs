@@ -124,8 +124,7 @@ impl FlatMembers {
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         super::errors::guarded(|| {
             for (index, m) in self.members.iter().enumerate() {
-                let param = m.param.bind(py).as_any().as_borrowed();
-                let Some((data_now, grad_now)) = slot_addresses(&param) else {
+                let Some((data_now, grad_now)) = slot_addresses(m.param.bind(py).as_any()) else {
                     return Err(PyTypeError::new_err(format!(
                         "FlatParameter member {index} is no longer an adamax_rs.Parameter"
                     )));

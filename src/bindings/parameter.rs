@@ -269,10 +269,7 @@ pub fn replace_slots(
 /// `param` as the Rust struct, when it is an exact `adamax_rs.Parameter` (not a subclass, which
 /// may override `data` or `grad`).
 fn exact<'a>(param: &'a Bound<'_, PyAny>) -> Option<&'a Parameter> {
-    if !param.get_type().is(Parameter::type_object(param.py())) {
-        return None;
-    }
-    param.cast::<Parameter>().ok().map(Bound::get)
+    exact_parameter(param).map(Bound::get)
 }
 
 /// For an exact `adamax_rs.Parameter`: whether its `data` is the object at `data` (compared by
@@ -294,13 +291,9 @@ pub fn fast_fields<'py>(
 
 /// For an exact `adamax_rs.Parameter`: the addresses of the objects in its `data` and `grad`
 /// slots (0 for no gradient), to compare by identity with objects the caller holds.
-pub fn slot_addresses(param: &Borrowed<'_, '_, PyAny>) -> Option<(usize, usize)> {
+pub fn slot_addresses(param: &Bound<'_, PyAny>) -> Option<(usize, usize)> {
     let py = param.py();
-    if !param.get_type().is(Parameter::type_object(py)) {
-        return None;
-    }
-    let this = param.cast::<Parameter>().ok()?;
-    Some(this.get().slots.read(py, |s| {
+    Some(exact(param)?.slots.read(py, |s| {
         (
             s.data.as_ptr() as usize,
             s.grad.as_ref().map_or(0, |g| g.as_ptr() as usize),
