@@ -41,49 +41,112 @@ fn pow2(n: i32) -> f32 {
     f32::from_bits(((n + 127) as u32) << 23)
 }
 
+// The codes are worked on as `u32`, one per 32-bit lane, and narrowed to bytes only when stored:
+// arithmetic on bytes next to arithmetic on floats makes LLVM pack and unpack the vectors at
+// every step. A normal code is an f32's exponent and top mantissa bits, rebiased (from 127 to
+// 7), so decoding one is an integer add and a shift, with no table.
+
+/// The magnitude of an `exp_avg` code's low 7 bits `magnitude` (`0..=127`).
+#[inline(always)]
+fn signed_magnitude(magnitude: u32) -> f32 {
+    // Exponent field 0: multiples of 2^-9. Otherwise the f32 with exponent `e + 120` and the 3
+    // mantissa bits on top of its 23.
+    let subnormal = magnitude as f32 * pow2(-9);
+    let normal = f32::from_bits((magnitude + (120 << 3)) << 20);
+    if magnitude < 8 {
+        subnormal
+    } else {
+        normal
+    }
+}
+
+/// The value of an `exp_inf` code `code` (`0..=255`).
+#[inline(always)]
+fn unsigned_value(code: u32) -> f32 {
+    let subnormal = code as f32 * pow2(-10);
+    let normal = f32::from_bits((code + (120 << 4)) << 19);
+    if code < 16 {
+        subnormal
+    } else {
+        normal
+    }
+}
+
 /// The value of an `exp_avg` code (before scaling).
 #[inline(always)]
 pub fn decode_signed(code: u8) -> f32 {
     let c = u32::from(code);
-    let e = ((c >> 3) & 0xF) as i32;
-    let m = c & 0x7;
-    let normal = e > 0;
-    let significand = (m + if normal { 8 } else { 0 }) as f32;
-    let magnitude = significand * pow2(if normal { e } else { 1 } - 10);
-    if c & 0x80 != 0 {
-        -magnitude
-    } else {
-        magnitude
-    }
+    f32::from_bits(signed_magnitude(c & 0x7F).to_bits() | ((c & 0x80) << 24))
 }
 
 /// The value of an `exp_inf` code (before scaling).
 #[inline(always)]
 pub fn decode_unsigned(code: u8) -> f32 {
-    let c = u32::from(code);
-    let e = (c >> 4) as i32;
-    let m = c & 0xF;
-    let normal = e > 0;
-    let significand = (m + if normal { 16 } else { 0 }) as f32;
-    significand * pow2(if normal { e } else { 1 } - 11)
+    unsigned_value(u32::from(code))
+}
+
+/// `floor(v)` for `0 <= v <= 2^22`, by float and integer arithmetic only. Rust's float-to-int
+/// conversion saturates, and maps NaN to 0, which LLVM does element by element, outside the
+/// vectors: it made the encoding loops scalar.
+#[inline(always)]
+fn floor_small(v: f32) -> u32 {
+    // Adding 2^23 rounds `v` to the nearest integer, which is then the low bits of the sum; one
+    // less if that rounded up.
+    const SHIFT: f32 = 8_388_608.0;
+    let sum = v + SHIFT;
+    let nearest = sum.to_bits() - SHIFT.to_bits();
+    nearest - u32::from(sum - SHIFT > v)
+}
+
+/// The code (`0..=127`) of the largest magnitude not above `magnitude`, which is not negative
+/// (NaN gives 0).
+#[inline(always)]
+fn magnitude_toward_zero(magnitude: f32) -> u32 {
+    // Normal: rebias the exponent from 127 to 7 and drop the 20 low mantissa bits (truncation).
+    let normal = (magnitude.to_bits().wrapping_sub(120 << 23) >> 20).min(0x7F);
+    // Below 2^-6: multiples of 2^-9, rounded down (NaN is not below, and gives 0).
+    let small = magnitude < pow2(-6);
+    let subnormal = floor_small(if small { magnitude * 512.0 } else { 0.0 });
+    if small {
+        subnormal
+    } else if magnitude >= pow2(-6) {
+        normal
+    } else {
+        0
+    }
+}
+
+/// The code (`0..=255`) of the smallest value not below `x` (`x <= 496`); only 0, a negative
+/// `x` or NaN give 0.
+#[inline(always)]
+fn unsigned_code_up(x: f32) -> u32 {
+    // Normal: rebias the exponent from 127 to 7 and round the 19 low mantissa bits up (the carry
+    // may move into the exponent, which is the next code).
+    let normal = (x
+        .to_bits()
+        .wrapping_sub(120 << 23)
+        .wrapping_add((1 << 19) - 1)
+        >> 19)
+        .min(0xFF);
+    // Below 2^-6: multiples of 2^-10, rounded up.
+    let small = x < pow2(-6);
+    let scaled = if small && x > 0.0 { x * 1024.0 } else { 0.0 };
+    let floor = floor_small(scaled);
+    let subnormal = floor + u32::from((floor as i32 as f32) < scaled);
+    let code = if small { subnormal } else { normal };
+    // `x > 0` is false for NaN too.
+    if x > 0.0 {
+        code.max(1)
+    } else {
+        0
+    }
 }
 
 /// The `exp_avg` code of the largest magnitude not above `|x|` (`x` already divided by the
 /// scale, `|x| <= 480`), with `x`'s sign; NaN gives 0 (the scale carries the NaN).
 #[inline(always)]
 pub fn encode_signed_toward_zero(x: f32) -> u8 {
-    let magnitude = x.abs();
-    let bits = magnitude.to_bits();
-    // Normal: rebias the exponent from 127 to 7 and drop the 20 low mantissa bits (truncation).
-    let normal = (bits.wrapping_sub(120 << 23) >> 20).min(0x7F);
-    // Below 2^-6: multiples of 2^-9, rounded down.
-    let subnormal = (magnitude * 512.0) as u32;
-    let code = if magnitude >= pow2(-6) {
-        normal
-    } else {
-        subnormal.min(7)
-    };
-    let code = if magnitude.is_nan() { 0 } else { code };
+    let code = magnitude_toward_zero(x.abs());
     let sign = if x.is_sign_negative() && code != 0 {
         0x80
     } else {
@@ -96,25 +159,7 @@ pub fn encode_signed_toward_zero(x: f32) -> u8 {
 /// the scale); only `x == 0` gives code 0. NaN gives 0 (the scale carries the NaN).
 #[inline(always)]
 pub fn encode_unsigned_up(x: f32) -> u8 {
-    let bits = x.to_bits();
-    // Normal: rebias the exponent from 127 to 7 and round the 19 low mantissa bits up (the carry
-    // may move into the exponent, which is the next code).
-    let normal = (bits.wrapping_sub(120 << 23).wrapping_add((1 << 19) - 1) >> 19).min(0xFF);
-    // Below 2^-6: multiples of 2^-10, rounded up.
-    let scaled = x * 1024.0;
-    let floor = scaled as u32;
-    let subnormal = floor + u32::from((floor as f32) < scaled);
-    let code = if x >= pow2(-6) {
-        normal
-    } else {
-        subnormal.min(16)
-    };
-    let code = if x.is_nan() || x <= 0.0 {
-        0
-    } else {
-        code.max(1)
-    };
-    code as u8
+    unsigned_code_up(x) as u8
 }
 
 /// The smallest f32 above a finite, non-negative `x`.
@@ -303,25 +348,26 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
     } else {
         zero
     };
+    // With an all-zero block every code is 0 (`inverse` is 0); 127 stops the search upward.
+    let top = if largest > zero { 0x7F } else { 0 };
     for (code, &x) in codes.iter_mut().zip(m) {
-        let normalized = to_f32(x * inverse);
-        let mut c = encode_signed_toward_zero(normalized);
-        // The product above is rounded, so the code may be one off either way (codes of one
-        // sign are monotonic): one toward zero if the stored magnitude came out larger than
-        // the computed one, one away from zero if that one still is not larger. Without the
-        // second, a block's largest `|m|` (exactly `480 * scale`) often lost a whole code (7%).
-        let stored = scaled(decode_signed(c), scale);
-        let magnitude = c & 0x7F;
-        if stored.abs() > x.abs() && magnitude != 0 {
-            c -= 1;
-        } else if magnitude != 0x7F && largest > zero {
-            let sign = if x < zero { 0x80 } else { 0 };
-            let next = (magnitude + 1) | sign;
-            if scaled(decode_signed(next), scale).abs() <= x.abs() {
-                c = next;
-            }
-        }
-        *code = c;
+        let magnitude = x.abs();
+        let c = magnitude_toward_zero(to_f32(magnitude * inverse));
+        // The product above is rounded, so the code may be one off either way (codes are
+        // monotonic): one toward zero if the stored magnitude came out larger than the computed
+        // one, one away from zero if that one still is not larger. Without the second, a block's
+        // largest `|m|` (exactly `480 * scale`) often lost a whole code (7%).
+        let down = c.saturating_sub(1);
+        let up = (c + 1).min(top);
+        let c = if scaled(signed_magnitude(c), scale) > magnitude {
+            down
+        } else if scaled(signed_magnitude(up), scale) <= magnitude {
+            up
+        } else {
+            c
+        };
+        let sign = if x < zero && c != 0 { 0x80 } else { 0 };
+        *code = (c | sign) as u8;
     }
     scale32
 }
@@ -339,17 +385,19 @@ pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
         zero
     };
     for (code, &x) in codes.iter_mut().zip(u) {
-        let normalized = to_f32(x * inverse).min(MAX_UNSIGNED);
-        let mut c = encode_unsigned_up(normalized);
+        let c = unsigned_code_up(to_f32(x * inverse).min(MAX_UNSIGNED));
         // As above: one code up if the stored value came out below the computed one, one
         // down if the code below is still not below it (never down to 0 for a positive `x`).
-        let stored = scaled(decode_unsigned(c), scale);
-        if stored < x && c < 0xFF {
-            c += 1;
-        } else if c > 1 && scaled(decode_unsigned(c - 1), scale) >= x {
-            c -= 1;
-        }
-        *code = c;
+        let up = (c + 1).min(0xFF);
+        let down = if c > 1 { c - 1 } else { c };
+        let c = if scaled(unsigned_value(c), scale) < x {
+            up
+        } else if scaled(unsigned_value(down), scale) >= x {
+            down
+        } else {
+            c
+        };
+        *code = c as u8;
     }
     scale32
 }
@@ -466,6 +514,26 @@ mod tests {
         }
         assert_eq!(decode_signed(127), MAX_SIGNED);
         assert_eq!(decode_signed(1), 2f32.powi(-9));
+    }
+
+    #[test]
+    fn floor_small_is_floor() {
+        // Every quarter up to 64, where the encoders use it, and the edges of its range.
+        let mut xs: Vec<f32> = (0..=256).map(|k| k as f32 / 4.0).collect();
+        for x in [
+            0.5,
+            1.5,
+            2.5,
+            7.999_999,
+            15.999_999,
+            4_194_303.5,
+            4_194_304.0,
+        ] {
+            xs.extend([x, next_up(x)]);
+        }
+        for x in xs {
+            assert_eq!(floor_small(x), x.floor() as u32, "{x}");
+        }
     }
 
     #[test]

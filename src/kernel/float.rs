@@ -63,7 +63,9 @@ impl_float!(f64);
 /// must show up as NaN in the parameter instead.
 #[inline(always)]
 pub fn max_propagate_nan<T: Float>(a: T, b: T) -> T {
-    if b.is_nan() || b > a {
+    // `|`, not `||`: with a branch, LLVM computes `a` only where `b` is not NaN, and in the
+    // 8-bit loop it then fetched the coefficients `a` is made of with a masked vector gather.
+    if b.is_nan() | (b > a) {
         b
     } else {
         a
