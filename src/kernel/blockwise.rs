@@ -46,30 +46,30 @@ fn pow2(n: i32) -> f32 {
 // every step. A normal code is an f32's exponent and top mantissa bits, rebiased (from 127 to
 // 7), so decoding one is an integer add and a shift, with no table.
 
-/// The magnitude of an `exp_avg` code's low 7 bits `magnitude` (`0..=127`).
+/// The value of an unsigned small float `code` with 4 exponent bits (bias 7) and `MANTISSA`
+/// mantissa bits: subnormal below exponent 1, in steps of `2^-(6 + MANTISSA)`; otherwise the f32
+/// whose exponent is the code's plus 120 and whose mantissa starts with the code's.
 #[inline(always)]
-fn signed_magnitude(magnitude: u32) -> f32 {
-    // Exponent field 0: multiples of 2^-9. Otherwise the f32 with exponent `e + 120` and the 3
-    // mantissa bits on top of its 23.
-    let subnormal = magnitude as f32 * pow2(-9);
-    let normal = f32::from_bits((magnitude + (120 << 3)) << 20);
-    if magnitude < 8 {
+fn small_float_value<const MANTISSA: u32>(code: u32) -> f32 {
+    let subnormal = code as f32 * pow2(-6 - MANTISSA as i32);
+    let normal = f32::from_bits((code + (120 << MANTISSA)) << (23 - MANTISSA));
+    if code < 1 << MANTISSA {
         subnormal
     } else {
         normal
     }
 }
 
+/// The magnitude of an `exp_avg` code's low 7 bits `magnitude` (`0..=127`).
+#[inline(always)]
+fn signed_magnitude(magnitude: u32) -> f32 {
+    small_float_value::<3>(magnitude)
+}
+
 /// The value of an `exp_inf` code `code` (`0..=255`).
 #[inline(always)]
 fn unsigned_value(code: u32) -> f32 {
-    let subnormal = code as f32 * pow2(-10);
-    let normal = f32::from_bits((code + (120 << 4)) << 19);
-    if code < 16 {
-        subnormal
-    } else {
-        normal
-    }
+    small_float_value::<4>(code)
 }
 
 /// The value of an `exp_avg` code (before scaling).
