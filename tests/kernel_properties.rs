@@ -4,10 +4,11 @@
 
 use adamax_rs::engine::job::{Job, Work};
 use adamax_rs::engine::schedule::run_jobs;
+use adamax_rs::kernel::blockwise::{QuantizedSlices, BLOCK};
 use adamax_rs::kernel::{
     Adamax, Hyperparameters, StridedArray, StridedTensor, TensorSlices, Update,
 };
-use adamax_rs::simd::{self, Isa};
+use adamax_rs::simd::{self, Blocks, Isa};
 use proptest::prelude::*;
 
 /// The formula, one element at a time, with numpy's rounding of Python floats; with
@@ -139,6 +140,46 @@ proptest! {
             prop_assert!(same(&au, &eu), "exp_inf differs with {isa:?}");
         }
         prop_assert!(simd::available().contains(&Isa::Baseline));
+    }
+
+    /// 8-bit state has no formula here: `tests/test_state_compressed.py` checks the step of
+    /// the build this CPU runs against the numpy reference codec. This checks that every other
+    /// build gives the very same bytes, with any codes and scales, including NaN and infinite
+    /// gradients (the encoding's float-to-integer steps differ most between vector widths).
+    #[test]
+    fn every_isa_build_gives_the_same_8bit_step(
+        h in hyperparameters(),
+        t in 1u64..1000,
+        [p, g, _, _] in arrays(),
+        seed in any::<u64>(),
+    ) {
+        let n = p.len();
+        let blocks = n.div_ceil(BLOCK);
+        // Any byte is a code; scales from 0 to 1e3, spread over many orders of magnitude.
+        let byte = |i: usize, k: u64| ((i as u64).wrapping_mul(0x9E37_79B9).wrapping_add(seed ^ k) >> 7) as u8;
+        let m: Vec<u8> = (0..n).map(|i| byte(i, 1)).collect();
+        let u: Vec<u8> = (0..n).map(|i| byte(i, 2)).collect();
+        let scale = |b: usize, k: u64| f32::from(byte(b, k)) * 10f32.powi(i32::from(byte(b, k + 1) % 12) - 8);
+        let ms: Vec<f32> = (0..blocks).map(|b| scale(b, 3)).collect();
+        let us: Vec<f32> = (0..blocks).map(|b| scale(b, 5)).collect();
+        let c = h.coefficients::<f32>(t);
+        let mut results = Vec::new();
+        for isa in simd::available() {
+            let (mut ap, mut am, mut au, mut ams, mut aus) =
+                (p.clone(), m.clone(), u.clone(), ms.clone(), us.clone());
+            let slices = QuantizedSlices::new(&mut ap, &g, &mut am, &mut au, &mut ams, &mut aus, None)
+                .unwrap();
+            simd::run(isa, Adamax, Blocks(slices, &c));
+            results.push((isa, ap, am, au, ams, aus));
+        }
+        let (_, bp, bm, bu, bms, bus) = &results[0];
+        for (isa, ap, am, au, ams, aus) in &results[1..] {
+            prop_assert!(same(ap, bp), "param differs with {isa:?}");
+            prop_assert!(am == bm, "exp_avg codes differ with {isa:?}");
+            prop_assert!(au == bu, "exp_inf codes differ with {isa:?}");
+            prop_assert!(same(ams, bms), "exp_avg scales differ with {isa:?}");
+            prop_assert!(same(aus, bus), "exp_inf scales differ with {isa:?}");
+        }
     }
 
     #[test]
