@@ -6,11 +6,12 @@
 
 use std::hint::black_box;
 
-use adamax_rs::engine::job::{bytes_per_element, Job, Work};
+use adamax_rs::engine::job::{bytes_per_element, quantized_bytes, Job, Work};
 use adamax_rs::engine::{pool, schedule::run_jobs};
+use adamax_rs::kernel::blockwise::{QuantizedSlices, BLOCK};
 use adamax_rs::kernel::{Adamax, Float, Hyperparameters, Storage, TensorSlices, Update};
 use adamax_rs::probe::BandwidthProbe;
-use adamax_rs::simd;
+use adamax_rs::simd::{self, Blocks};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 
@@ -188,8 +189,59 @@ fn threshold(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every instruction-set build this CPU has, on one thread, over 64K float32 elements (their
+/// arrays fit in L2, so the arithmetic shows, not the memory): float state with each `eps`
+/// placement, and 8-bit state. The AVX2 build is the one most CPUs run.
+fn isa_builds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("isa_f32_64K");
+    let n = 64 * K;
+    for isa in simd::available() {
+        for eps_inside_max in [false, true] {
+            let mut tensor = Tensor::<f32, f32>::new::<f32>(n, false);
+            group.throughput(Throughput::Bytes(tensor.bytes()));
+            let h = Hyperparameters {
+                eps_inside_max,
+                ..hyperparameters()
+            };
+            let coefficients = h.coefficients::<f32>(10);
+            let name = format!("{}_float_state_eps_inside_max_{eps_inside_max}", isa.name());
+            group.bench_function(BenchmarkId::new(name, label(n)), |b| {
+                b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
+            });
+        }
+        let mut tensor = Tensor::<f32, f32>::new::<f32>(n, false);
+        let (mut m, mut u) = (vec![0u8; n], vec![0u8; n]);
+        let blocks = n.div_ceil(BLOCK);
+        let (mut m_scales, mut u_scales) = (vec![0f32; blocks], vec![0f32; blocks]);
+        group.throughput(Throughput::Bytes(
+            quantized_bytes::<f32>(n, blocks, false) as u64
+        ));
+        let coefficients = hyperparameters().coefficients::<f32>(10);
+        group.bench_function(
+            BenchmarkId::new(format!("{}_8bit_state", isa.name()), label(n)),
+            |b| {
+                b.iter(|| {
+                    let slices = QuantizedSlices::new(
+                        &mut tensor.param,
+                        &tensor.grad,
+                        &mut m,
+                        &mut u,
+                        &mut m_scales,
+                        &mut u_scales,
+                        None,
+                    )
+                    .expect("fitting slices");
+                    simd::run(isa, Adamax, Blocks(slices, &coefficients))
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    isa_builds,
     sizes_f32,
     sizes_f64,
     sizes_f16,

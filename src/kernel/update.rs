@@ -203,12 +203,15 @@ pub fn adamax_math<C: Float, const MAXIMIZE: bool, const COUPLED: bool, const TO
     let p = param * c.decay_factor;
     let m = if TORCH {
         // ATen's lerp: `start + w * (end - start)` for |w| < 0.5, else
-        // `end - (end - start) * (1 - w)`, each one fused multiply-add.
+        // `end - (end - start) * (1 - w)`, each one fused multiply-add. Both weights are read
+        // before the choice: read inside it, they are loads under a condition, which LLVM only
+        // vectorises with masked loads, and without AVX-512 it left the whole loop scalar.
+        let (weight, complement) = (c.lerp_weight, c.lerp_weight_complement);
         let delta = g - exp_avg;
         if c.lerp_from_start {
-            c.lerp_weight.mul_add(delta, exp_avg)
+            weight.mul_add(delta, exp_avg)
         } else {
-            (-c.lerp_weight_complement).mul_add(delta, g)
+            (-complement).mul_add(delta, g)
         }
     } else {
         c.beta1 * exp_avg + c.one_minus_beta1 * g
