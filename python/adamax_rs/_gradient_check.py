@@ -1,5 +1,6 @@
 """The check that a gradient fits its parameter, for the front ends that read gradients in
-Python (``FlatParameter`` when it is built, ``ShardedAdamax`` at each step)."""
+Python (``FlatParameter`` when it is built, ``ShardedAdamax`` at each step, and
+``allreduce_gradients``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 __all__ = ["check_gradient_fits"]
 
 
-def check_gradient_fits(where: str, grad: Any, data: np.ndarray) -> None:
-    """Raise unless ``grad`` is a numpy array of ``data``'s dtype and shape.
+def check_gradient_fits(where: str, grad: Any, data: np.ndarray) -> np.ndarray:
+    """Raise unless ``grad`` is a numpy array of ``data``'s dtype and shape; return it.
 
     Raises
     ------
@@ -31,3 +32,4 @@ def check_gradient_fits(where: str, grad: Any, data: np.ndarray) -> None:
             f"{where}: the gradient has shape {list(grad.shape)} but the parameter has "
             f"shape {list(data.shape)}"
         )
+    return grad

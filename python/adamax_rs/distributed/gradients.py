@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._gradient_check import check_gradient_fits
 from ..dtypes import describe_supported, is_supported
 from ._mpi import communicator
 from .agreement import agree
@@ -82,17 +83,7 @@ def _checked_grad(index: int, param: Any) -> np.ndarray | None:
     if grad is None:
         return None
     where = _label(index, param)
-    if not isinstance(grad, np.ndarray):
-        raise TypeError(f"{where}: the gradient must be a numpy.ndarray, got {type(grad).__name__}")
-    if grad.dtype != data.dtype:
-        raise TypeError(
-            f"{where}: the gradient has dtype {grad.dtype} but the parameter has dtype {data.dtype}"
-        )
-    if grad.shape != data.shape:
-        raise ValueError(
-            f"{where}: the gradient has shape {list(grad.shape)} but the parameter has shape "
-            f"{list(data.shape)}"
-        )
+    grad = check_gradient_fits(where, grad, data)
     if not grad.flags.writeable:
         raise ValueError(f"{where}: the gradient is read-only; it is averaged in place")
     if np.may_share_memory(grad, data):
