@@ -9,6 +9,7 @@ use adamax_rs::kernel::{
     Adamax, Hyperparameters, StridedArray, StridedTensor, TensorSlices, Update,
 };
 use adamax_rs::simd::{self, Blocks, Isa};
+use half::bf16;
 use proptest::prelude::*;
 
 /// The formula, one element at a time, with numpy's rounding of Python floats; with
@@ -49,18 +50,43 @@ fn reference(h: &Hyperparameters, t: u64, p: &mut [f32], g: &[f32], m: &mut [f32
         } else {
             grad.abs()
         };
-        let new_u = if a.is_nan() || b.is_nan() {
-            f32::NAN
-        } else if a >= b {
-            a
-        } else {
-            b
-        };
+        // NaN wins, with its own bits (stochastic rounding hashes them).
+        let new_u = if b.is_nan() || b > a { b } else { a };
         let denominator = if h.eps_inside_max { new_u } else { new_u + eps };
         p[i] = param - step_size * new_m / denominator;
         m[i] = new_m;
         u[i] = new_u;
     }
+}
+
+/// Stochastic rounding of an element's two moments to bfloat16 bits, written here from
+/// docs/compressed_state.md: MurmurHash3's finaliser over exp_avg's bits, exp_inf's bits rotated
+/// by 16, the gradient's rotated by 8 and the step's salt; the hash's high 16 bits added to
+/// exp_avg's 16 dropped bits, its low 16 bits to exp_inf's.
+fn stochastic_bf16(exp_avg: f32, exp_inf: f32, grad: f32, step: u64) -> (f32, f32) {
+    fn fmix(mut x: u32) -> u32 {
+        x = (x ^ (x >> 16)).wrapping_mul(0x85EB_CA6B);
+        x = (x ^ (x >> 13)).wrapping_mul(0xC2B2_AE35);
+        x ^ (x >> 16)
+    }
+    fn round(value: f32, noise: u32) -> f32 {
+        if value.is_nan() {
+            return value;
+        }
+        f32::from_bits((value.to_bits().wrapping_add(noise) >> 16) << 16)
+    }
+    let salt = fmix(step as u32 ^ fmix((step >> 32) as u32 ^ 0x9E37_79B9));
+    let h = fmix(
+        exp_avg.to_bits()
+            ^ exp_inf.to_bits().rotate_left(16)
+            ^ grad.to_bits().rotate_left(8)
+            ^ salt,
+    );
+    (round(exp_avg, h >> 16), round(exp_inf, h & 0xFFFF))
+}
+
+fn widen_bf16(h: &[bf16]) -> Vec<f32> {
+    h.iter().map(|x| x.to_f32()).collect()
 }
 
 fn same(a: &[f32], b: &[f32]) -> bool {
@@ -104,6 +130,7 @@ fn hyperparameters() -> impl Strategy<Value = Hyperparameters> {
                     maximize,
                     eps_inside_max,
                     decoupled_weight_decay: decoupled,
+                    stochastic_rounding: false,
                 }
             },
         )
@@ -179,6 +206,31 @@ proptest! {
             prop_assert!(au == bu, "exp_inf codes differ with {isa:?}");
             prop_assert!(same(ams, bms), "exp_avg scales differ with {isa:?}");
             prop_assert!(same(aus, bus), "exp_inf scales differ with {isa:?}");
+        }
+    }
+
+    /// bfloat16 state rounded stochastically: every build gives the reference's bits (the
+    /// arithmetic in float32 as above, then each moment rounded with the hash written here).
+    #[test]
+    fn every_isa_build_rounds_bfloat16_state_stochastically_like_the_reference(
+        h in hyperparameters(),
+        t in 1u64..1000,
+        [p, g, m, u] in arrays(),
+    ) {
+        let h = Hyperparameters { stochastic_rounding: true, ..h };
+        let (m, u): (Vec<bf16>, Vec<bf16>) =
+            (m.iter().map(|&x| bf16::from_f32(x)).collect(), u.iter().map(|&x| bf16::from_f32(x)).collect());
+        let (mut ep, mut em, mut eu) = (p.clone(), widen_bf16(&m), widen_bf16(&u));
+        reference(&h, t, &mut ep, &g, &mut em, &mut eu);
+        let (em, eu): (Vec<f32>, Vec<f32>) =
+            em.iter().zip(&eu).zip(&g).map(|((&a, &b), &gr)| stochastic_bf16(a, b, gr, t)).unzip();
+        let c = h.coefficients::<f32>(t);
+        for isa in simd::available() {
+            let (mut ap, mut am, mut au) = (p.clone(), m.clone(), u.clone());
+            simd::run_flat(isa, Adamax, TensorSlices::new(&mut ap, &g, &mut am, &mut au).unwrap(), &c);
+            prop_assert!(same(&ap, &ep), "param differs with {isa:?}");
+            prop_assert!(same(&widen_bf16(&am), &em), "exp_avg differs with {isa:?}");
+            prop_assert!(same(&widen_bf16(&au), &eu), "exp_inf differs with {isa:?}");
         }
     }
 

@@ -102,6 +102,8 @@ fn assemble(numbers: [f64; 5], flags: [bool; 3]) -> Hyperparameters {
         maximize,
         eps_inside_max,
         decoupled_weight_decay,
+        // An option of the optimizer, not of a group: the step plan sets it.
+        stochastic_rounding: false,
     }
 }
 

@@ -25,6 +25,9 @@ pub trait Float:
     fn is_nan(self) -> bool;
     /// `self * a + b` with one rounding (as ATen's `fmadd`).
     fn mul_add(self, a: Self, b: Self) -> Self;
+    /// The bits of the value folded into 32 (float64: the high half xor the low half): what
+    /// stochastic rounding hashes.
+    fn hash_bits(self) -> u32;
 }
 
 macro_rules! impl_float {
@@ -49,6 +52,11 @@ macro_rules! impl_float {
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
                 <$t>::mul_add(self, a, b)
+            }
+            #[inline(always)]
+            fn hash_bits(self) -> u32 {
+                let bits = u64::from(self.to_bits());
+                (bits ^ (bits >> 32)) as u32
             }
         }
     };

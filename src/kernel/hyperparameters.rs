@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::float::Float;
+use super::stochastic::step_salt;
 
 /// The largest step count a parameter may have: `2**53`, the last integer a float64 holds
 /// exactly, so that `beta1 ** t` is computed for exactly the `t` the state says.
@@ -28,6 +29,9 @@ pub struct Hyperparameters {
     pub eps_inside_max: bool,
     /// `param *= 1 - lr * weight_decay` instead of adding `weight_decay * param` to the gradient.
     pub decoupled_weight_decay: bool,
+    /// Round bfloat16 state stochastically (see [`super::stochastic`]) instead of to nearest;
+    /// wider state is unaffected.
+    pub stochastic_rounding: bool,
 }
 
 /// Why a set of hyperparameters was refused.
@@ -105,6 +109,7 @@ impl Default for Hyperparameters {
             maximize: false,
             eps_inside_max: false,
             decoupled_weight_decay: false,
+            stochastic_rounding: false,
         }
     }
 }
@@ -157,10 +162,16 @@ impl Hyperparameters {
                 1.0
             }),
             step_size: T::from_f64(self.lr / bias_correction),
+            rounding_salt: if self.stochastic_rounding {
+                step_salt(step)
+            } else {
+                0
+            },
             flags: Flags {
                 maximize: self.maximize,
                 coupled_weight_decay: coupled,
                 eps_inside_max: self.eps_inside_max,
+                stochastic_rounding: self.stochastic_rounding,
             },
         }
     }
@@ -175,6 +186,8 @@ pub struct Flags {
     pub coupled_weight_decay: bool,
     /// eps inside the max, with torch's order of operations.
     pub eps_inside_max: bool,
+    /// Round bfloat16 state stochastically.
+    pub stochastic_rounding: bool,
 }
 
 /// Everything one tensor's update needs, rounded to the element type once per step.
@@ -194,6 +207,8 @@ pub struct Coefficients<T> {
     pub lerp_weight: T,
     pub lerp_weight_complement: T,
     pub lerp_from_start: bool,
+    /// Stochastic rounding only: this step's salt, [`step_salt`] of the step number.
+    pub rounding_salt: u32,
     pub flags: Flags,
 }
 

@@ -15,6 +15,7 @@ pub mod blockwise;
 mod float;
 mod hyperparameters;
 pub mod precision;
+pub mod stochastic;
 mod strided;
 mod update;
 

@@ -11,12 +11,26 @@
 
 use half::{bf16, f16};
 
+use super::stochastic::f32_to_bf16_bits_stochastic;
+
 /// A type an array element is stored in, convertible to and from the compute type `C`.
 pub trait Storage<C>: Copy + Send + Sync + 'static {
     /// The element in the compute type (exact).
     fn load(self) -> C;
     /// The compute value rounded to this type (round to nearest, ties to even).
     fn store(value: C) -> Self;
+
+    /// Whether [`Storage::store_stochastic`] differs from [`Storage::store`] (only for
+    /// bfloat16): the loops that hash for it are compiled only where it does.
+    const ROUNDS_STOCHASTICALLY: bool = false;
+
+    /// The compute value rounded stochastically, with `noise` as the random bits (see
+    /// [`super::stochastic`]); a type that does not round stochastically rounds to nearest.
+    #[inline(always)]
+    fn store_stochastic(value: C, noise: u32) -> Self {
+        let _ = noise;
+        Self::store(value)
+    }
 }
 
 impl Storage<f32> for f32 {
@@ -72,6 +86,11 @@ impl Storage<f32> for bf16 {
     fn store(value: f32) -> Self {
         bf16::from_bits(f32_to_bf16_bits(value))
     }
+    const ROUNDS_STOCHASTICALLY: bool = true;
+    #[inline(always)]
+    fn store_stochastic(value: f32, noise: u32) -> Self {
+        bf16::from_bits(f32_to_bf16_bits_stochastic(value, noise))
+    }
 }
 
 // With float64 state the compute type is float64. Widening goes through float32 (exact);
@@ -96,6 +115,13 @@ impl Storage<f64> for bf16 {
     #[inline(always)]
     fn store(value: f64) -> Self {
         bf16::from_bits(f64_to_bf16_bits(value))
+    }
+    // Rounded to float32 (to nearest) first: that rounding moves the value by at most half a
+    // float32 ulp, 2^-17 of a bfloat16 ulp, below the resolution of the 16 random bits.
+    const ROUNDS_STOCHASTICALLY: bool = true;
+    #[inline(always)]
+    fn store_stochastic(value: f64, noise: u32) -> Self {
+        bf16::from_bits(f32_to_bf16_bits_stochastic(value as f32, noise))
     }
 }
 

@@ -19,6 +19,7 @@ use super::blockwise::{quantized_run, QuantizedSlices};
 use super::float::{max_propagate_nan, Float};
 use super::hyperparameters::Coefficients;
 use super::precision::Storage;
+use super::stochastic;
 use super::strided::StridedTensor;
 
 /// An element-wise rule run over one tensor's arrays: the Adamax update, or (for benchmarks) a
@@ -222,10 +223,20 @@ pub fn adamax_math<C: Float, const MAXIMIZE: bool, const COUPLED: bool, const TO
     (p - c.step_size * m / denominator, m, u)
 }
 
-/// The update of one stored element: load into `C`, compute, store back rounded. With a master
-/// copy, the parameter's value is read from it, and both are written.
+/// The update of one stored element: load into `C`, compute, store back rounded (to nearest, or
+/// with `STOCHASTIC` the state stochastically, see [`super::stochastic`]). With a master copy, the
+/// parameter's value is read from it, and both are written.
 #[inline(always)]
-fn update_element<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+fn update_element<
+    P,
+    S,
+    M,
+    C,
+    const STOCHASTIC: bool,
+    const MAXIMIZE: bool,
+    const COUPLED: bool,
+    const TORCH: bool,
+>(
     param: &mut P,
     master: Option<&mut M>,
     grad: P,
@@ -242,9 +253,10 @@ fn update_element<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const T
         Some(w) => w.load(),
         None => param.load(),
     };
+    let grad = grad.load();
     let (p, m, u) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
         current,
-        grad.load(),
+        grad,
         exp_avg.load(),
         exp_inf.load(),
         c,
@@ -257,8 +269,14 @@ fn update_element<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const T
         }
         None => *param = P::store(p),
     }
-    *exp_avg = S::store(m);
-    *exp_inf = S::store(u);
+    if STOCHASTIC {
+        let (avg_noise, inf_noise) = stochastic::state_noise(m, u, grad, c.rounding_salt);
+        *exp_avg = S::store_stochastic(m, avg_noise);
+        *exp_inf = S::store_stochastic(u, inf_noise);
+    } else {
+        *exp_avg = S::store(m);
+        *exp_inf = S::store(u);
+    }
 }
 
 /// Runs `$plain` for every element of `$slices`, with `$p, $g, $m, $u` bound to the parameter,
@@ -299,9 +317,9 @@ macro_rules! for_each_element {
 pub(crate) use for_each_element;
 
 /// Calls `$run::<$types..., MAXIMIZE, COUPLED, EPS_IN>($arg, $c)` with the flags of `$c` as
-/// compile-time constants.
+/// compile-time constants (`$types` may end with constants of the caller's).
 macro_rules! with_flags {
-    ($run:ident [$($t:ident),*], $arg:expr, $c:expr) => {{
+    ($run:ident [$($t:tt),*], $arg:expr, $c:expr) => {{
         let (arg, c) = ($arg, $c);
         match (
             c.flags.maximize,
@@ -321,7 +339,16 @@ macro_rules! with_flags {
 }
 
 #[inline(always)]
-fn flat_run<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+fn flat_run<
+    P,
+    S,
+    M,
+    C,
+    const STOCHASTIC: bool,
+    const MAXIMIZE: bool,
+    const COUPLED: bool,
+    const TORCH: bool,
+>(
     s: TensorSlices<'_, P, S, M>,
     c: &Coefficients<C>,
 ) where
@@ -333,14 +360,32 @@ fn flat_run<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: 
     for_each_element!(
         s,
         |p, g, m, u| {
-            update_element::<P, S, M, C, MAXIMIZE, COUPLED, TORCH>(p, None, g, m, u, c)
+            update_element::<P, S, M, C, STOCHASTIC, MAXIMIZE, COUPLED, TORCH>(p, None, g, m, u, c)
         },
-        |w| { update_element::<P, S, M, C, MAXIMIZE, COUPLED, TORCH>(p, Some(w), g, m, u, c) }
+        |w| {
+            update_element::<P, S, M, C, STOCHASTIC, MAXIMIZE, COUPLED, TORCH>(
+                p,
+                Some(w),
+                g,
+                m,
+                u,
+                c,
+            )
+        }
     );
 }
 
 #[inline(always)]
-fn strided_run<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+fn strided_run<
+    P,
+    S,
+    M,
+    C,
+    const STOCHASTIC: bool,
+    const MAXIMIZE: bool,
+    const COUPLED: bool,
+    const TORCH: bool,
+>(
     t: &mut StridedTensor<'_, P, S, M>,
     c: &Coefficients<C>,
 ) where
@@ -350,8 +395,16 @@ fn strided_run<P, S, M, C, const MAXIMIZE: bool, const COUPLED: bool, const TORC
     M: Storage<C>,
 {
     t.for_each(|p, w, g, m, u| {
-        update_element::<P, S, M, C, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c)
+        update_element::<P, S, M, C, STOCHASTIC, MAXIMIZE, COUPLED, TORCH>(p, w, g, m, u, c)
     });
+}
+
+/// Whether a step with coefficients `c` rounds state stored as `S` stochastically: only when asked
+/// and when `S` rounds stochastically at all (a constant), so that other state types compile no
+/// second set of loops.
+#[inline(always)]
+fn rounds_stochastically<S: Storage<C>, C>(c: &Coefficients<C>) -> bool {
+    S::ROUNDS_STOCHASTICALLY && c.flags.stochastic_rounding
 }
 
 /// The Adamax update rule.
@@ -367,7 +420,11 @@ impl Update for Adamax {
         S: Storage<C>,
         M: Storage<C>,
     {
-        with_flags!(flat_run[P, S, M, C], slices, c)
+        if rounds_stochastically::<S, C>(c) {
+            with_flags!(flat_run[P, S, M, C, true], slices, c)
+        } else {
+            with_flags!(flat_run[P, S, M, C, false], slices, c)
+        }
     }
 
     #[inline(always)]
@@ -378,7 +435,11 @@ impl Update for Adamax {
         S: Storage<C>,
         M: Storage<C>,
     {
-        with_flags!(strided_run[P, S, M, C], tensor, c)
+        if rounds_stochastically::<S, C>(c) {
+            with_flags!(strided_run[P, S, M, C, true], tensor, c)
+        } else {
+            with_flags!(strided_run[P, S, M, C, false], tensor, c)
+        }
     }
 
     #[inline(always)]
