@@ -245,3 +245,81 @@ def bfloat16_reference_step(param, grad, exp_avg, exp_inf, t, master=None, **hyp
     )
     new_master = p if master is not None else None
     return p.astype(param.dtype), m.astype(exp_avg.dtype), u.astype(exp_inf.dtype), new_master
+
+
+# -- stochastic rounding of bfloat16 state, written from docs/compressed_state.md --
+
+
+def _fmix32(x):
+    """MurmurHash3's 32-bit finaliser over a uint32 array (numpy's uint32 products wrap)."""
+    x = np.asarray(x, dtype=np.uint32).copy()
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x85EBCA6B)
+    x ^= x >> np.uint32(13)
+    x *= np.uint32(0xC2B2AE35)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def _rotate_left(x, k):
+    return (x << np.uint32(k)) | (x >> np.uint32(32 - k))
+
+
+def _bits32(values):
+    """A float32 array's bits; a float64 array's high half xor its low half."""
+    if values.dtype == np.float64:
+        bits = values.view(np.uint64)
+        return ((bits ^ (bits >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return values.astype(np.float32).view(np.uint32)
+
+
+def step_salt(t):
+    """The hash of step number ``t``."""
+    high = _fmix32(np.array([(t >> 32) ^ 0x9E3779B9], dtype=np.uint32))
+    return _fmix32(np.array([t & 0xFFFFFFFF], dtype=np.uint32) ^ high)[0]
+
+
+def stochastic_bfloat16_noise(m, u, grad, t):
+    """The 16 random bits of each element's ``exp_avg`` and ``exp_inf`` rounding: one hash of
+    the new moments' bits (``exp_inf``'s rotated by 16), the gradient's (rotated by 8) and the
+    step's salt; its high half for ``exp_avg``, its low half for ``exp_inf``."""
+    h = _fmix32(
+        _bits32(m) ^ _rotate_left(_bits32(u), 16) ^ _rotate_left(_bits32(grad), 8) ^ step_salt(t)
+    )
+    return h >> np.uint32(16), h & np.uint32(0xFFFF)
+
+
+def round_bfloat16_stochastically(values, noise):
+    """``values`` (float32, or float64 first rounded to float32) to bfloat16: the 16 bits of
+    ``noise`` added to the 16 that are dropped, then truncated; NaN stays NaN."""
+    single = values.astype(np.float32)
+    bits = ((single.view(np.uint32) + noise.astype(np.uint32)) >> np.uint32(16)).astype(np.uint16)
+    out = bits.view(_bfloat16())
+    out[np.isnan(single)] = np.nan
+    return out
+
+
+def _bfloat16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def bfloat16_stochastic_reference_step(param, grad, exp_avg, exp_inf, t, master=None, **hyper):
+    """One step with bfloat16 state rounded stochastically: the formula in the compute type
+    (float64 for float64 parameters, float32 otherwise), then each moment rounded with the
+    hash above. Returns ``(param, exp_avg, exp_inf, master)``."""
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    source = (master if master is not None else param).astype(compute)
+    g = grad.astype(compute)
+    p, m, u = adamax_reference_step(
+        source, g, exp_avg.astype(compute), exp_inf.astype(compute), t, **hyper
+    )
+    avg_noise, inf_noise = stochastic_bfloat16_noise(m, u, g, t)
+    new_master = p if master is not None else None
+    return (
+        p.astype(param.dtype),
+        round_bfloat16_stochastically(m, avg_noise),
+        round_bfloat16_stochastically(u, inf_noise),
+        new_master,
+    )

@@ -37,7 +37,12 @@ def test_signature_and_defaults_are_torchs():
         assert ours[name].kind == parameter.kind, name
         assert ours[name].default == parameter.default, name
     extra = [name for name in ours if name not in theirs]
-    assert extra == ["eps_inside_max", "decoupled_weight_decay", "state_dtype"]
+    assert extra == [
+        "eps_inside_max",
+        "decoupled_weight_decay",
+        "state_dtype",
+        "stochastic_rounding",
+    ]
     assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in extra)
 
 

@@ -16,6 +16,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 from adamax_rs.torch import Adamax  # noqa: E402
 from reference import (  # noqa: E402
     bfloat16_reference_step,
+    bfloat16_stochastic_reference_step,
     blockwise_reference_step,
     decode,
     quantize,
@@ -95,6 +96,50 @@ def test_bfloat16_steps_are_the_reference_bit_for_bit(rng, param_dtype):
         np.testing.assert_array_equal(
             to_numpy(opt.state[p]["exp_inf"]).view(np.uint16), u.view(np.uint16)
         )
+
+
+@pytest.mark.parametrize("param_dtype", [np.float32, "bfloat16"])
+def test_stochastic_rounding_is_the_reference_bit_for_bit(rng, param_dtype):
+    dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
+    n = 1000
+    init = rng.standard_normal(n).astype(dtype)
+    p = torch.nn.Parameter(from_numpy(init))
+    opt = Adamax([p], lr=0.01, state_dtype=torch.bfloat16, stochastic_rounding=True)
+    ref_p, m, u = init.copy(), np.zeros(n, BF16), np.zeros(n, BF16)
+    for t in range(1, 6):
+        g = heavy_tailed(rng, n).astype(dtype)
+        p.grad = from_numpy(g)
+        opt.step()
+        ref_p, m, u, _ = bfloat16_stochastic_reference_step(
+            ref_p, g, m, u, t, lr=0.01, eps_inside_max=True
+        )
+        np.testing.assert_array_equal(to_numpy(p.data).view(np.uint8), ref_p.view(np.uint8))
+        np.testing.assert_array_equal(
+            to_numpy(opt.state[p]["exp_avg"]).view(np.uint16), m.view(np.uint16)
+        )
+        np.testing.assert_array_equal(
+            to_numpy(opt.state[p]["exp_inf"]).view(np.uint16), u.view(np.uint16)
+        )
+
+
+def test_stochastic_rounding_survives_a_deep_copy_and_is_refused_without_bfloat16_state(rng):
+    p = torch.nn.Parameter(torch.randn(500))
+    opt = Adamax([p], state_dtype="bfloat16", stochastic_rounding=True)
+    p.grad = torch.randn(500)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    assert twin.stochastic_rounding is True
+    q = next(iter(twin.state))
+    for o, param in ((opt, p), (twin, q)):
+        param.grad = torch.full((500,), 1e-3)
+        o.step()
+    assert torch.equal(p, q)
+    assert torch.equal(opt.state[p]["exp_inf"], twin.state[q]["exp_inf"])
+    for state_dtype in (None, torch.float32, "8bit"):
+        with pytest.raises(ValueError, match="needs state_dtype='bfloat16'"):
+            Adamax([p], state_dtype=state_dtype, stochastic_rounding=True)
+    with pytest.raises(TypeError, match="stochastic_rounding must be a bool"):
+        Adamax([p], state_dtype="bfloat16", stochastic_rounding="yes")
 
 
 def test_names_and_dtypes_are_accepted():

@@ -115,13 +115,21 @@ class Hyperparameters:
 class StepPlan:
     """The cached step of a numpy optimizer."""
 
-    def __init__(self, *, state_dtype: str | None = None, master_weights: bool = False) -> None: ...
+    def __init__(
+        self,
+        *,
+        state_dtype: str | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+    ) -> None: ...
     def step(self, param_groups: list[dict[str, Any]], state: ParameterState) -> None: ...
 
 class TorchStepPlan:
     """The cached step of ``adamax_rs.torch.Adamax``."""
 
-    def __init__(self, *, state_dtype: str | None = None) -> None: ...
+    def __init__(
+        self, *, state_dtype: str | None = None, stochastic_rounding: bool = False
+    ) -> None: ...
     def step(
         self,
         param_groups: list[dict[str, Any]],
@@ -140,6 +148,7 @@ def adamax_arrays(
     masters: Sequence[np.ndarray | None] | None = None,
     exp_avg_scales: Sequence[np.ndarray | None] | None = None,
     exp_inf_scales: Sequence[np.ndarray | None] | None = None,
+    stochastic_rounding: bool = False,
 ) -> None:
     """One Adamax step in place over lists of arrays."""
 

@@ -11,6 +11,7 @@ import numpy as np
 from . import _compressed, _core
 from .dtypes import (
     BLOCKWISE,
+    check_flag,
     check_state_dtype,
     is_bfloat16,
     is_half,
@@ -114,7 +115,8 @@ class Adamax(Optimizer):
           otherwise.
         - ``"bfloat16"`` (or ml_dtypes' ``bfloat16``): bfloat16 moments, half the memory of
           float32 state; the arithmetic runs in float32 and the new moments are rounded to
-          nearest (ties to even). Needs ml_dtypes.
+          nearest (ties to even), or stochastically with ``stochastic_rounding``. Needs
+          ml_dtypes.
         - ``"8bit"``: block-wise quantized moments, one byte per element each plus a
           float32 scale per block of 256 elements and moment (``state["exp_avg_scale"]``,
           ``state["exp_inf_scale"]``); the arithmetic runs in float32. ``exp_avg`` is
@@ -128,6 +130,14 @@ class Adamax(Optimizer):
         float32 with bfloat16 or 8-bit state) that is updated every step and rounded into the
         parameter, so that updates smaller than the parameter's precision are not lost. Other
         parameters are unaffected.
+    stochastic_rounding : bool, default False
+        With ``state_dtype="bfloat16"`` only (``ValueError`` otherwise): round the new moments
+        to the bfloat16 above or below at random, with the probabilities that make the stored
+        value right on average, instead of to nearest. To nearest, ``exp_inf`` cannot decay by
+        a factor ``beta2`` above ``1 - 2**-9`` (the default 0.999 is): ``beta2 * u`` rounds back
+        to ``u``, and training can stall. The random bits are a hash of each new value, its
+        gradient and the step number, so a run gives the same bits on any number of threads and
+        after a resume. Complex parameters (whose state is complex64) are unaffected.
 
     Attributes
     ----------
@@ -190,11 +200,11 @@ class Adamax(Optimizer):
         decoupled_weight_decay: bool = False,
         state_dtype: Any = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         self.state_dtype = check_state_dtype(state_dtype)
-        if not isinstance(master_weights, (bool, np.bool_)):
-            raise TypeError(f"master_weights must be a bool, got {type(master_weights).__name__}")
-        self.master_weights = bool(master_weights)
+        self.master_weights = check_flag(master_weights, "master_weights")
+        self.stochastic_rounding = check_flag(stochastic_rounding, "stochastic_rounding")
         defaults: dict[str, Any] = {"lr": lr, "betas": betas}
         _split_betas(defaults, "")
         defaults.update(
@@ -206,7 +216,9 @@ class Adamax(Optimizer):
         )
         check_hyperparameters(defaults)
         self._plan = _core.StepPlan(
-            state_dtype=state_dtype_name(self.state_dtype), master_weights=self.master_weights
+            state_dtype=state_dtype_name(self.state_dtype),
+            master_weights=self.master_weights,
+            stochastic_rounding=self.stochastic_rounding,
         )
         super().__init__(params, defaults)
 

@@ -19,6 +19,7 @@ __all__ = [
     "BLOCKWISE",
     "StateDtype",
     "bfloat16_dtype",
+    "check_flag",
     "check_state_dtype",
     "state_dtype_name",
     "describe_supported",
@@ -75,6 +76,14 @@ def bfloat16_dtype() -> np.dtype:
         ) from None
     dtype: np.dtype = np.dtype(ml_dtypes.bfloat16)
     return dtype
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool: ``True``, ``False`` or a numpy bool; ``TypeError`` naming ``name``
+    otherwise (an option such as ``master_weights`` or ``stochastic_rounding``)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 def check_state_dtype(state_dtype: Any) -> StateDtype:

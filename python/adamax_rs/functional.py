@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _compressed, _core
-from .dtypes import BLOCKWISE, check_state_dtype, is_half, state_dtype_for
+from .dtypes import BLOCKWISE, check_flag, check_state_dtype, is_half, state_dtype_for
 
 __all__ = ["adamax", "new_state"]
 
@@ -84,6 +84,7 @@ def adamax(
     masters: Sequence[np.ndarray | None] | None = None,
     exp_avg_scales: Sequence[np.ndarray | None] | None = None,
     exp_inf_scales: Sequence[np.ndarray | None] | None = None,
+    stochastic_rounding: bool = False,
 ) -> None:
     """Apply one Adamax step in place to each array of ``params``.
 
@@ -117,6 +118,9 @@ def adamax(
         The float32 block scales of 8-bit state (one per 256 elements, in the parameter's
         memory order), updated in place; ``None`` entries for parameters with float state.
         Give both lists or neither.
+    stochastic_rounding : bool, default False
+        Round bfloat16 state stochastically instead of to nearest (see
+        :class:`adamax_rs.Adamax`); float32, float64 and 8-bit state are unaffected.
 
     Raises
     ------
@@ -143,4 +147,5 @@ def adamax(
         masters=masters,
         exp_avg_scales=exp_avg_scales,
         exp_inf_scales=exp_inf_scales,
+        stochastic_rounding=check_flag(stochastic_rounding, "stochastic_rounding"),
     )

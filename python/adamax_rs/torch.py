@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from . import _compressed, _core
 from ._fork import track
-from .dtypes import BLOCKWISE
+from .dtypes import BLOCKWISE, check_flag
 
 __all__ = ["Adamax"]
 
@@ -168,6 +168,11 @@ class Adamax(Optimizer):
         non-dense ones keep float32 state. As in :class:`adamax_rs.Adamax`, whose
         documentation and docs/compressed_state.md say more. State dicts with 8-bit state
         load only into this class (``torch.optim.Adamax`` would read the codes as numbers).
+    stochastic_rounding : bool, default False
+        With ``state_dtype=torch.bfloat16`` only (``ValueError`` otherwise): round the new
+        moments stochastically instead of to nearest, so that ``exp_inf`` keeps decaying at
+        ``beta2 = 0.999``. As in :class:`adamax_rs.Adamax`.
+
     Raises
     ------
     ValueError
@@ -201,6 +206,7 @@ class Adamax(Optimizer):
         eps_inside_max: bool = True,
         decoupled_weight_decay: bool = False,
         state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         # torch.optim.Adamax's checks, in its order and with its messages.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -216,6 +222,7 @@ class Adamax(Optimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         state_dtype = _check_state_dtype(state_dtype)
+        stochastic_rounding = check_flag(stochastic_rounding, "stochastic_rounding")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -229,8 +236,11 @@ class Adamax(Optimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         _refuse_unsupported(defaults, "")
+        self._plan = _core.TorchStepPlan(
+            state_dtype=_core_name(state_dtype), stochastic_rounding=stochastic_rounding
+        )
         self.state_dtype = state_dtype
-        self._plan = _core.TorchStepPlan(state_dtype=_core_name(state_dtype))
+        self.stochastic_rounding = stochastic_rounding
         self._lock = threading.RLock()
         super().__init__(params, defaults)
         track(self)
@@ -249,20 +259,25 @@ class Adamax(Optimizer):
         super().add_param_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:
-        # torch's keeps only defaults, state and param_groups; the state dtype is needed too.
+        # torch's keeps only defaults, state and param_groups; the state options are needed too.
         state: dict[str, Any] = super().__getstate__()
         state["state_dtype"] = self.state_dtype
+        state["stochastic_rounding"] = self.stochastic_rounding
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         state_dtype = state.pop("state_dtype", None)
+        stochastic_rounding = state.pop("stochastic_rounding", False)
         super().__setstate__(state)
         if "_plan" not in self.__dict__:
             # Unpickled or deep-copied (load_state_dict comes here too, with the plan in place):
             # the plan and the lock are not copied, so make them.
             self.state_dtype = state_dtype
-            self._plan = _core.TorchStepPlan(state_dtype=_core_name(state_dtype))
+            self.stochastic_rounding = stochastic_rounding
+            self._plan = _core.TorchStepPlan(
+                state_dtype=_core_name(state_dtype), stochastic_rounding=stochastic_rounding
+            )
             self._lock = threading.RLock()
             track(self)
         for group in self.param_groups:

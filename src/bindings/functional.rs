@@ -170,12 +170,12 @@ fn arrays_step<'py, U: Update>(
     run_step(py, &step, rule, &mut buffers)
 }
 
-/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None, exp_avg_scales=None, exp_inf_scales=None)
+/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None, exp_avg_scales=None, exp_inf_scales=None, stochastic_rounding=False)
 /// --
 ///
 /// One Adamax step in place over lists of arrays (see ``adamax_rs.functional.adamax``).
 #[pyfunction]
-#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None, exp_avg_scales = None, exp_inf_scales = None))]
+#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None, exp_avg_scales = None, exp_inf_scales = None, stochastic_rounding = false))]
 #[allow(clippy::too_many_arguments)]
 pub fn adamax_arrays(
     py: Python<'_>,
@@ -188,8 +188,12 @@ pub fn adamax_arrays(
     masters: Option<&Bound<'_, PyAny>>,
     exp_avg_scales: Option<&Bound<'_, PyAny>>,
     exp_inf_scales: Option<&Bound<'_, PyAny>>,
+    stochastic_rounding: bool,
 ) -> PyResult<()> {
-    let h = hyperparameters.0;
+    let h = Hyperparameters {
+        stochastic_rounding,
+        ..hyperparameters.0
+    };
     let lists = ArrayLists {
         params,
         grads,

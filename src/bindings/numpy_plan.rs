@@ -96,7 +96,7 @@ struct Slots {
     exp_inf_scale: Option<usize>,
 }
 
-/// StepPlan(*, state_dtype=None, master_weights=False)
+/// StepPlan(*, state_dtype=None, master_weights=False, stochastic_rounding=False)
 /// --
 ///
 /// The cached step of a numpy optimizer (``adamax_rs.Adamax`` keeps one).
@@ -394,14 +394,15 @@ fn prepare<'py>(
 #[pymethods]
 impl StepPlan {
     #[new]
-    #[pyo3(signature = (*, state_dtype = None, master_weights = false))]
-    fn new(state_dtype: Option<&str>, master_weights: bool) -> PyResult<Self> {
+    #[pyo3(signature = (*, state_dtype = None, master_weights = false, stochastic_rounding = false))]
+    fn new(
+        state_dtype: Option<&str>,
+        master_weights: bool,
+        stochastic_rounding: bool,
+    ) -> PyResult<Self> {
         let kind = state_kind(state_dtype)?;
         Ok(StepPlan {
-            policy: StatePolicy {
-                kind,
-                master_weights,
-            },
+            policy: StatePolicy::new(kind, master_weights, stochastic_rounding)?,
             state: None,
             state_version: 0,
             groups: Vec::new(),
@@ -534,7 +535,8 @@ impl StepPlan {
         let state_ref = context.state;
         for (g, group) in groups.iter().enumerate() {
             let cache = &mut self.groups[g];
-            hyperparameters.push(from_group(&group, g, &mut cache.values)?);
+            let h = from_group(&group, g, &mut cache.values)?;
+            hyperparameters.push(context.policy.apply(h));
             let params = params_of(&group, g)?;
             cache.params.resize_with(params.len(), ParamCache::default);
             cache.params.truncate(params.len());

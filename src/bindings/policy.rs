@@ -4,6 +4,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::engine::memory::{Element, RawArray};
+use crate::kernel::Hyperparameters;
 
 /// Parameters with fewer elements than this keep float32 state under `state_dtype="8bit"`: for
 /// them the scales would be a large share of the state, and they are a small share of the
@@ -29,9 +30,36 @@ pub struct StatePolicy {
     pub kind: StateKind,
     /// Keep a float copy of 16-bit parameters, updated and rounded into them each step.
     pub master_weights: bool,
+    /// Round bfloat16 state stochastically (only with [`StateKind::BFloat16`]).
+    pub stochastic_rounding: bool,
 }
 
 impl StatePolicy {
+    /// A policy for `kind`; `stochastic_rounding` is refused (`ValueError`) unless the state is
+    /// bfloat16, the only state it changes: an option that did nothing would hide a mistake.
+    pub fn new(kind: StateKind, master_weights: bool, stochastic_rounding: bool) -> PyResult<Self> {
+        if stochastic_rounding && kind != StateKind::BFloat16 {
+            return Err(PyValueError::new_err(
+                "stochastic_rounding=True needs state_dtype='bfloat16': it is how bfloat16 state \
+                 is rounded (float32 and float64 state are stored as computed, and 8-bit state \
+                 has its own rounding)",
+            ));
+        }
+        Ok(StatePolicy {
+            kind,
+            master_weights,
+            stochastic_rounding,
+        })
+    }
+
+    /// `h` with this policy's rounding: each step plan applies it to every group.
+    pub fn apply(&self, h: Hyperparameters) -> Hyperparameters {
+        Hyperparameters {
+            stochastic_rounding: self.stochastic_rounding,
+            ..h
+        }
+    }
+
     /// The element type of the state of `param` (`UInt8` for 8-bit block state).
     pub fn state_element(&self, param: &RawArray) -> Element {
         let element = param.element;

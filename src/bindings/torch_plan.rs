@@ -95,7 +95,7 @@ impl StepCounter {
     }
 }
 
-/// TorchStepPlan(*, state_dtype=None)
+/// TorchStepPlan(*, state_dtype=None, stochastic_rounding=False)
 /// --
 ///
 /// The cached step of ``adamax_rs.torch.Adamax``. ``step(param_groups, state, hyperparameters)``
@@ -384,14 +384,11 @@ impl TorchStepPlan {
 #[pymethods]
 impl TorchStepPlan {
     #[new]
-    #[pyo3(signature = (*, state_dtype = None))]
-    fn new(state_dtype: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (*, state_dtype = None, stochastic_rounding = false))]
+    fn new(state_dtype: Option<&str>, stochastic_rounding: bool) -> PyResult<Self> {
         let kind = state_kind(state_dtype)?;
         Ok(TorchStepPlan {
-            policy: StatePolicy {
-                kind,
-                master_weights: false,
-            },
+            policy: StatePolicy::new(kind, false, stochastic_rounding)?,
             groups: Vec::new(),
             buffers: StepBuffers::default(),
         })
@@ -416,7 +413,10 @@ impl TorchStepPlan {
                     slf.py(),
                     param_groups,
                     state,
-                    hyperparameters.iter().map(|h| h.0).collect(),
+                    hyperparameters
+                        .iter()
+                        .map(|h| plan.policy.apply(h.0))
+                        .collect(),
                 )
             })
         })

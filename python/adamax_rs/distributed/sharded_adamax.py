@@ -73,8 +73,10 @@ class ShardedAdamax(Adamax):
         The ranks to shard over; ``MPI.COMM_WORLD`` by default.
     **adamax_kwargs
         ``lr``, ``betas``, ``eps``, ``weight_decay``, ``maximize``, ``eps_inside_max``,
-        ``decoupled_weight_decay``, ``state_dtype``, ``master_weights``: as for
-        :class:`adamax_rs.Adamax`, by keyword.
+        ``decoupled_weight_decay``, ``state_dtype``, ``master_weights``,
+        ``stochastic_rounding``: as for :class:`adamax_rs.Adamax`, by keyword. (Stochastic
+        rounding draws from each element's values, not its position, so a sharded run rounds
+        exactly as a single process does.)
 
     Attributes
     ----------
@@ -160,7 +162,11 @@ class ShardedAdamax(Adamax):
         return self._shard.inner
 
     def _options(self) -> dict[str, Any]:
-        return {"state_dtype": self.state_dtype, "master_weights": self.master_weights}
+        return {
+            "state_dtype": self.state_dtype,
+            "master_weights": self.master_weights,
+            "stochastic_rounding": self.stochastic_rounding,
+        }
 
     def _new_shard(
         self,
