@@ -1,4 +1,5 @@
-"""Step time by state dtype: float32, bfloat16 and 8-bit state on float32 parameters.
+"""Step time by state dtype: float32, bfloat16 (rounded to nearest, and stochastically) and
+8-bit state on float32 parameters.
 
     .venv/bin/python benches/state_dtype.py [--elements 16777216] [--seconds 20]
 
@@ -23,7 +24,13 @@ import numpy as np
 from adamax_rs import _core
 from adamax_rs.functional import adamax, new_state
 
-KINDS = {"float32": None, "bfloat16": "bfloat16", "8bit": "8bit"}
+#: Each row's state dtype, and whether it rounds stochastically.
+KINDS = {
+    "float32": (None, False),
+    "bfloat16": ("bfloat16", False),
+    "bf16-sr": ("bfloat16", True),
+    "8bit": ("8bit", False),
+}
 
 
 def make_steps(n: int, kind: str, rng: np.random.Generator) -> tuple[Callable[[], Any], ...]:
@@ -31,7 +38,8 @@ def make_steps(n: int, kind: str, rng: np.random.Generator) -> tuple[Callable[[]
     with ``kind`` state, and the state's bytes."""
     param = rng.standard_normal(n).astype(np.float32)
     grad = rng.standard_normal(n).astype(np.float32)
-    state = new_state(param, state_dtype=KINDS[kind])
+    state_dtype, stochastic_rounding = KINDS[kind]
+    state = new_state(param, state_dtype=state_dtype)
     scales = (
         {"exp_avg_scales": [state["exp_avg_scale"]], "exp_inf_scales": [state["exp_inf_scale"]]}
         if "exp_avg_scale" in state
@@ -51,6 +59,7 @@ def make_steps(n: int, kind: str, rng: np.random.Generator) -> tuple[Callable[[]
             beta1=0.9,
             beta2=0.999,
             eps=1e-8,
+            stochastic_rounding=stochastic_rounding,
             **scales,
         )
 

@@ -382,6 +382,7 @@ def test_compressed_state_rows_run_on_their_workload_only():
     compressed = [impl for impl in implementations.select("state") if impl.workloads]
     assert [impl.name for impl in compressed] == [
         "adamax_rs bfloat16 state",
+        "adamax_rs bfloat16 state, stochastic rounding",
         "adamax_rs 8-bit state",
     ]
     named = Workload(implementations.COMPRESSED_STATE_WORKLOAD, ((5000,), (300,)), np.float32)
@@ -391,6 +392,7 @@ def test_compressed_state_rows_run_on_their_workload_only():
     # GB/s counts the bytes each really moves: 4-byte param and grad, narrower state.
     assert [r.bytes_moved for r in results] == [
         5300 * (12 + 4 * 2),
+        5300 * (12 + 4 * 2),
         round(5300 * (12 + 4 * (1 + 4 / 256))),
     ]
     assert run.time_workload(TINY, compressed, seconds=0.01, seed=0) == []
@@ -398,14 +400,16 @@ def test_compressed_state_rows_run_on_their_workload_only():
 
 def test_compressed_state_rows_keep_that_state():
     params, grads = workloads.make_arrays(((5000,),), np.float32, seed=1)
-    for impl, kept in zip(
-        [i for i in implementations.IMPLEMENTATIONS if i.workloads], ("bfloat16", "uint8")
+    rows = [i for i in implementations.IMPLEMENTATIONS if i.workloads]
+    for impl, kept, stochastic in zip(
+        rows, ("bfloat16", "bfloat16", "uint8"), (False, True, False), strict=True
     ):
         step = impl.make(params, grads)
         step()
         optimizer = step.__self__
         (state,) = optimizer.state.values()
         assert str(state["exp_avg"].dtype) == kept, impl.name
+        assert optimizer.stochastic_rounding is stochastic, impl.name
 
 
 def test_time_workload_really_steps_the_parameters():

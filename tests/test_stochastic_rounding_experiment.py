@@ -64,4 +64,5 @@ def test_the_experiment_reproduces_bfloat16_state_and_runs():
         timeout=300,
     )
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "bfloat16 stochastic" in done.stdout
+    assert "stochastic_rounding=True" in done.stdout
+    assert "emulated stochastic" in done.stdout

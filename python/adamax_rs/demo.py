@@ -22,8 +22,13 @@ from .lr_scheduler import CosineAnnealingLR
 from .numpy_adamax import NumpyAdamax
 from .parameter import Parameter
 
-#: The --state-dtype choices and the Adamax state_dtype each stands for.
-STATE_DTYPES: dict[str, Any] = {"float32": None, "bfloat16": "bfloat16", "8bit": "8bit"}
+#: The --state-dtype choices and the Adamax options each stands for.
+STATE_DTYPES: dict[str, dict[str, Any]] = {
+    "float32": {},
+    "bfloat16": {"state_dtype": "bfloat16"},
+    "bfloat16-sr": {"state_dtype": "bfloat16", "stochastic_rounding": True},
+    "8bit": {"state_dtype": "8bit"},
+}
 
 
 def two_spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -200,8 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dtype",
         choices=list(STATE_DTYPES) + ["all"],
         default="float32",
-        help="the optimizer's state: float32 (default), bfloat16, 8bit, or all three; other "
-        "than float32, the run is compared with float32 state (loss ratios, --plot curves)",
+        help="the optimizer's state: float32 (default), bfloat16 (rounded to nearest), "
+        "bfloat16-sr (rounded stochastically), 8bit, or all; other than float32, the run is "
+        "compared with float32 state (loss ratios, --plot curves)",
     )
     parser.add_argument(
         "--distributed",
@@ -293,10 +299,10 @@ def compare_state_dtypes(args: argparse.Namespace) -> int:
     runs: dict[str, list[float]] = {}
     finals: dict[str, float] = {}
     for kind in kinds:
-        state_dtype = STATE_DTYPES[kind]
+        options = STATE_DTYPES[kind]
 
-        def make(params: list[Parameter], lr: float, sd: Any = state_dtype) -> Adamax:
-            return Adamax(params, lr=lr, betas=(0.9, args.beta2), state_dtype=sd)
+        def make(params: list[Parameter], lr: float, options: Any = options) -> Adamax:
+            return Adamax(params, lr=lr, betas=(0.9, args.beta2), **options)
 
         started = time.perf_counter()
         if args.task == "charlm":
@@ -315,7 +321,7 @@ def compare_state_dtypes(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         ratio = finals[kind] / finals["float32"]
         print(
-            f"{args.task}, {kind:>8} state: {what} {finals[kind]:.4f} "
+            f"{args.task}, {kind:>11} state: {what} {finals[kind]:.4f} "
             f"({ratio:.3f}x float32's, {ratio - 1:+.1%}), {seconds:.1f} s",
             flush=True,
         )

@@ -124,9 +124,9 @@ def _adamax_rs_flat(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
     return Adamax([FlatParameter(_parameters(params, grads))], lr=LR).step
 
 
-def _adamax_rs_state(state_dtype: str) -> Factory:
+def _adamax_rs_state(state_dtype: str, **options: Any) -> Factory:
     def make(params: list[np.ndarray], grads: list[np.ndarray]) -> Step:
-        return Adamax(_parameters(params, grads), lr=LR, state_dtype=state_dtype).step
+        return Adamax(_parameters(params, grads), lr=LR, state_dtype=state_dtype, **options).step
 
     return make
 
@@ -217,6 +217,13 @@ IMPLEMENTATIONS = [
         "adamax_rs bfloat16 state",
         _adamax_rs_state("bfloat16"),
         description="adamax_rs.Adamax(state_dtype='bfloat16'): half the state's bytes",
+        workloads=(COMPRESSED_STATE_WORKLOAD,),
+        state_itemsize=2,
+    ),
+    Implementation(
+        "adamax_rs bfloat16 state, stochastic rounding",
+        _adamax_rs_state("bfloat16", stochastic_rounding=True),
+        description="adamax_rs.Adamax(state_dtype='bfloat16', stochastic_rounding=True)",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
         state_itemsize=2,
     ),
