@@ -13,7 +13,7 @@ use adamax_rs::kernel::{Adamax, Float, Hyperparameters, Storage, TensorSlices, U
 use adamax_rs::probe::BandwidthProbe;
 use adamax_rs::simd::{self, Blocks};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use half::f16;
+use half::{bf16, f16};
 
 const K: usize = 1 << 10;
 const M: usize = 1 << 20;
@@ -191,7 +191,8 @@ fn threshold(c: &mut Criterion) {
 
 /// Every instruction-set build this CPU has, on one thread, over 64K float32 elements (their
 /// arrays fit in L2, so the arithmetic shows, not the memory): float state with each `eps`
-/// placement, and 8-bit state. The AVX2 build is the one most CPUs run.
+/// placement, bfloat16 state rounded to nearest and stochastically, and 8-bit state. The AVX2
+/// build is the one most CPUs run.
 fn isa_builds(c: &mut Criterion) {
     let mut group = c.benchmark_group("isa_f32_64K");
     let n = 64 * K;
@@ -205,6 +206,24 @@ fn isa_builds(c: &mut Criterion) {
             };
             let coefficients = h.coefficients::<f32>(10);
             let name = format!("{}_float_state_eps_inside_max_{eps_inside_max}", isa.name());
+            group.bench_function(BenchmarkId::new(name, label(n)), |b| {
+                b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
+            });
+        }
+        for stochastic_rounding in [false, true] {
+            let mut tensor = Tensor::<f32, bf16>::new::<f32>(n, false);
+            group.throughput(Throughput::Bytes(tensor.bytes()));
+            let h = Hyperparameters {
+                stochastic_rounding,
+                ..hyperparameters()
+            };
+            let coefficients = h.coefficients::<f32>(10);
+            let rounding = if stochastic_rounding {
+                "stochastic"
+            } else {
+                "nearest"
+            };
+            let name = format!("{}_bfloat16_state_{rounding}", isa.name());
             group.bench_function(BenchmarkId::new(name, label(n)), |b| {
                 b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
             });
