@@ -131,6 +131,7 @@ fn hyperparameters() -> impl Strategy<Value = Hyperparameters> {
                     eps_inside_max,
                     decoupled_weight_decay: decoupled,
                     stochastic_rounding: false,
+                    step_size_in_float32: false,
                 }
             },
         )

@@ -70,20 +70,12 @@ def test_mlp_training_matches_torch_bit_for_bit(case, foreach):
     )
 
 
-TENSOR_LR_BUG = (
-    "adamax_rs bug: for a float32 tensor lr, torch's for-loop computes lr / (1 - beta1**t) in "
-    "float32 (a 0-d tensor divided by a Python float); adamax_rs reads lr.item() and divides in "
-    "float64 (src/kernel/hyperparameters.rs, coefficients), so the step size differs in its last "
-    "bit. (It matches torch's foreach path, which differs from the for-loop.)"
-)
-
-
 @pytest.mark.parametrize(
     "lr_dtype, foreach",
     [
-        pytest.param(
-            torch.float32, False, marks=pytest.mark.xfail(strict=True, reason=TENSOR_LR_BUG)
-        ),
+        (torch.float32, False),
+        (torch.float32, None),
+        (torch.float32, True),
         (torch.float64, False),
         (torch.float64, True),
     ],
@@ -91,14 +83,15 @@ TENSOR_LR_BUG = (
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tensor_lr_matches_torch(dtype, lr_dtype, foreach):
     """A 1-element tensor lr, read at every step (a schedule may change it in place). torch's
-    for-loop (its default on the CPU) and foreach paths give different bits for a float32 lr;
-    the for-loop is the reference there."""
+    for-loop (its default on the CPU, foreach None) divides a float32 lr by the bias correction
+    in float32 and its foreach path in float64; each group follows the path its ``foreach``
+    names, as torch does."""
     lr = torch.tensor([0.01], dtype=lr_dtype)
     ours_opt, ref_opt = train_side_by_side(
         make_mlp(dtype),
         all_params,
         all_params,
-        ours_kwargs={"lr": lr.clone(), "weight_decay": 0.01},
+        ours_kwargs={"lr": lr.clone(), "weight_decay": 0.01, "foreach": foreach},
         ref_kwargs={"lr": lr.clone(), "weight_decay": 0.01, "foreach": foreach},
         dtype=dtype,
     )

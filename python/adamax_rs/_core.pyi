@@ -94,6 +94,7 @@ class Hyperparameters:
         maximize: bool = False,
         eps_inside_max: bool = False,
         decoupled_weight_decay: bool = False,
+        step_size_in_float32: bool = False,
     ) -> None: ...
     @property
     def lr(self) -> float: ...
@@ -111,6 +112,8 @@ class Hyperparameters:
     def eps_inside_max(self) -> bool: ...
     @property
     def decoupled_weight_decay(self) -> bool: ...
+    @property
+    def step_size_in_float32(self) -> bool: ...
 
 class StepPlan:
     """The cached step of a numpy optimizer."""

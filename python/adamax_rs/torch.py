@@ -452,8 +452,12 @@ class Adamax(Optimizer):
         lr = group["lr"]
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError(f"{where}Tensor lr must be 1-element")
+        # torch's for-loop (its default on the CPU) divides a float32 tensor lr by the bias
+        # correction in float32; its foreach path reads lr.item() and divides in float64.
+        float32_lr = isinstance(lr, torch.Tensor) and lr.dtype == torch.float32
         try:
             return _core.Hyperparameters(
+                step_size_in_float32=float32_lr and group.get("foreach") is not True,
                 lr=_scalar(lr),
                 beta1=_scalar(betas[0]),
                 beta2=_scalar(betas[1]),

@@ -104,6 +104,7 @@ fn assemble(numbers: [f64; 5], flags: [bool; 3]) -> Hyperparameters {
         decoupled_weight_decay,
         // An option of the optimizer, not of a group: the step plan sets it.
         stochastic_rounding: false,
+        step_size_in_float32: false,
     }
 }
 
@@ -236,11 +237,13 @@ pub struct PyHyperparameters(pub Hyperparameters);
 #[pymethods]
 impl PyHyperparameters {
     /// Hyperparameters(*, lr, beta1, beta2, eps, weight_decay=0.0, maximize=False,
-    /// eps_inside_max=False, decoupled_weight_decay=False)
+    /// eps_inside_max=False, decoupled_weight_decay=False, step_size_in_float32=False)
     ///
+    /// ``step_size_in_float32``: compute ``lr / (1 - beta1**t)`` in float32, as torch's
+    /// for-loop Adamax does for a float32 tensor ``lr`` (the torch front end sets it).
     /// Raises TypeError for a value of the wrong type, ValueError for one out of range.
     #[new]
-    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = Keyword::LeftOut, maximize = Keyword::LeftOut, eps_inside_max = Keyword::LeftOut, decoupled_weight_decay = Keyword::LeftOut))]
+    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = Keyword::LeftOut, maximize = Keyword::LeftOut, eps_inside_max = Keyword::LeftOut, decoupled_weight_decay = Keyword::LeftOut, step_size_in_float32 = Keyword::LeftOut))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         lr: &Bound<'_, PyAny>,
@@ -251,6 +254,7 @@ impl PyHyperparameters {
         maximize: Keyword<'_>,
         eps_inside_max: Keyword<'_>,
         decoupled_weight_decay: Keyword<'_>,
+        step_size_in_float32: Keyword<'_>,
     ) -> PyResult<Self> {
         super::errors::guarded(|| {
             let number = |v: &Keyword<'_>, name: &str| v.or(0.0, |v| real_number(v, name, ""));
@@ -269,6 +273,10 @@ impl PyHyperparameters {
                     option(&decoupled_weight_decay, "decoupled_weight_decay")?,
                 ],
             );
+            let h = Hyperparameters {
+                step_size_in_float32: option(&step_size_in_float32, "step_size_in_float32")?,
+                ..h
+            };
             Ok(PyHyperparameters(validated(h, "")?))
         })
     }
@@ -305,13 +313,17 @@ impl PyHyperparameters {
     fn decoupled_weight_decay(&self) -> bool {
         self.0.decoupled_weight_decay
     }
+    #[getter]
+    fn step_size_in_float32(&self) -> bool {
+        self.0.step_size_in_float32
+    }
 
     fn __repr__(&self) -> String {
         let h = &self.0;
         let py_bool = |b: bool| if b { "True" } else { "False" };
         format!(
             "Hyperparameters(lr={}, beta1={}, beta2={}, eps={}, weight_decay={}, maximize={}, \
-             eps_inside_max={}, decoupled_weight_decay={})",
+             eps_inside_max={}, decoupled_weight_decay={}, step_size_in_float32={})",
             crate::kernel::PyFloat(h.lr),
             crate::kernel::PyFloat(h.beta1),
             crate::kernel::PyFloat(h.beta2),
@@ -319,7 +331,8 @@ impl PyHyperparameters {
             crate::kernel::PyFloat(h.weight_decay),
             py_bool(h.maximize),
             py_bool(h.eps_inside_max),
-            py_bool(h.decoupled_weight_decay)
+            py_bool(h.decoupled_weight_decay),
+            py_bool(h.step_size_in_float32)
         )
     }
 }

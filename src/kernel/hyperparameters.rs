@@ -32,6 +32,9 @@ pub struct Hyperparameters {
     /// Round bfloat16 state stochastically (see [`super::stochastic`]) instead of to nearest;
     /// wider state is unaffected.
     pub stochastic_rounding: bool,
+    /// Compute the step size `lr / (1 - beta1^t)` in float32 (both rounded to float32, then
+    /// divided), as torch's for-loop Adamax does for a float32 tensor `lr`; in float64 otherwise.
+    pub step_size_in_float32: bool,
 }
 
 /// Why a set of hyperparameters was refused.
@@ -110,6 +113,7 @@ impl Default for Hyperparameters {
             eps_inside_max: false,
             decoupled_weight_decay: false,
             stochastic_rounding: false,
+            step_size_in_float32: false,
         }
     }
 }
@@ -141,6 +145,13 @@ impl Hyperparameters {
     /// what Python's `beta1 ** t` calls; `powi` would differ in the last bit for some `t`.
     pub fn coefficients<T: Float>(&self, step: u64) -> Coefficients<T> {
         let bias_correction = 1.0 - self.beta1.powf(step as f64);
+        let step_size = if self.step_size_in_float32 {
+            // torch's `lr / bias_correction` with `lr` a float32 tensor: the Python float is
+            // rounded to float32 and the division done there.
+            f64::from(self.lr as f32 / bias_correction as f32)
+        } else {
+            self.lr / bias_correction
+        };
         let coupled = self.weight_decay != 0.0 && !self.decoupled_weight_decay;
         let decoupled = self.weight_decay != 0.0 && self.decoupled_weight_decay;
         // torch's `exp_avg.lerp_(grad, 1 - beta1)`: the weight is rounded to the tensor's
@@ -161,7 +172,7 @@ impl Hyperparameters {
             } else {
                 1.0
             }),
-            step_size: T::from_f64(self.lr / bias_correction),
+            step_size: T::from_f64(step_size),
             rounding_salt: if self.stochastic_rounding {
                 step_salt(step)
             } else {
