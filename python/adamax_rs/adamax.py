@@ -137,7 +137,9 @@ class Adamax(Optimizer):
         a factor ``beta2`` above ``1 - 2**-9`` (the default 0.999 is): ``beta2 * u`` rounds back
         to ``u``, and training can stall. The random bits are a hash of each new value, its
         gradient and the step number, so a run gives the same bits on any number of threads and
-        after a resume. Complex parameters (whose state is complex64) are unaffected.
+        after a resume. Complex parameters (whose state is complex64) are unaffected. Like
+        ``state_dtype``, it is not saved in state dicts: pass it again to the optimizer that
+        resumes.
 
     Attributes
     ----------
@@ -168,12 +170,13 @@ class Adamax(Optimizer):
     Raises
     ------
     ValueError
-        For an empty parameter list, a parameter given twice, or a hyperparameter out of
-        range (``lr``, ``eps``, ``weight_decay`` negative or not finite; a beta outside
-        ``[0, 1)``).
+        For an empty parameter list, a parameter given twice, a hyperparameter out of range
+        (``lr``, ``eps``, ``weight_decay`` negative or not finite; a beta outside ``[0, 1)``),
+        an unknown ``state_dtype``, or ``stochastic_rounding=True`` without bfloat16 state.
     TypeError
         For a single parameter instead of an iterable, a bare ndarray, an unsupported dtype,
-        or a hyperparameter of the wrong type.
+        a hyperparameter of the wrong type, or a ``master_weights`` or
+        ``stochastic_rounding`` that is not a bool.
 
     Examples
     --------

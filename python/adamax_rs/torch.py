@@ -122,8 +122,9 @@ class Adamax(Optimizer):
     r"""The Adamax optimizer for torch CPU tensors, with the update in Rust.
 
     A drop-in replacement for :class:`torch.optim.Adamax`: the same signature, defaults,
-    ``param_groups`` keys and state, plus two options of adamax_rs. With the defaults it gives
-    torch's numbers bit for bit::
+    ``param_groups`` keys and state, plus four options of adamax_rs (``eps_inside_max``,
+    ``decoupled_weight_decay``, ``state_dtype``, ``stochastic_rounding``). With the defaults
+    it gives torch's numbers bit for bit::
 
         g = -grad if maximize else grad
         g = g + weight_decay * param                    (coupled; fused as torch's add)
@@ -162,8 +163,9 @@ class Adamax(Optimizer):
         or ``torch.float64`` may be asked for (complex parameters get complex state of that
         precision). ``torch.optim.Adamax`` keeps 16-bit state for 16-bit parameters.
         ``torch.bfloat16`` (or ``"bfloat16"``): bfloat16 moments, float32 arithmetic, rounded
-        to nearest even. ``"8bit"``: block-wise quantized moments (uint8 codes and float32
-        scales ``state[p]["exp_avg_scale"]``, ``state[p]["exp_inf_scale"]``, one per 256
+        to nearest even (or stochastically, with ``stochastic_rounding``). ``"8bit"``:
+        block-wise quantized moments (uint8 codes and float32 scales
+        ``state[p]["exp_avg_scale"]``, ``state[p]["exp_inf_scale"]``, one per 256
         elements), float32 arithmetic; parameters under 4096 elements, complex and
         non-dense ones keep float32 state. As in :class:`adamax_rs.Adamax`, whose
         documentation and docs/compressed_state.md say more. State dicts with 8-bit state
@@ -177,9 +179,11 @@ class Adamax(Optimizer):
     ------
     ValueError
         For a hyperparameter out of range (torch's messages), a parameter not on the CPU,
-        ``differentiable=True`` or ``capturable=True``.
+        ``differentiable=True``, ``capturable=True``, an unknown ``state_dtype``, or
+        ``stochastic_rounding=True`` without bfloat16 state.
     TypeError
-        For a bare tensor instead of an iterable, or a parameter of an unsupported dtype.
+        For a bare tensor instead of an iterable, a parameter of an unsupported dtype, or a
+        ``stochastic_rounding`` that is not a bool.
 
     Examples
     --------
@@ -453,11 +457,12 @@ class Adamax(Optimizer):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError(f"{where}Tensor lr must be 1-element")
         # torch's for-loop (its default on the CPU) divides a float32 tensor lr by the bias
-        # correction in float32; its foreach path reads lr.item() and divides in float64.
+        # correction in float32; its foreach path (taken when foreach is truthy) reads
+        # lr.item() and divides in float64.
         float32_lr = isinstance(lr, torch.Tensor) and lr.dtype == torch.float32
         try:
             return _core.Hyperparameters(
-                step_size_in_float32=float32_lr and group.get("foreach") is not True,
+                step_size_in_float32=float32_lr and not group.get("foreach"),
                 lr=_scalar(lr),
                 beta1=_scalar(betas[0]),
                 beta2=_scalar(betas[1]),
