@@ -291,12 +291,14 @@ def stochastic_bfloat16_noise(m, u, grad, t):
 
 def round_bfloat16_stochastically(values, noise):
     """``values`` (float32, or float64 first rounded to float32) to bfloat16: the 16 bits of
-    ``noise`` added to the 16 that are dropped, then truncated; NaN stays NaN."""
+    ``noise`` added to the 16 that are dropped, then truncated; NaN stays NaN (its top bits,
+    made quiet)."""
     single = values.astype(np.float32)
-    bits = ((single.view(np.uint32) + noise.astype(np.uint32)) >> np.uint32(16)).astype(np.uint16)
-    out = bits.view(_bfloat16())
-    out[np.isnan(single)] = np.nan
-    return out
+    bits = single.view(np.uint32)
+    rounded = (bits + noise.astype(np.uint32)) >> np.uint32(16)
+    # NaN keeps its sign and the top of its payload, made quiet.
+    quiet_nan = (bits >> np.uint32(16)) | np.uint32(0x40)
+    return np.where(np.isnan(single), quiet_nan, rounded).astype(np.uint16).view(_bfloat16())
 
 
 def _bfloat16():

@@ -81,6 +81,31 @@ def test_steps_are_the_reference_bit_for_bit(rng, options, dtype, master):
             np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
 
 
+def test_special_values_and_large_step_numbers_are_the_reference_bit_for_bit(rng):
+    """Infinite and NaN gradients (the NaN's bits enter the hash of its element) and step
+    numbers past 2**32 (the salt's high half) against the reference."""
+    n = 600
+    x = rng.standard_normal(n).astype(np.float32)
+    g = grads(rng, n, np.float32)
+    g[[3, 50]] = np.inf
+    g[[7, 400]] = -np.inf
+    g[[11, 12]] = np.nan
+    hyper = {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    for t in (2**32 - 1, 2**32, 2**32 + 7, 2**53):
+        state = new_state(x, state_dtype="bfloat16")
+        p = x.copy()
+        adamax(
+            [p], [g], [state["exp_avg"]], [state["exp_inf"]], [t], stochastic_rounding=True, **hyper
+        )
+        zeros = np.zeros(n, BF16)
+        with np.errstate(invalid="ignore"):  # inf / inf in the reference's last division
+            ref_p, m, u, _ = bfloat16_stochastic_reference_step(x, g, zeros, zeros, t, **hyper)
+        assert np.isnan(m[11]) and np.isinf(u[3])
+        np.testing.assert_array_equal(bits(p), bits(ref_p))
+        np.testing.assert_array_equal(bits(state["exp_avg"]), bits(m))
+        np.testing.assert_array_equal(bits(state["exp_inf"]), bits(u))
+
+
 def test_it_is_not_rounding_to_nearest(rng):
     """The reference above could agree with a kernel that ignores the option only if the two
     roundings agreed; they differ on a good share of elements."""
