@@ -3,15 +3,14 @@
 //! Parameters may be stored as float16, bfloat16, float32 or float64, and optimizer state as
 //! float32 or float64. Every element is loaded into the compute type (float32, or float64
 //! when either side is float64), updated there, and stored back with round-to-nearest-even,
-//! the rounding numpy's `astype` uses.
+//! the rounding numpy's `astype` uses; bfloat16 state may instead be rounded stochastically,
+//! with random bits from [`super::stochastic`].
 //!
 //! The 16-bit conversions are written with integer operations and selects rather than
 //! branches or calls, so that the loop around them still vectorises. Each is exact (widening)
 //! or correctly rounded (narrowing); NaN stays NaN (narrowing quiets it).
 
 use half::{bf16, f16};
-
-use super::stochastic::f32_to_bf16_bits_stochastic;
 
 /// A type an array element is stored in, convertible to and from the compute type `C`.
 pub trait Storage<C>: Copy + Send + Sync + 'static {
@@ -24,8 +23,9 @@ pub trait Storage<C>: Copy + Send + Sync + 'static {
     /// bfloat16): the loops that hash for it are compiled only where it does.
     const ROUNDS_STOCHASTICALLY: bool = false;
 
-    /// The compute value rounded stochastically, with `noise` as the random bits (see
-    /// [`super::stochastic`]); a type that does not round stochastically rounds to nearest.
+    /// The compute value rounded stochastically, with `noise` as the random bits (drawn by
+    /// [`super::stochastic::state_noise`]); a type that does not round stochastically rounds
+    /// to nearest.
     #[inline(always)]
     fn store_stochastic(value: C, noise: u32) -> Self {
         let _ = noise;
@@ -242,8 +242,27 @@ fn f64_to_narrow_bits<const E: u32, const M: u32>(x: f64) -> u16 {
 pub fn f32_to_bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     let kept_lsb = (bits >> 16) & 1;
-    let rounded = bits.wrapping_add(0x7FFF + kept_lsb) >> 16;
-    let nan = (bits >> 16) | 0x0040;
+    bf16_bits_unless_nan(x, bits.wrapping_add(0x7FFF + kept_lsb) >> 16)
+}
+
+/// float32 to bfloat16 bits, rounding stochastically: away from zero with probability equal to
+/// the fraction of a bfloat16 ulp that is dropped (to a resolution of 2^-16 ulp), toward zero
+/// otherwise. Values bfloat16 holds are kept; NaN stays NaN (quieted, as to nearest).
+///
+/// The top 16 bits of `noise` are added to the 16 bits that are dropped, then the sum is
+/// truncated: a carry into the kept bits happens exactly when noise + fraction >= 2^16. bfloat16
+/// is float32 with a shorter mantissa, so this holds for subnormals and across binades; a value
+/// above the largest bfloat16 may round up to infinity (as it may to nearest).
+#[inline(always)]
+pub fn f32_to_bf16_bits_stochastic(x: f32, noise: u32) -> u16 {
+    bf16_bits_unless_nan(x, x.to_bits().wrapping_add(noise >> 16) >> 16)
+}
+
+/// `rounded` (the top 16 bits of a float32 after rounding), or for a NaN `x` its sign and the
+/// top of its payload, made quiet: how every float32-to-bfloat16 rounding ends.
+#[inline(always)]
+fn bf16_bits_unless_nan(x: f32, rounded: u32) -> u16 {
+    let nan = (x.to_bits() >> 16) | 0x0040;
     (if x.is_nan() { nan } else { rounded }) as u16
 }
 

@@ -9,8 +9,9 @@
 //! the step number. Nothing else enters it: not the element's index, the thread, or a
 //! generator's position. So a step gives the same bits however it is split across threads,
 //! whatever the memory layout, and after a checkpoint is resumed (the step count is saved), with
-//! no random state to keep. Reference: docs/compressed_state.md, where `tests/reference.py`
-//! reimplements these functions in numpy.
+//! no random state to keep. The rounding that uses the bits is
+//! [`super::precision::f32_to_bf16_bits_stochastic`]. Reference: docs/compressed_state.md, and
+//! `tests/reference.py`, which reimplements both in numpy.
 
 use super::float::Float;
 
@@ -35,7 +36,7 @@ pub fn step_salt(step: u64) -> u32 {
 }
 
 /// The random bits for storing one element's new moments, `(exp_avg's, exp_inf's)`, for
-/// [`f32_to_bf16_bits_stochastic`] (which reads the top 16 bits of each).
+/// [`super::precision::f32_to_bf16_bits_stochastic`] (which reads the top 16 bits of each).
 ///
 /// One hash per element, of both new values, the gradient and the salt: its high half draws
 /// `exp_avg`'s rounding and its low half `exp_inf`'s (the finaliser mixes every input bit into
@@ -52,26 +53,10 @@ pub fn state_noise<C: Float>(exp_avg: C, exp_inf: C, grad: C, salt: u32) -> (u32
     (h, h << 16)
 }
 
-/// float32 to bfloat16 bits, rounding stochastically: away from zero with probability equal to
-/// the fraction of a bfloat16 ulp that is dropped (to a resolution of 2^-16 ulp), toward zero
-/// otherwise. Values bfloat16 holds are kept; NaN stays NaN (quieted, as to nearest).
-///
-/// The top 16 bits of `noise` are added to the 16 bits that are dropped, then the sum is
-/// truncated: a carry into the kept bits happens exactly when noise + fraction >= 2^16. bfloat16
-/// is float32 with a shorter mantissa, so this holds for subnormals and across binades; a value
-/// above the largest bfloat16 may round up to infinity (as it may to nearest).
-#[inline(always)]
-pub fn f32_to_bf16_bits_stochastic(x: f32, noise: u32) -> u16 {
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(noise >> 16) >> 16;
-    let nan = (bits >> 16) | 0x0040;
-    (if x.is_nan() { nan } else { rounded }) as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::precision::f32_to_bf16_bits;
+    use crate::kernel::precision::{f32_to_bf16_bits, f32_to_bf16_bits_stochastic};
 
     fn widen(h: u16) -> f64 {
         f64::from(f32::from_bits(u32::from(h) << 16))
