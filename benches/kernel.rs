@@ -11,8 +11,11 @@ use adamax_rs::engine::{pool, schedule::run_jobs};
 use adamax_rs::kernel::blockwise::{QuantizedSlices, BLOCK};
 use adamax_rs::kernel::{Adamax, Float, Hyperparameters, Storage, TensorSlices, Update};
 use adamax_rs::probe::BandwidthProbe;
-use adamax_rs::simd::{self, Blocks};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use adamax_rs::simd::{self, Blocks, Isa};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use half::{bf16, f16};
 
 const K: usize = 1 << 10;
@@ -189,6 +192,23 @@ fn threshold(c: &mut Criterion) {
     group.finish();
 }
 
+/// One case of [`isa_builds`]: `n` float32 parameters with state stored as `S`, stepped by the
+/// `isa` build with hyperparameters `h`.
+fn flat_isa_case<S: Storage<f32> + Copy>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    isa: Isa,
+    name: &str,
+    n: usize,
+    h: &Hyperparameters,
+) {
+    let mut tensor = Tensor::<f32, S>::new::<f32>(n, false);
+    group.throughput(Throughput::Bytes(tensor.bytes()));
+    let coefficients = h.coefficients::<f32>(10);
+    group.bench_function(BenchmarkId::new(name, label(n)), |b| {
+        b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
+    });
+}
+
 /// Every instruction-set build this CPU has, on one thread, over 64K float32 elements (their
 /// arrays fit in L2, so the arithmetic shows, not the memory): float state with each `eps`
 /// placement, bfloat16 state rounded to nearest and stochastically, and 8-bit state. The AVX2
@@ -198,35 +218,20 @@ fn isa_builds(c: &mut Criterion) {
     let n = 64 * K;
     for isa in simd::available() {
         for eps_inside_max in [false, true] {
-            let mut tensor = Tensor::<f32, f32>::new::<f32>(n, false);
-            group.throughput(Throughput::Bytes(tensor.bytes()));
             let h = Hyperparameters {
                 eps_inside_max,
                 ..hyperparameters()
             };
-            let coefficients = h.coefficients::<f32>(10);
             let name = format!("{}_float_state_eps_inside_max_{eps_inside_max}", isa.name());
-            group.bench_function(BenchmarkId::new(name, label(n)), |b| {
-                b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
-            });
+            flat_isa_case::<f32>(&mut group, isa, &name, n, &h);
         }
-        for stochastic_rounding in [false, true] {
-            let mut tensor = Tensor::<f32, bf16>::new::<f32>(n, false);
-            group.throughput(Throughput::Bytes(tensor.bytes()));
+        for (stochastic_rounding, rounding) in [(false, "nearest"), (true, "stochastic")] {
             let h = Hyperparameters {
                 stochastic_rounding,
                 ..hyperparameters()
             };
-            let coefficients = h.coefficients::<f32>(10);
-            let rounding = if stochastic_rounding {
-                "stochastic"
-            } else {
-                "nearest"
-            };
             let name = format!("{}_bfloat16_state_{rounding}", isa.name());
-            group.bench_function(BenchmarkId::new(name, label(n)), |b| {
-                b.iter(|| simd::run_flat(isa, Adamax, tensor.slices(), &coefficients))
-            });
+            flat_isa_case::<bf16>(&mut group, isa, &name, n, &h);
         }
         let mut tensor = Tensor::<f32, f32>::new::<f32>(n, false);
         let (mut m, mut u) = (vec![0u8; n], vec![0u8; n]);
