@@ -75,44 +75,27 @@ def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype):
             np.testing.assert_array_equal(to_numpy(opt.state[p][key]), value, err_msg=key)
 
 
+@pytest.mark.parametrize(
+    "stochastic_rounding, reference_step",
+    [(False, bfloat16_reference_step), (True, bfloat16_stochastic_reference_step)],
+)
 @pytest.mark.parametrize("param_dtype", [np.float32, "bfloat16"])
-def test_bfloat16_steps_are_the_reference_bit_for_bit(rng, param_dtype):
+def test_bfloat16_steps_are_the_reference_bit_for_bit(
+    rng, param_dtype, stochastic_rounding, reference_step
+):
+    """bfloat16 state rounded to nearest, or stochastically with the reference's hash."""
     dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
     n = 1000
     init = rng.standard_normal(n).astype(dtype)
     p = torch.nn.Parameter(from_numpy(init))
-    opt = Adamax([p], lr=0.01, state_dtype=torch.bfloat16)
-    ref_p, m, u = init.copy(), np.zeros(n, BF16), np.zeros(n, BF16)
-    for t in range(1, 4):
-        g = heavy_tailed(rng, n).astype(dtype)
-        p.grad = from_numpy(g)
-        opt.step()
-        ref_p, m, u, _ = bfloat16_reference_step(ref_p, g, m, u, t, lr=0.01, eps_inside_max=True)
-        assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
-        np.testing.assert_array_equal(to_numpy(p.data).astype(np.float32), ref_p.astype(np.float32))
-        np.testing.assert_array_equal(
-            to_numpy(opt.state[p]["exp_avg"]).view(np.uint16), m.view(np.uint16)
-        )
-        np.testing.assert_array_equal(
-            to_numpy(opt.state[p]["exp_inf"]).view(np.uint16), u.view(np.uint16)
-        )
-
-
-@pytest.mark.parametrize("param_dtype", [np.float32, "bfloat16"])
-def test_stochastic_rounding_is_the_reference_bit_for_bit(rng, param_dtype):
-    dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
-    n = 1000
-    init = rng.standard_normal(n).astype(dtype)
-    p = torch.nn.Parameter(from_numpy(init))
-    opt = Adamax([p], lr=0.01, state_dtype=torch.bfloat16, stochastic_rounding=True)
+    opt = Adamax([p], lr=0.01, state_dtype=torch.bfloat16, stochastic_rounding=stochastic_rounding)
     ref_p, m, u = init.copy(), np.zeros(n, BF16), np.zeros(n, BF16)
     for t in range(1, 6):
         g = heavy_tailed(rng, n).astype(dtype)
         p.grad = from_numpy(g)
         opt.step()
-        ref_p, m, u, _ = bfloat16_stochastic_reference_step(
-            ref_p, g, m, u, t, lr=0.01, eps_inside_max=True
-        )
+        ref_p, m, u, _ = reference_step(ref_p, g, m, u, t, lr=0.01, eps_inside_max=True)
+        assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
         np.testing.assert_array_equal(to_numpy(p.data).view(np.uint8), ref_p.view(np.uint8))
         np.testing.assert_array_equal(
             to_numpy(opt.state[p]["exp_avg"]).view(np.uint16), m.view(np.uint16)
