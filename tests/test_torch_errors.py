@@ -192,7 +192,9 @@ def assert_unchanged(before, opt):
     for i, state in before["state"].items():
         assert state.keys() == after["state"][i].keys()
         for key, value in state.items():
-            if isinstance(value, torch.Tensor):
+            if type(value) is not torch.Tensor and isinstance(value, torch.Tensor):
+                assert type(after["state"][i][key]) is type(value)  # an impostor, left there
+            elif isinstance(value, torch.Tensor):
                 assert_same_bits(after["state"][i][key], value, f"parameter {i}, {key}")
             else:
                 assert after["state"][i][key] == value
@@ -263,6 +265,14 @@ def breakages():
     def state_not_a_tensor(model, opt):
         opt.state[model[0].bias]["exp_avg"] = [0.0] * 32
 
+    def state_that_only_claims_to_be_a_tensor(model, opt):
+        # isinstance() believes __class__; torch's C code, which reads the memory, does not.
+        class Impostor:
+            __class__ = torch.Tensor  # type: ignore[assignment]
+
+        assert isinstance(Impostor(), torch.Tensor)
+        opt.state[model[0].bias]["exp_inf"] = Impostor()
+
     def negative_lr(model, opt):
         opt.param_groups[0]["lr"] = -0.1
 
@@ -301,6 +311,11 @@ def breakages():
         "fractional step count": (fractional_step, ValueError, "group 0, parameter 4:"),
         "state without exp_inf": (missing_state_key, ValueError, "group 0, parameter 4:"),
         "state that is a list": (state_not_a_tensor, TypeError, "group 0, parameter 1:"),
+        "state that claims to be a tensor": (
+            state_that_only_claims_to_be_a_tensor,
+            TypeError,
+            "group 0, parameter 1: exp_inf must be a torch.Tensor",
+        ),
         "negative lr": (negative_lr, ValueError, "group 0:"),
         "two-element tensor lr": (wide_tensor_lr, ValueError, "group 0:"),
         "three betas": (three_betas, ValueError, "group 0:"),

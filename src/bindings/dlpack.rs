@@ -11,7 +11,7 @@ use std::ffi::{c_int, c_void};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyCapsule;
+use pyo3::types::{PyCapsule, PyType};
 
 use crate::engine::memory::{Dims, Element, RawArray, Strides};
 
@@ -106,7 +106,7 @@ fn element_of(dtype: DLDataType) -> Option<Element> {
 /// How tensors are read: through the exchange API when torch has one.
 pub struct TensorReader {
     /// `torch.Tensor`, for type checks.
-    tensor_type: Py<PyAny>,
+    tensor_type: Py<PyType>,
     /// The exchange function, if torch publishes it (the table lives as long as the process).
     from_object: Option<DLTensorFromPyObject>,
 }
@@ -121,7 +121,7 @@ pub fn reader(py: Python<'_>) -> PyResult<&'static TensorReader> {
     static READER: PyOnceLock<TensorReader> = PyOnceLock::new();
     READER.get_or_try_init(py, || {
         let torch = py.import("torch")?;
-        let tensor_type = torch.getattr("Tensor")?;
+        let tensor_type = torch.getattr("Tensor")?.cast_into::<PyType>()?;
         let from_object = exchange_function(&tensor_type);
         Ok(TensorReader {
             tensor_type: tensor_type.unbind(),
@@ -130,7 +130,7 @@ pub fn reader(py: Python<'_>) -> PyResult<&'static TensorReader> {
     })
 }
 
-fn exchange_function(tensor_type: &Bound<'_, PyAny>) -> Option<DLTensorFromPyObject> {
+fn exchange_function(tensor_type: &Bound<'_, PyType>) -> Option<DLTensorFromPyObject> {
     let capsule = tensor_type.getattr("__dlpack_c_exchange_api__").ok()?;
     let capsule = capsule.cast::<PyCapsule>().ok()?;
     let name = c"dlpack_exchange_api";
@@ -153,9 +153,21 @@ fn exchange_function(tensor_type: &Bound<'_, PyAny>) -> Option<DLTensorFromPyObj
 
 impl TensorReader {
     /// Whether `obj` is a torch.Tensor (or a subclass, such as nn.Parameter).
+    ///
+    /// Asked of the object's real type, as torch's C code asks it before reading a tensor, not
+    /// through `isinstance`: that would also accept an object whose `__class__` or metaclass
+    /// only claims to be a tensor, and it costs more (a Python-level `__instancecheck__` lookup
+    /// on torch's metaclass) for every tensor of every step.
     pub fn is_tensor(&self, obj: &Bound<'_, PyAny>) -> bool {
-        obj.is_instance(self.tensor_type.bind(obj.py()))
-            .unwrap_or(false)
+        // SAFETY: both are live type objects (a `Bound` keeps `obj`, and so its type, alive;
+        // `tensor_type` is held by the reader), and the GIL is held; `PyType_IsSubtype` only
+        // reads their MROs and raises nothing.
+        unsafe {
+            pyo3::ffi::PyType_IsSubtype(
+                obj.get_type_ptr(),
+                self.tensor_type.bind(obj.py()).as_type_ptr(),
+            ) != 0
+        }
     }
 
     /// `obj`'s memory, element type, shape and strides.
