@@ -142,6 +142,39 @@ def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, mas
             np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_infinite_gradient_spoils_only_its_own_block(rng, bad):
+    """A NaN or infinite moment makes its block's scale NaN or infinite: from the next step the
+    whole block decodes to NaN (as the parameter that had it already is), and the other blocks
+    go on exactly as the reference, which is run on them alone."""
+    n = 17 * 256  # the first block, and 4096 elements after it (8-bit state on their own too)
+    p = Parameter(rng.standard_normal(n).astype(np.float32))
+    opt = Adamax([p], lr=0.01, state_dtype="8bit")
+    ref_p = p.data[256:].copy()
+    ref_state = {
+        "exp_avg": np.zeros(n - 256, np.uint8),
+        "exp_inf": np.zeros(n - 256, np.uint8),
+        "exp_avg_scale": np.zeros(16, np.float32),
+        "exp_inf_scale": np.zeros(16, np.float32),
+    }
+    for t in range(1, 4):
+        g = heavy_tailed(rng, n, orders=6)
+        if t == 1:
+            g[7] = bad
+        p.grad = g
+        opt.step()
+        ref_p, ref_state, _ = blockwise_reference_step(ref_p, g[256:], ref_state, t, lr=0.01)
+        spoiled = np.arange(256) if t > 1 else np.array([7])
+        assert np.isnan(p.data[spoiled]).all(), f"step {t}"
+        assert np.isfinite(np.delete(p.data[:256], spoiled)).all(), f"step {t}"
+        for scale in ("exp_avg_scale", "exp_inf_scale"):
+            assert not np.isfinite(opt.state[p][scale][0]), f"{scale} step {t}"
+        np.testing.assert_array_equal(p.data[256:].view(np.uint32), ref_p.view(np.uint32))
+        for key, value in ref_state.items():
+            ours = opt.state[p][key]
+            np.testing.assert_array_equal(ours[256:] if ours.size == n else ours[1:], value)
+
+
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize("param_dtype, master_weights", DTYPES_AND_MASTER)
 def test_bfloat16_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, master_weights):

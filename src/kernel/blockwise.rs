@@ -22,7 +22,7 @@
 //! buffer of [`BLOCK`] values (L1, not memory), writes the parameter, then encodes the moments and
 //! writes them with the new scales: one pass over memory, no temporary float32 state.
 
-use super::float::{max_propagate_nan, Float};
+use super::float::Float;
 use super::hyperparameters::Coefficients;
 use super::precision::Storage;
 use super::update::adamax_math;
@@ -309,41 +309,20 @@ fn scaled<C: Float>(code_value: f32, scale: C) -> C {
     C::from_f64(f64::from(code_value)) * scale
 }
 
-/// Running maxima kept side by side in [`largest_of`]: enough for a 512-bit vector of f32.
-const LANES: usize = 16;
-
-/// The largest `f(x)` over `xs` (at least zero), NaN if any is NaN.
+/// The largest `|x|` over `xs` (zero when empty), NaN if any is NaN.
 ///
-/// [`LANES`] running maxima, each over every `LANES`-th element, then the largest of them: one
-/// running maximum is a chain of dependent compares that runs one element at a time, while
-/// side-by-side ones are one vector compare. The result is the same: the maximum does not
-/// depend on the order, ties keep the earlier value, and a NaN anywhere stays.
+/// An integer maximum over the magnitudes' bits (see [`Float::magnitude_bits`]): integer
+/// maxima may be taken in any order, so LLVM keeps one per vector lane and combines them at the
+/// end. A float maximum that propagates NaN is not associative for it, and the side-by-side
+/// float maxima written out by hand came out as scalar inserts: a fifth of an 8-bit step.
 #[inline(always)]
-fn largest_of<C: Float>(xs: &[C], f: impl Fn(C) -> C) -> C {
-    let zero = C::from_f64(0.0);
-    let mut lanes = [zero; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane = max_propagate_nan(*lane, f(x));
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(zero, |a, &x| max_propagate_nan(a, f(x)));
-    // Halving, each half against the other (a few vector operations), where a fold over the
-    // lanes was sixteen dependent ones: a tenth of an 8-bit step. The result is the fold's: each
-    // lane is 0, positive or NaN, and at every level a NaN in the upper half wins, so a NaN that
-    // comes out is the one of the highest lane, as the fold keeps its last one.
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            lanes[i] = max_propagate_nan(lanes[i], lanes[i + width]);
-        }
-    }
-    max_propagate_nan(tail, lanes[0])
+fn largest_magnitude<C: Float>(xs: &[C]) -> C {
+    C::from_bits(
+        xs.iter()
+            .map(|x| x.magnitude_bits())
+            .max()
+            .unwrap_or_default(),
+    )
 }
 
 /// Encodes one block's `exp_avg` values `m` into `codes`, truncating toward zero; returns the
@@ -351,7 +330,7 @@ fn largest_of<C: Float>(xs: &[C], f: impl Fn(C) -> C) -> C {
 #[inline(always)]
 pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
     let zero = C::from_f64(0.0);
-    let largest = largest_of(m, |x| x.abs());
+    let largest = largest_magnitude(m);
     let scale32 = block_scale(largest, MAX_SIGNED);
     let scale = C::from_f64(f64::from(scale32));
     let inverse = if largest > zero {
@@ -387,7 +366,8 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
 #[inline(always)]
 pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
     let zero = C::from_f64(0.0);
-    let largest = largest_of(u, |x| x);
+    // `u` is not negative: its magnitude is itself (a NaN's sign aside).
+    let largest = largest_magnitude(u);
     let scale32 = block_scale(largest, MAX_UNSIGNED);
     let scale = C::from_f64(f64::from(scale32));
     let inverse = if largest > zero {

@@ -28,11 +28,27 @@ pub trait Float:
     /// The bits of the value folded into 32 (float64: the high half xor the low half): what
     /// stochastic rounding hashes.
     fn hash_bits(self) -> u32;
+    /// An unsigned integer as wide as the type.
+    type Bits: Copy + Ord + Default;
+    /// The bits of `|self|`. They order as the magnitudes do, with infinity above every finite
+    /// value and NaN above infinity, so the largest magnitude is an integer maximum.
+    fn magnitude_bits(self) -> Self::Bits;
+    /// The value with these bits.
+    fn from_bits(bits: Self::Bits) -> Self;
 }
 
 macro_rules! impl_float {
-    ($t:ty) => {
+    ($t:ty, $bits:ty) => {
         impl Float for $t {
+            type Bits = $bits;
+            #[inline(always)]
+            fn magnitude_bits(self) -> $bits {
+                <$t>::abs(self).to_bits()
+            }
+            #[inline(always)]
+            fn from_bits(bits: $bits) -> Self {
+                <$t>::from_bits(bits)
+            }
             #[inline(always)]
             fn from_f64(value: f64) -> Self {
                 value as $t
@@ -62,8 +78,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32);
-impl_float!(f64);
+impl_float!(f32, u32);
+impl_float!(f64, u64);
 
 /// `max(a, b)` that returns NaN when either operand is NaN, like `numpy.maximum`.
 ///
@@ -90,5 +106,29 @@ mod tests {
         assert!(max_propagate_nan(1.0, f32::NAN).is_nan());
         assert_eq!(max_propagate_nan(1.0f64, 2.0), 2.0);
         assert_eq!(max_propagate_nan(3.0f64, 2.0), 3.0);
+    }
+
+    #[test]
+    fn magnitude_bits_order_as_magnitudes_with_nan_on_top() {
+        let ordered = [
+            0.0f32,
+            1e-45,
+            1e-38,
+            0.5,
+            1.0,
+            3e38,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        for pair in ordered.windows(2) {
+            assert!(
+                pair[0].magnitude_bits() < pair[1].magnitude_bits(),
+                "{pair:?}"
+            );
+            assert_eq!((-pair[1]).magnitude_bits(), pair[1].magnitude_bits());
+        }
+        assert_eq!((-0.0f64).magnitude_bits(), 0);
+        assert!(f64::MAX.magnitude_bits() < f64::INFINITY.magnitude_bits());
+        assert!(f64::INFINITY.magnitude_bits() < (-f64::NAN).magnitude_bits());
     }
 }
