@@ -160,12 +160,23 @@ def block_scale(largest, top, compute):
     return scale
 
 
-def encode_block(values, signed, compute):
+def decayed_scale(previous, beta2, compute):
+    """An exp_inf block's previous scale decayed: ``previous * beta2`` (``beta2`` as
+    ``compute`` holds it), rounded to float32, then 8 float32 steps up."""
+    decayed = np.float32(np.float64(previous) * np.float64(compute(beta2)))
+    return (decayed.reshape(1).view(np.uint32) + np.uint32(8)).view(np.float32)[0]
+
+
+def encode_block(values, signed, compute, previous=None, beta2=None):
     """Codes and scale of one block of moments held in ``compute`` (float32 or float64).
 
     ``stored[k]`` is what code ``k`` decodes to, computed in ``compute``. exp_avg (signed) takes
     the largest code whose stored magnitude is not above ``|x|``, with ``x``'s sign; exp_inf takes
     the smallest code whose stored value is not below ``x``.
+
+    The scale is the tightest (``block_scale``), except for exp_inf in a step (``previous``, the
+    block's scale before, and ``beta2`` given): there the previous scale decayed
+    (``decayed_scale``) is kept when it is at least the tightest and below twice it.
     """
     values = np.asarray(values, dtype=compute)
     table = SIGNED_VALUES if signed else UNSIGNED_VALUES
@@ -175,6 +186,10 @@ def encode_block(values, signed, compute):
     if largest == 0:
         return codes, np.float32(0)
     scale = block_scale(largest, top, compute)
+    if previous is not None and np.isfinite(previous) and previous > 0:
+        decayed = decayed_scale(previous, beta2, compute)
+        if np.isfinite(decayed) and scale <= decayed < 2 * scale:
+            scale = decayed
     stored = table.astype(compute) * compute(scale)
     for i, x in enumerate(values):
         if signed:
@@ -197,14 +212,16 @@ def decode(codes, scales, signed, compute=np.float32):
     return values.astype(compute) * block_scales.astype(compute)
 
 
-def quantize(values, signed, compute=np.float32):
-    """Flat moments to ``(codes, scales)``, block by block."""
+def quantize(values, signed, compute=np.float32, previous=None, beta2=None):
+    """Flat moments to ``(codes, scales)``, block by block; ``previous`` scales (with
+    ``beta2``) for exp_inf in a step, as ``encode_block`` takes them."""
     values = np.asarray(values).reshape(-1)
     codes = np.zeros(len(values), np.uint8)
     scales = np.zeros(-(-len(values) // BLOCK), np.float32)
     for b in range(len(scales)):
         part = slice(b * BLOCK, (b + 1) * BLOCK)
-        codes[part], scales[b] = encode_block(values[part], signed, compute)
+        before = None if previous is None else previous[b]
+        codes[part], scales[b] = encode_block(values[part], signed, compute, before, beta2)
     return codes, scales
 
 
@@ -219,7 +236,8 @@ def blockwise_reference_step(param, grad, state, t, master=None, **hyper):
     source = (master if master is not None else param).reshape(-1).astype(np.float32)
     p, m, u = adamax_reference_step(source, grad.reshape(-1).astype(np.float32), m, u, t, **hyper)
     m_codes, m_scales = quantize(m, True)
-    u_codes, u_scales = quantize(u, False)
+    beta2 = {**DEFAULTS, **hyper}["beta2"]
+    u_codes, u_scales = quantize(u, False, previous=state["exp_inf_scale"], beta2=beta2)
     new_state = {
         "exp_avg": m_codes.reshape(shape),
         "exp_inf": u_codes.reshape(shape),

@@ -142,6 +142,28 @@ def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, mas
             np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
 
 
+@pytest.mark.parametrize("beta2", [0.999, 0.99])
+def test_exp_inf_decays_by_beta2_when_gradients_stop(rng, beta2):
+    """Once the gradients are zero, every exp_inf only decays: each keeps its code while its
+    block's scale decays by beta2 (to float32 and 8 ulps), so no element stalls at its old
+    value, as rounding up on a fixed scale would leave it."""
+    n = 4096
+    p = Parameter(rng.standard_normal(n).astype(np.float32))
+    opt = Adamax([p], lr=0.01, betas=(0.9, beta2), state_dtype="8bit")
+    p.grad = heavy_tailed(rng, n, orders=6)
+    opt.step()
+    codes = opt.state[p]["exp_inf"].copy()
+    first = decode(codes, opt.state[p]["exp_inf_scale"], False)
+    p.grad = np.zeros(n, np.float32)
+    for k in range(1, 31):
+        opt.step()
+        np.testing.assert_array_equal(opt.state[p]["exp_inf"], codes, err_msg=f"step {k + 1}")
+        stored = decode(codes, opt.state[p]["exp_inf_scale"], False)
+        ratio = stored / first
+        assert (ratio >= np.float32(beta2) ** k * (1 - 1e-6)).all(), f"step {k + 1}"
+        assert (ratio <= beta2**k * (1 + 2e-6) ** k).all(), f"step {k + 1}"
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_nan_or_infinite_gradient_spoils_only_its_own_block(rng, bad):
     """A NaN or infinite moment makes its block's scale NaN or infinite: from the next step the

@@ -362,15 +362,67 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
     scale32
 }
 
-/// Encodes one block's `exp_inf` values `u` into `codes`, rounding up; returns the scale.
+/// Ulps added to a decayed `exp_inf` scale: more than the decoding and the decay round off
+/// (a few ulps), so that an element whose new value is its old one decayed keeps its code.
+const DECAY_SLACK_ULPS: u32 = 8;
+
+/// The scale of a block of new `exp_inf` values whose largest is `largest`, when the block's
+/// previous scale was `previous` and the moments decay by `beta2`.
+///
+/// `exp_inf` is rounded up, so an element that only decays (`u = beta2 * u`, about 0.1% less)
+/// would round back up to its old code on a scale that did not move, and never decay: the
+/// block's scale moves only with its largest element, which new gradients keep refreshing.
+/// Instead the scale decays too: the previous scale times `beta2`, plus [`DECAY_SLACK_ULPS`],
+/// which keeps every code that only decayed exactly where it was. It is used while it fits
+/// the block (`top * scale >= largest`) and is less than twice the tightest scale
+/// ([`block_scale`]); otherwise the tightest is. Either way each code is then rounded up, so the
+/// guarantee is the same: no stored `exp_inf` is below the computed one.
+#[inline(always)]
+pub fn exp_inf_scale<C: Float>(largest: C, previous: f32, beta2: C) -> f32 {
+    let tight = block_scale(largest, MAX_UNSIGNED);
+    if !(previous > 0.0 && previous.is_finite()) {
+        return tight;
+    }
+    let decayed = (f64::from(previous) * beta2.to_f64()) as f32;
+    let decayed = f32::from_bits(decayed.to_bits() + DECAY_SLACK_ULPS);
+    // `tight <= decayed` is false for a NaN `tight` (and an all-zero block has `tight == 0`).
+    if decayed.is_finite() && tight <= decayed && decayed < 2.0 * tight {
+        decayed
+    } else {
+        tight
+    }
+}
+
+/// Encodes one block's `exp_inf` values `u` into `codes`, rounding up, with the tightest scale;
+/// returns the scale.
 #[inline(always)]
 pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
-    let zero = C::from_f64(0.0);
     // `u` is not negative: its magnitude is itself (a NaN's sign aside).
-    let largest = largest_magnitude(u);
-    let scale32 = block_scale(largest, MAX_UNSIGNED);
+    let scale = block_scale(largest_magnitude(u), MAX_UNSIGNED);
+    encode_exp_inf_with_scale(u, codes, scale)
+}
+
+/// Encodes one block's `exp_inf` values `u` into `codes` on a new scale that follows the
+/// previous one as it decays ([`exp_inf_scale`]); returns the scale.
+#[inline(always)]
+pub fn encode_decaying_exp_inf<C: Float>(
+    u: &[C],
+    codes: &mut [u8],
+    previous: f32,
+    beta2: C,
+) -> f32 {
+    let scale = exp_inf_scale(largest_magnitude(u), previous, beta2);
+    encode_exp_inf_with_scale(u, codes, scale)
+}
+
+/// Encodes `u` into `codes` on `scale`, which fits every value (`top * scale >= max(u)`),
+/// rounding up.
+#[inline(always)]
+fn encode_exp_inf_with_scale<C: Float>(u: &[C], codes: &mut [u8], scale32: f32) -> f32 {
+    let zero = C::from_f64(0.0);
     let scale = C::from_f64(f64::from(scale32));
-    let inverse = if largest > zero {
+    // An all-zero block (scale 0) gets codes 0; so does a NaN one (the scale carries the NaN).
+    let inverse = if scale32 > 0.0 {
         C::from_f64(1.0) / scale
     } else {
         zero
@@ -475,7 +527,7 @@ pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, con
             }
         }
         *m_scale = encode_exp_avg(m_out, m_codes);
-        *u_scale = encode_exp_inf(u_out, u_codes);
+        *u_scale = encode_decaying_exp_inf(u_out, u_codes, *u_scale, c.beta2);
     }
 }
 
@@ -659,6 +711,41 @@ mod tests {
                     "exp_inf {x} with scale {scale}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn exp_inf_scale_follows_the_decay_while_it_fits() {
+        let beta2 = 0.999f32;
+        let tight = block_scale(1.0f32, MAX_UNSIGNED);
+        // The previous scale decayed, 8 ulps up, when that fits the block and is not loose.
+        let previous = tight * 1.0015;
+        let decayed =
+            f32::from_bits(((f64::from(previous) * 0.999f32 as f64) as f32).to_bits() + 8);
+        assert_eq!(exp_inf_scale(1.0f32, previous, beta2), decayed);
+        assert!(decayed >= tight && decayed < 2.0 * tight);
+        // Too small for the block's largest: the tightest scale.
+        assert_eq!(exp_inf_scale(1.0f32, tight, beta2), tight);
+        // Twice the tightest or more: the tightest again.
+        assert_eq!(exp_inf_scale(1.0f32, 2.5 * tight, beta2), tight);
+        // No usable previous scale (none yet, NaN, infinite), or a block of zeros or NaN.
+        for previous in [0.0, f32::NAN, f32::INFINITY] {
+            assert_eq!(exp_inf_scale(1.0f32, previous, beta2), tight);
+        }
+        assert_eq!(exp_inf_scale(0.0f32, previous, beta2), 0.0);
+        assert!(exp_inf_scale(f32::NAN, previous, beta2).is_nan());
+        // An element that only decayed keeps its code on the decayed scale, in float32 and in
+        // float64 arithmetic.
+        for code in 1..=255u8 {
+            let old = decode_unsigned(code) * previous;
+            let mut codes = [0u8; 2];
+            let scale = encode_decaying_exp_inf(&[1.0, old * beta2], &mut codes, previous, beta2);
+            assert_eq!(scale, decayed);
+            assert_eq!(codes[1], code, "code {code}");
+            let old = f64::from(decode_unsigned(code)) * f64::from(previous);
+            let scale = encode_decaying_exp_inf(&[1.0, old * 0.999], &mut codes, previous, 0.999);
+            assert!(scale >= tight);
+            assert_eq!(codes[1], code, "float64, code {code}");
         }
     }
 
