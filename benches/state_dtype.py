@@ -30,6 +30,7 @@ KINDS = {
     "bfloat16": ("bfloat16", False),
     "bf16-sr": ("bfloat16", True),
     "8bit": ("8bit", False),
+    "8bit-sr": ("8bit", True),
 }
 
 

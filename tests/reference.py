@@ -167,7 +167,7 @@ def decayed_scale(previous, beta2, compute):
     return (decayed.reshape(1).view(np.uint32) + np.uint32(8)).view(np.float32)[0]
 
 
-def encode_block(values, signed, compute, previous=None, beta2=None):
+def encode_block(values, signed, compute, previous=None, beta2=None, noise=None):
     """Codes and scale of one block of moments held in ``compute`` (float32 or float64).
 
     ``stored[k]`` is what code ``k`` decodes to, computed in ``compute``. exp_avg (signed) takes
@@ -177,6 +177,11 @@ def encode_block(values, signed, compute, previous=None, beta2=None):
     The scale is the tightest (``block_scale``), except for exp_inf in a step (``previous``, the
     block's scale before, and ``beta2`` given): there the previous scale decayed
     (``decayed_scale``) is kept when it is at least the tightest and below twice it.
+
+    With ``noise`` (32-bit words, one per value; exp_avg only), a magnitude whose code ``k`` is
+    in the normal range (8 to 126) moves up to ``k + 1`` when ``f * (stored[k + 1] -
+    stored[k]) < |x| - stored[k]``, ``f`` being the word's top 24 bits times 2**-24, all in
+    ``compute``.
     """
     values = np.asarray(values, dtype=compute)
     table = SIGNED_VALUES if signed else UNSIGNED_VALUES
@@ -194,6 +199,10 @@ def encode_block(values, signed, compute, previous=None, beta2=None):
     for i, x in enumerate(values):
         if signed:
             k = int(np.searchsorted(stored, abs(x), side="right")) - 1
+            if noise is not None and 8 <= k < 127:
+                f = compute(int(noise[i]) >> 8) * compute(2.0**-24)
+                if f * (stored[k + 1] - stored[k]) < abs(x) - stored[k]:
+                    k += 1
             codes[i] = k | (0x80 if (x < 0 and k != 0) else 0)
         else:
             codes[i] = min(int(np.searchsorted(stored, x, side="left")), 255)
@@ -212,32 +221,41 @@ def decode(codes, scales, signed, compute=np.float32):
     return values.astype(compute) * block_scales.astype(compute)
 
 
-def quantize(values, signed, compute=np.float32, previous=None, beta2=None):
+def quantize(values, signed, compute=np.float32, previous=None, beta2=None, noise=None):
     """Flat moments to ``(codes, scales)``, block by block; ``previous`` scales (with
-    ``beta2``) for exp_inf in a step, as ``encode_block`` takes them."""
+    ``beta2``) for exp_inf in a step, and ``noise`` for exp_avg rounded stochastically, as
+    ``encode_block`` takes them."""
     values = np.asarray(values).reshape(-1)
     codes = np.zeros(len(values), np.uint8)
     scales = np.zeros(-(-len(values) // BLOCK), np.float32)
     for b in range(len(scales)):
         part = slice(b * BLOCK, (b + 1) * BLOCK)
         before = None if previous is None else previous[b]
-        codes[part], scales[b] = encode_block(values[part], signed, compute, before, beta2)
+        bits = None if noise is None else noise[part]
+        codes[part], scales[b] = encode_block(values[part], signed, compute, before, beta2, bits)
     return codes, scales
 
 
-def blockwise_reference_step(param, grad, state, t, master=None, **hyper):
+def blockwise_reference_step(
+    param, grad, state, t, master=None, stochastic_rounding=False, **hyper
+):
     """One step of a dense, C-ordered parameter with 8-bit state ``{"exp_avg": codes,
-    "exp_inf": codes, "exp_avg_scale": ..., "exp_inf_scale": ...}``: decode in float32, the
-    float32 formula (``adamax_reference_step``), round the parameter to its dtype, encode.
+    "exp_inf": codes, "exp_avg_scale": ..., "exp_inf_scale": ...}``: decode in the compute type
+    (float64 for float64 parameters, float32 otherwise), the formula in it
+    (``adamax_reference_step``), round the parameter to its dtype, encode (exp_avg
+    stochastically with ``state_hash``'s bits, when ``stochastic_rounding``).
     Returns ``(param, state, master)``."""
     shape = param.shape
-    m = decode(state["exp_avg"].reshape(-1), state["exp_avg_scale"], True)
-    u = decode(state["exp_inf"].reshape(-1), state["exp_inf_scale"], False)
-    source = (master if master is not None else param).reshape(-1).astype(np.float32)
-    p, m, u = adamax_reference_step(source, grad.reshape(-1).astype(np.float32), m, u, t, **hyper)
-    m_codes, m_scales = quantize(m, True)
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    m = decode(state["exp_avg"].reshape(-1), state["exp_avg_scale"], True, compute)
+    u = decode(state["exp_inf"].reshape(-1), state["exp_inf_scale"], False, compute)
+    source = (master if master is not None else param).reshape(-1).astype(compute)
+    g = grad.reshape(-1).astype(compute)
+    p, m, u = adamax_reference_step(source, g, m, u, t, **hyper)
+    noise = state_hash(m, u, g, t) if stochastic_rounding else None
+    m_codes, m_scales = quantize(m, True, compute, noise=noise)
     beta2 = {**DEFAULTS, **hyper}["beta2"]
-    u_codes, u_scales = quantize(u, False, previous=state["exp_inf_scale"], beta2=beta2)
+    u_codes, u_scales = quantize(u, False, compute, previous=state["exp_inf_scale"], beta2=beta2)
     new_state = {
         "exp_avg": m_codes.reshape(shape),
         "exp_inf": u_codes.reshape(shape),
@@ -297,13 +315,19 @@ def step_salt(t):
     return _fmix32(np.array([t & 0xFFFFFFFF], dtype=np.uint32) ^ high)[0]
 
 
-def stochastic_bfloat16_noise(m, u, grad, t):
-    """The 16 random bits of each element's ``exp_avg`` and ``exp_inf`` rounding: one hash of
-    the new moments' bits (``exp_inf``'s rotated by 16), the gradient's (rotated by 8) and the
-    step's salt; its high half for ``exp_avg``, its low half for ``exp_inf``."""
-    h = _fmix32(
+def state_hash(m, u, grad, t):
+    """Each element's 32 random bits for rounding its new moments: one hash of the new
+    moments' bits (``exp_inf``'s rotated by 16), the gradient's (rotated by 8) and the step's
+    salt."""
+    return _fmix32(
         _bits32(m) ^ _rotate_left(_bits32(u), 16) ^ _rotate_left(_bits32(grad), 8) ^ step_salt(t)
     )
+
+
+def stochastic_bfloat16_noise(m, u, grad, t):
+    """The 16 random bits of each element's ``exp_avg`` and ``exp_inf`` rounding: the high
+    half of ``state_hash`` for ``exp_avg``, its low half for ``exp_inf``."""
+    h = state_hash(m, u, grad, t)
     return h >> np.uint32(16), h & np.uint32(0xFFFF)
 
 

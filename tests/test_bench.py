@@ -384,6 +384,7 @@ def test_compressed_state_rows_run_on_their_workload_only():
         "adamax_rs bfloat16 state",
         "adamax_rs bfloat16 state, stochastic rounding",
         "adamax_rs 8-bit state",
+        "adamax_rs 8-bit state, stochastic rounding",
     ]
     named = Workload(implementations.COMPRESSED_STATE_WORKLOAD, ((5000,), (300,)), np.float32)
     results = run.time_workload(named, compressed, seconds=0.01, seed=0, min_rounds=3)
@@ -394,6 +395,7 @@ def test_compressed_state_rows_run_on_their_workload_only():
         5300 * (12 + 4 * 2),
         5300 * (12 + 4 * 2),
         round(5300 * (12 + 4 * (1 + 4 / 256))),
+        round(5300 * (12 + 4 * (1 + 4 / 256))),
     ]
     assert run.time_workload(TINY, compressed, seconds=0.01, seed=0) == []
 
@@ -402,7 +404,10 @@ def test_compressed_state_rows_keep_that_state():
     params, grads = workloads.make_arrays(((5000,),), np.float32, seed=1)
     rows = [i for i in implementations.IMPLEMENTATIONS if i.workloads]
     for impl, kept, stochastic in zip(
-        rows, ("bfloat16", "bfloat16", "uint8"), (False, True, False), strict=True
+        rows,
+        ("bfloat16", "bfloat16", "uint8", "uint8"),
+        (False, True, False, True),
+        strict=True,
     ):
         step = impl.make(params, grads)
         step()

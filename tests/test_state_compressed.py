@@ -110,13 +110,27 @@ def test_exp_avg_is_never_overestimated_and_keeps_its_sign(m):
 # -- steps against the reference -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
-@pytest.mark.parametrize("param_dtype, master_weights", DTYPES_AND_MASTER)
-def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, master_weights):
+@pytest.mark.parametrize("stochastic", [False, True], ids=["truncated", "stochastic"])
+@pytest.mark.parametrize(
+    "options", [*OPTIONS, {"betas": (0.8, 0.99)}], ids=lambda o: ",".join(o) or "defaults"
+)
+@pytest.mark.parametrize("param_dtype, master_weights", [*DTYPES_AND_MASTER, (np.float64, False)])
+def test_8bit_steps_are_the_reference_bit_for_bit(
+    rng, options, param_dtype, master_weights, stochastic
+):
     dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
     hyper = {"lr": 0.01, **options}
+    if "betas" in hyper:
+        hyper["beta1"], hyper["beta2"] = hyper.pop("betas")
     p = Parameter(rng.standard_normal(N).astype(dtype))
-    opt = Adamax([p], lr=0.01, state_dtype="8bit", master_weights=master_weights, **options)
+    opt = Adamax(
+        [p],
+        lr=0.01,
+        state_dtype="8bit",
+        master_weights=master_weights,
+        stochastic_rounding=stochastic,
+        **options,
+    )
     ref_p = p.data.copy()
     ref_state = {
         "exp_avg": np.zeros(N, np.uint8),
@@ -130,12 +144,10 @@ def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, mas
         p.grad = g
         opt.step()
         ref_p, ref_state, ref_master = blockwise_reference_step(
-            ref_p, g, ref_state, t, master=ref_master, **hyper
+            ref_p, g, ref_state, t, master=ref_master, stochastic_rounding=stochastic, **hyper
         )
-        np.testing.assert_array_equal(
-            p.data.view(np.uint16 if dtype.itemsize == 2 else np.uint32),
-            ref_p.view(np.uint16 if dtype.itemsize == 2 else np.uint32),
-        )
+        bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[dtype.itemsize]
+        np.testing.assert_array_equal(p.data.view(bits), ref_p.view(bits))
         for key, value in ref_state.items():
             np.testing.assert_array_equal(opt.state[p][key], value, err_msg=f"{key} step {t}")
         if master_weights:
@@ -254,9 +266,13 @@ def test_functional_steps_equal_the_optimizer(rng):
 # -- safety on heavy tails ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state_dtype", ["8bit", "bfloat16"])
+@pytest.mark.parametrize(
+    "state_dtype, stochastic",
+    [("8bit", False), ("8bit", True), ("bfloat16", False), ("bfloat16", True)],
+    ids=["8bit", "8bit-sr", "bfloat16", "bfloat16-sr"],
+)
 @pytest.mark.parametrize("options", [{}, {"eps_inside_max": True}], ids=["paper", "torch"])
-def test_no_update_exceeds_the_float32_runs_largest_by_half(rng, state_dtype, options):
+def test_no_update_exceeds_the_float32_runs_largest_by_half(rng, state_dtype, stochastic, options):
     """Gradients spanning 12 orders of magnitude inside every block, changing scale from step
     to step: the largest update (relative to lr) of the compressed run is at most 1.5x the
     float32 run's. A tiny exp_inf rounded to zero would divide by eps and blow this up."""
@@ -266,9 +282,11 @@ def test_no_update_exceeds_the_float32_runs_largest_by_half(rng, state_dtype, op
     # Some elements see a large gradient once, then tiny ones: their exp_inf decays.
     grads[0][::7] *= 1e6
 
-    def largest_update(state):
+    def largest_update(state, stochastic_rounding=False):
         p = Parameter(init.copy())
-        opt = Adamax([p], lr=lr, state_dtype=state, **options)
+        opt = Adamax(
+            [p], lr=lr, state_dtype=state, stochastic_rounding=stochastic_rounding, **options
+        )
         largest = 0.0
         for g in grads:
             before = p.data.copy()
@@ -279,7 +297,7 @@ def test_no_update_exceeds_the_float32_runs_largest_by_half(rng, state_dtype, op
 
     reference = largest_update(None)
     assert reference > 0
-    assert largest_update(state_dtype) <= 1.5 * reference
+    assert largest_update(state_dtype, stochastic) <= 1.5 * reference
 
 
 # -- memory ------------------------------------------------------------------------------------

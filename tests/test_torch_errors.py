@@ -266,7 +266,8 @@ def breakages():
         opt.state[model[0].bias]["exp_avg"] = [0.0] * 32
 
     def state_that_only_claims_to_be_a_tensor(model, opt):
-        # isinstance() believes __class__; torch's C code, which reads the memory, does not.
+        # isinstance() believes __class__; torch's exchange function then read it as a tensor
+        # and crashed. The step asks the object's real type.
         class Impostor:
             __class__ = torch.Tensor  # type: ignore[assignment]
 

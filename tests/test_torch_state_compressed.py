@@ -50,14 +50,15 @@ def from_numpy(array):
     return torch.from_numpy(array.copy())
 
 
+@pytest.mark.parametrize("stochastic", [False, True], ids=["truncated", "stochastic"])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize("param_dtype", [np.float32, np.float16, "bfloat16"])
-def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype):
+def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, stochastic):
     dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
-    hyper = {"lr": 0.01, "eps_inside_max": True, **options}
+    hyper = {"lr": 0.01, "eps_inside_max": True, "stochastic_rounding": stochastic, **options}
     init = rng.standard_normal(N).astype(dtype)
     p = torch.nn.Parameter(from_numpy(init))
-    opt = Adamax([p], lr=0.01, state_dtype="8bit", **options)
+    opt = Adamax([p], lr=0.01, state_dtype="8bit", stochastic_rounding=stochastic, **options)
     ref_p = init.copy()
     ref_state = {
         "exp_avg": np.zeros(N, np.uint8),
@@ -118,8 +119,8 @@ def test_stochastic_rounding_survives_a_deep_copy_and_is_refused_without_bfloat1
         o.step()
     assert torch.equal(p, q)
     assert torch.equal(opt.state[p]["exp_inf"], twin.state[q]["exp_inf"])
-    for state_dtype in (None, torch.float32, "8bit"):
-        with pytest.raises(ValueError, match="needs state_dtype='bfloat16'"):
+    for state_dtype in (None, torch.float32, torch.float64):
+        with pytest.raises(ValueError, match="needs state_dtype='bfloat16' or '8bit'"):
             Adamax([p], state_dtype=state_dtype, stochastic_rounding=True)
     with pytest.raises(TypeError, match="stochastic_rounding must be a bool"):
         Adamax([p], state_dtype="bfloat16", stochastic_rounding="yes")

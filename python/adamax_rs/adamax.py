@@ -120,9 +120,10 @@ class Adamax(Optimizer):
         - ``"8bit"``: block-wise quantized moments, one byte per element each plus a
           float32 scale per block of 256 elements and moment (``state["exp_avg_scale"]``,
           ``state["exp_inf_scale"]``); the arithmetic runs in float32. ``exp_avg`` is
-          truncated toward zero and ``exp_inf`` rounded up, so no step is larger than the
-          float32 bound ``lr / (1 - beta1**t)``. Parameters with fewer than 4096 elements
-          (and complex or non-dense ones) keep float32 state.
+          truncated toward zero (or rounded stochastically with ``stochastic_rounding``) and
+          ``exp_inf`` rounded up, so no step is larger than the float32 bound
+          ``lr / (1 - beta1**t)`` (1.125x it with ``stochastic_rounding``). Parameters with
+          fewer than 4096 elements (and complex or non-dense ones) keep float32 state.
 
         See docs/compressed_state.md for what each costs and saves.
     master_weights : bool, default False
@@ -131,9 +132,12 @@ class Adamax(Optimizer):
         parameter, so that updates smaller than the parameter's precision are not lost. Other
         parameters are unaffected.
     stochastic_rounding : bool, default False
-        With ``state_dtype="bfloat16"`` only (``ValueError`` otherwise): round the new moments
-        to the bfloat16 above or below at random, with the probabilities that make the stored
-        value right on average, instead of to nearest. To nearest, ``exp_inf`` cannot decay by
+        With ``state_dtype="bfloat16"`` or ``"8bit"`` only (``ValueError`` otherwise): round the
+        new moments to the bfloat16 above or below at random, with the probabilities that make
+        the stored value right on average, instead of to nearest. With 8-bit state it rounds
+        ``exp_avg`` this way between its two neighbouring codes (in the codes' normal range;
+        smaller values are still truncated) instead of truncating it, and leaves ``exp_inf``
+        rounded up. To nearest, ``exp_inf`` cannot decay by
         a factor ``beta2`` above ``1 - 2**-9`` (the default 0.999 is): ``beta2 * u`` rounds back
         to ``u``, and training can stall. The random bits are a hash of each new value, its
         gradient and the step number, so a run gives the same bits on any number of threads and
@@ -172,7 +176,8 @@ class Adamax(Optimizer):
     ValueError
         For an empty parameter list, a parameter given twice, a hyperparameter out of range
         (``lr``, ``eps``, ``weight_decay`` negative or not finite; a beta outside ``[0, 1)``),
-        an unknown ``state_dtype``, or ``stochastic_rounding=True`` without bfloat16 state.
+        an unknown ``state_dtype``, or ``stochastic_rounding=True`` without bfloat16 or 8-bit
+        state.
     TypeError
         For a single parameter instead of an iterable, a bare ndarray, an unsupported dtype,
         a hyperparameter of the wrong type, or a ``master_weights`` or

@@ -28,6 +28,7 @@ STATE_DTYPES: dict[str, dict[str, Any]] = {
     "bfloat16": {"state_dtype": "bfloat16"},
     "bfloat16-sr": {"state_dtype": "bfloat16", "stochastic_rounding": True},
     "8bit": {"state_dtype": "8bit"},
+    "8bit-sr": {"state_dtype": "8bit", "stochastic_rounding": True},
 }
 
 
@@ -206,8 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(STATE_DTYPES) + ["all"],
         default="float32",
         help="the optimizer's state: float32 (default), bfloat16 (rounded to nearest), "
-        "bfloat16-sr (rounded stochastically), 8bit, or all; other than float32, the run is "
-        "compared with float32 state (loss ratios, --plot curves)",
+        "bfloat16-sr (rounded stochastically), 8bit, 8bit-sr (exp_avg rounded "
+        "stochastically), or all; other than float32, the run is compared with float32 state "
+        "(loss ratios, --plot curves)",
     )
     parser.add_argument(
         "--distributed",

@@ -119,8 +119,8 @@ def adamax(
         memory order), updated in place; ``None`` entries for parameters with float state.
         Give both lists or neither.
     stochastic_rounding : bool, default False
-        Round bfloat16 state stochastically instead of to nearest (see
-        :class:`adamax_rs.Adamax`); float32, float64 and 8-bit state are unaffected.
+        Round bfloat16 state, and 8-bit ``exp_avg``, stochastically (see
+        :class:`adamax_rs.Adamax`); float32 and float64 state are unaffected.
 
     Raises
     ------

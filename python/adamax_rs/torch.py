@@ -171,16 +171,17 @@ class Adamax(Optimizer):
         documentation and docs/compressed_state.md say more. State dicts with 8-bit state
         load only into this class (``torch.optim.Adamax`` would read the codes as numbers).
     stochastic_rounding : bool, default False
-        With ``state_dtype=torch.bfloat16`` only (``ValueError`` otherwise): round the new
-        moments stochastically instead of to nearest, so that ``exp_inf`` keeps decaying at
-        ``beta2 = 0.999``. As in :class:`adamax_rs.Adamax`.
+        With ``state_dtype=torch.bfloat16`` or ``"8bit"`` only (``ValueError`` otherwise):
+        round the new bfloat16 moments stochastically instead of to nearest, so that
+        ``exp_inf`` keeps decaying at ``beta2 = 0.999``; with 8-bit state, round ``exp_avg``
+        stochastically instead of truncating it. As in :class:`adamax_rs.Adamax`.
 
     Raises
     ------
     ValueError
         For a hyperparameter out of range (torch's messages), a parameter not on the CPU,
         ``differentiable=True``, ``capturable=True``, an unknown ``state_dtype``, or
-        ``stochastic_rounding=True`` without bfloat16 state.
+        ``stochastic_rounding=True`` without bfloat16 or 8-bit state.
     TypeError
         For a bare tensor instead of an iterable, a parameter of an unsupported dtype, or a
         ``stochastic_rounding`` that is not a bool.

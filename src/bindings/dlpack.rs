@@ -154,10 +154,10 @@ fn exchange_function(tensor_type: &Bound<'_, PyType>) -> Option<DLTensorFromPyOb
 impl TensorReader {
     /// Whether `obj` is a torch.Tensor (or a subclass, such as nn.Parameter).
     ///
-    /// Asked of the object's real type, as torch's C code asks it before reading a tensor, not
-    /// through `isinstance`: that would also accept an object whose `__class__` or metaclass
-    /// only claims to be a tensor, and it costs more (a Python-level `__instancecheck__` lookup
-    /// on torch's metaclass) for every tensor of every step.
+    /// Asked of the object's real type, not through `isinstance`: that also accepts an object
+    /// whose `__class__` only claims to be a tensor, which torch's exchange function then reads
+    /// as one (it crashed), and it costs more (a `__instancecheck__` lookup on torch's
+    /// metaclass) for every tensor of every step.
     pub fn is_tensor(&self, obj: &Bound<'_, PyAny>) -> bool {
         // SAFETY: both are live type objects (a `Bound` keeps `obj`, and so its type, alive;
         // `tensor_type` is held by the reader), and the GIL is held; `PyType_IsSubtype` only

@@ -30,19 +30,20 @@ pub struct StatePolicy {
     pub kind: StateKind,
     /// Keep a float copy of 16-bit parameters, updated and rounded into them each step.
     pub master_weights: bool,
-    /// Round bfloat16 state stochastically (only with [`StateKind::BFloat16`]).
+    /// Round bfloat16 state, or 8-bit `exp_avg`, stochastically (only with
+    /// [`StateKind::BFloat16`] or [`StateKind::Blockwise8`]).
     pub stochastic_rounding: bool,
 }
 
 impl StatePolicy {
     /// A policy for `kind`; `stochastic_rounding` is refused (`ValueError`) unless the state is
-    /// bfloat16, the only state it changes: an option that did nothing would hide a mistake.
+    /// bfloat16 or 8-bit, the only states it changes: an option that did nothing would hide a
+    /// mistake.
     pub fn new(kind: StateKind, master_weights: bool, stochastic_rounding: bool) -> PyResult<Self> {
-        if stochastic_rounding && kind != StateKind::BFloat16 {
+        if stochastic_rounding && !matches!(kind, StateKind::BFloat16 | StateKind::Blockwise8) {
             return Err(PyValueError::new_err(
-                "stochastic_rounding=True needs state_dtype='bfloat16': it is how bfloat16 state \
-                 is rounded (float32 and float64 state are stored as computed, and 8-bit state \
-                 has its own rounding)",
+                "stochastic_rounding=True needs state_dtype='bfloat16' or '8bit': it is how \
+                 their moments are rounded (float32 and float64 state are stored as computed)",
             ));
         }
         Ok(StatePolicy {

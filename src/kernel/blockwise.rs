@@ -5,18 +5,20 @@
 //! arithmetic only (no table), so the loop over a block still vectorises:
 //! - `exp_avg` (signed): sign, 4 exponent bits, 3 mantissa bits (bias 7; largest 480, smallest
 //!   2^-9, so 2^18 between them). It is **truncated toward zero**: a stored `|m|` is never larger
-//!   than the computed one.
+//!   than the computed one. With stochastic rounding, values in the normal range (at least
+//!   2^-6) are rounded up or down at random instead, unbiased, and at most one code (1/8) above.
 //! - `exp_inf` (never negative): 4 exponent bits, 4 mantissa bits (bias 7; largest 496, smallest
 //!   2^-10). It is **rounded up**: a stored `u` is never smaller than the computed one, and a
 //!   positive `u` never becomes 0.
 //!
 //! A block's scale is its largest magnitude divided by the format's largest value (rounded up, so
-//! every code fits). Why the rounding directions: Adamax's step is bounded because `|m| <= K u`
-//! with `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
+//! every code fits); `exp_inf`'s may instead be its previous scale decayed ([`exp_inf_scale`]).
+//! Why the rounding directions: Adamax's step is bounded because `|m| <= K u` with
+//! `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
 //! `u = max(beta2 u, |g|)`). Truncating `m` and rounding `u` up keep exactly that induction true
-//! for the stored values, so no 8-bit update can exceed the float32 bound. `u` still decays: the
-//! block's largest `u` is stored exactly (it sets the scale), so when it decays by `beta2` the
-//! scale does, and every code of the block decays with it.
+//! for the stored values, so no 8-bit update can exceed the float32 bound (1.125x it when `m` is
+//! rounded stochastically, at most one code of 1/8 up). `u` still decays: an element that only
+//! decays keeps its code while the block's scale decays by `beta2`.
 //!
 //! The update of a block reads the codes and scales once, computes the new moments into a stack
 //! buffer of [`BLOCK`] values (L1, not memory), writes the parameter, then encodes the moments and
@@ -25,6 +27,7 @@
 use super::float::Float;
 use super::hyperparameters::Coefficients;
 use super::precision::Storage;
+use super::stochastic::state_noise;
 use super::update::adamax_math;
 
 /// Elements per block (one scale per moment per block).
@@ -329,6 +332,39 @@ fn largest_magnitude<C: Float>(xs: &[C]) -> C {
 /// scale.
 #[inline(always)]
 pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
+    encode_exp_avg_rounding::<C, false>(m, &NO_NOISE, codes)
+}
+
+/// Encodes one block's `exp_avg` values `m` into `codes`, rounding each value in the codes'
+/// normal range stochastically with the random bits `noise` (one word per value, its top 24
+/// bits used) and truncating the smaller ones toward zero; returns the scale.
+///
+/// Rounding up with probability equal to the distance above the code below, in units of the
+/// spacing, makes the stored value right on average: truncation shrinks `|exp_avg|` by half a
+/// code (3%) each step on average, which its moving average compounds. A stored magnitude is
+/// then at most one code above the computed one: at most 1/8 more in the normal range, which
+/// keeps a step within 1.125x of Adamax's bound. Below it, where one code can be many times the
+/// value, values are still truncated.
+#[inline(always)]
+pub fn encode_exp_avg_stochastic<C: Float>(m: &[C], noise: &[u32], codes: &mut [u8]) -> f32 {
+    encode_exp_avg_rounding::<C, true>(m, noise, codes)
+}
+
+/// The noise of a block that is not rounded stochastically (never read).
+static NO_NOISE: [u32; BLOCK] = [0; BLOCK];
+
+/// The smallest `exp_avg` magnitude code of the normal range (exponent 1).
+const FIRST_NORMAL_SIGNED: u32 = 8;
+
+/// `2^-24`: a 24-bit integer times this is a fraction in `[0, 1)`, exactly.
+const NOISE_UNIT: f64 = 1.0 / 16_777_216.0;
+
+#[inline(always)]
+fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
+    m: &[C],
+    noise: &[u32],
+    codes: &mut [u8],
+) -> f32 {
     let zero = C::from_f64(0.0);
     let largest = largest_magnitude(m);
     let scale32 = block_scale(largest, MAX_SIGNED);
@@ -340,7 +376,7 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
     };
     // With an all-zero block every code is 0 (`inverse` is 0); 127 stops the search upward.
     let top = if largest > zero { 0x7F } else { 0 };
-    for (code, &x) in codes.iter_mut().zip(m) {
+    for ((code, &x), &bits) in codes.iter_mut().zip(m).zip(noise) {
         let magnitude = x.abs();
         let c = magnitude_toward_zero(to_f32(magnitude * inverse));
         // The product above is rounded, so the code may be one off either way (codes are
@@ -353,6 +389,16 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
             down
         } else if scaled(signed_magnitude(up), scale) <= magnitude {
             up
+        } else {
+            c
+        };
+        // Up one code with probability (|m| - below) / (above - below). Both differences are
+        // exact (the two are within a factor of two: Sterbenz), so only the product rounds.
+        let c = if STOCHASTIC && c >= FIRST_NORMAL_SIGNED && c < top {
+            let below = scaled(signed_magnitude(c), scale);
+            let above = scaled(signed_magnitude(c + 1), scale);
+            let fraction = C::from_f64(f64::from(bits >> 8) * NOISE_UNIT);
+            c + u32::from(fraction * (above - below) < magnitude - below)
         } else {
             c
         };
@@ -453,7 +499,14 @@ fn to_f32<C: Float>(x: C) -> f32 {
 
 /// The Adamax update of one tensor with 8-bit state, block by block.
 #[inline(always)]
-pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, const TORCH: bool>(
+pub(crate) fn quantized_run<
+    P,
+    C,
+    const STOCHASTIC: bool,
+    const MAXIMIZE: bool,
+    const COUPLED: bool,
+    const TORCH: bool,
+>(
     s: QuantizedSlices<'_, P>,
     c: &Coefficients<C>,
 ) where
@@ -473,6 +526,9 @@ pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, con
     let zero = C::from_f64(0.0);
     let mut new_m = [zero; BLOCK];
     let mut new_u = [zero; BLOCK];
+    // Stochastic rounding only: each element's random bits, drawn (as for bfloat16 state) from
+    // its new moments, its gradient and the step.
+    let mut noise = [0u32; BLOCK];
     for (block, (m_scale, u_scale)) in exp_avg_scale
         .iter_mut()
         .zip(exp_inf_scale.iter_mut())
@@ -489,7 +545,7 @@ pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, con
         let grads = &grad[start..end];
         let m_codes = &mut exp_avg[start..end];
         let u_codes = &mut exp_inf[start..end];
-        let (m_out, u_out) = (&mut new_m[..n], &mut new_u[..n]);
+        let (m_out, u_out, bits) = (&mut new_m[..n], &mut new_u[..n], &mut noise[..n]);
         match master.as_deref_mut().map(|w| &mut w[start..end]) {
             None => {
                 for i in 0..n {
@@ -505,6 +561,9 @@ pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, con
                     params[i] = P::store(p);
                     m_out[i] = nm;
                     u_out[i] = nu;
+                    if STOCHASTIC {
+                        bits[i] = state_noise(nm, nu, grads[i].load(), c.rounding_salt).0;
+                    }
                 }
             }
             Some(weights) => {
@@ -523,10 +582,17 @@ pub(crate) fn quantized_run<P, C, const MAXIMIZE: bool, const COUPLED: bool, con
                     params[i] = P::store(stored.load());
                     m_out[i] = nm;
                     u_out[i] = nu;
+                    if STOCHASTIC {
+                        bits[i] = state_noise(nm, nu, grads[i].load(), c.rounding_salt).0;
+                    }
                 }
             }
         }
-        *m_scale = encode_exp_avg(m_out, m_codes);
+        *m_scale = if STOCHASTIC {
+            encode_exp_avg_stochastic(m_out, bits, m_codes)
+        } else {
+            encode_exp_avg(m_out, m_codes)
+        };
         *u_scale = encode_decaying_exp_inf(u_out, u_codes, *u_scale, c.beta2);
     }
 }
@@ -746,6 +812,55 @@ mod tests {
             let scale = encode_decaying_exp_inf(&[1.0, old * 0.999], &mut codes, previous, 0.999);
             assert!(scale >= tight);
             assert_eq!(codes[1], code, "float64, code {code}");
+        }
+    }
+
+    /// Stochastic rounding of `exp_avg` picks the truncated code or the one above, only in the
+    /// normal range, and goes up as often as the value's distance above the truncated code, in
+    /// units of the spacing (over evenly spread noise): right on average.
+    #[test]
+    fn stochastic_exp_avg_is_one_of_two_codes_and_unbiased() {
+        let values: Vec<f32> = (0..BLOCK)
+            .map(|i| {
+                let v = 10f32.powf(-7.0 + 7.0 * (i as f32 / 255.0)) * 1.37;
+                if i % 2 == 0 {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let mut truncated = vec![0u8; BLOCK];
+        let scale = encode_exp_avg(&values, &mut truncated);
+        let draws = 4096u32;
+        let mut ups = vec![0u32; BLOCK];
+        let mut codes = vec![0u8; BLOCK];
+        for k in 0..draws {
+            // Evenly spread 24-bit fractions, the same for every element.
+            let noise = vec![(k * ((1 << 24) / draws)) << 8; BLOCK];
+            assert_eq!(
+                encode_exp_avg_stochastic(&values, &noise, &mut codes),
+                scale
+            );
+            for ((&c, &t), up) in codes.iter().zip(&truncated).zip(ups.iter_mut()) {
+                assert!(c == t || c == t + 1, "{c} from {t}");
+                *up += u32::from(c != t);
+            }
+        }
+        for ((&x, &t), &up) in values.iter().zip(&truncated).zip(&ups) {
+            let magnitude = t & 0x7F;
+            if u32::from(magnitude) < FIRST_NORMAL_SIGNED || magnitude == 0x7F {
+                assert_eq!(up, 0, "{x} (code {t}) must stay truncated");
+                continue;
+            }
+            let below = decode_signed(magnitude) * scale;
+            let above = decode_signed(magnitude + 1) * scale;
+            let expected = (x.abs() - below) / (above - below) * draws as f32;
+            assert!(
+                (up as f32 - expected).abs() <= 1.0,
+                "{x}: up {up} times, expected {expected}"
+            );
+            assert!(above <= below * 1.125 && above <= x.abs() * 1.125);
         }
     }
 

@@ -449,7 +449,11 @@ impl Update for Adamax {
         P: Storage<C>,
         f32: Storage<C>,
     {
-        with_flags!(quantized_run[P, C], slices, c)
+        if c.flags.stochastic_rounding {
+            with_flags!(quantized_run[P, C, true], slices, c)
+        } else {
+            with_flags!(quantized_run[P, C, false], slices, c)
+        }
     }
 }
 

@@ -235,6 +235,13 @@ IMPLEMENTATIONS = [
         state_itemsize=1 + 4 / 256,
     ),
     Implementation(
+        "adamax_rs 8-bit state, stochastic rounding",
+        _adamax_rs_state("8bit", stochastic_rounding=True),
+        description="adamax_rs.Adamax(state_dtype='8bit', stochastic_rounding=True)",
+        workloads=(COMPRESSED_STATE_WORKLOAD,),
+        state_itemsize=1 + 4 / 256,
+    ),
+    Implementation(
         "numpy by hand", _numpy, description="the same formula, one numpy ufunc per operation"
     ),
     Implementation(
