@@ -117,10 +117,11 @@ fn hyperparameters() -> impl Strategy<Value = Hyperparameters> {
         prop_oneof![Just(0.0f64), 0.0f64..0.999_999],
         prop_oneof![Just(0.0f64), 0.0f64..1e-3],
         prop_oneof![Just(0.0f64), 0.0f64..1.0],
-        any::<[bool; 3]>(),
+        // The fourth: stochastic rounding, which only bfloat16 and 8-bit state read.
+        any::<[bool; 4]>(),
     )
         .prop_map(
-            |(lr, beta1, beta2, eps, weight_decay, [maximize, eps_inside_max, decoupled])| {
+            |(lr, beta1, beta2, eps, weight_decay, [maximize, eps_inside_max, decoupled, sr])| {
                 Hyperparameters {
                     lr,
                     beta1,
@@ -130,7 +131,7 @@ fn hyperparameters() -> impl Strategy<Value = Hyperparameters> {
                     maximize,
                     eps_inside_max,
                     decoupled_weight_decay: decoupled,
-                    stochastic_rounding: false,
+                    stochastic_rounding: sr,
                     step_size_in_float32: false,
                 }
             },

@@ -167,7 +167,7 @@ def decayed_scale(previous, beta2, compute):
     return (decayed.reshape(1).view(np.uint32) + np.uint32(8)).view(np.float32)[0]
 
 
-def encode_block(values, signed, compute, previous=None, beta2=None, noise=None):
+def encode_block(values, signed, compute, previous=None, beta2=None, noise=None, limit=None):
     """Codes and scale of one block of moments held in ``compute`` (float32 or float64).
 
     ``stored[k]`` is what code ``k`` decodes to, computed in ``compute``. exp_avg (signed) takes
@@ -178,9 +178,10 @@ def encode_block(values, signed, compute, previous=None, beta2=None, noise=None)
     block's scale before, and ``beta2`` given): there the previous scale decayed
     (``decayed_scale``) is kept when it is at least the tightest and below twice it.
 
-    With ``noise`` (32-bit words, one per value; exp_avg only), a magnitude whose code ``k`` is
-    in the normal range (8 to 126) moves up to ``k + 1`` when ``f * (stored[k + 1] -
-    stored[k]) < |x| - stored[k]``, ``f`` being the word's top 24 bits times 2**-24, all in
+    With ``noise`` (32-bit words, one per value; exp_avg only) and ``limit`` (Adamax's bound
+    times the new exp_inf, per value), a magnitude whose code ``k`` is in the normal range (8
+    to 126) moves up to ``k + 1`` when ``f * (stored[k + 1] - stored[k]) < |x| - stored[k]``
+    and ``stored[k + 1] <= limit``, ``f`` being the word's top 24 bits times 2**-24, all in
     ``compute``.
     """
     values = np.asarray(values, dtype=compute)
@@ -201,7 +202,8 @@ def encode_block(values, signed, compute, previous=None, beta2=None, noise=None)
             k = int(np.searchsorted(stored, abs(x), side="right")) - 1
             if noise is not None and 8 <= k < 127:
                 f = compute(int(noise[i]) >> 8) * compute(2.0**-24)
-                if f * (stored[k + 1] - stored[k]) < abs(x) - stored[k]:
+                drawn = f * (stored[k + 1] - stored[k]) < abs(x) - stored[k]
+                if drawn and stored[k + 1] <= limit[i]:
                     k += 1
             codes[i] = k | (0x80 if (x < 0 and k != 0) else 0)
         else:
@@ -221,10 +223,10 @@ def decode(codes, scales, signed, compute=np.float32):
     return values.astype(compute) * block_scales.astype(compute)
 
 
-def quantize(values, signed, compute=np.float32, previous=None, beta2=None, noise=None):
+def quantize(values, signed, compute=np.float32, previous=None, beta2=None, noise=None, limit=None):
     """Flat moments to ``(codes, scales)``, block by block; ``previous`` scales (with
-    ``beta2``) for exp_inf in a step, and ``noise`` for exp_avg rounded stochastically, as
-    ``encode_block`` takes them."""
+    ``beta2``) for exp_inf in a step, and ``noise`` and ``limit`` for exp_avg rounded
+    stochastically, as ``encode_block`` takes them."""
     values = np.asarray(values).reshape(-1)
     codes = np.zeros(len(values), np.uint8)
     scales = np.zeros(-(-len(values) // BLOCK), np.float32)
@@ -232,8 +234,19 @@ def quantize(values, signed, compute=np.float32, previous=None, beta2=None, nois
         part = slice(b * BLOCK, (b + 1) * BLOCK)
         before = None if previous is None else previous[b]
         bits = None if noise is None else noise[part]
-        codes[part], scales[b] = encode_block(values[part], signed, compute, before, beta2, bits)
+        most = None if limit is None else limit[part]
+        codes[part], scales[b] = encode_block(
+            values[part], signed, compute, before, beta2, bits, most
+        )
     return codes, scales
+
+
+def exp_avg_bound(beta1, beta2, compute):
+    """Adamax's bound on ``|exp_avg| / exp_inf``: ``(1 - beta1) / (1 - beta1 / beta2)`` in
+    float64 from the betas as ``compute`` holds them, rounded to ``compute``; infinite when
+    ``beta1 >= beta2``."""
+    b1, b2 = float(compute(beta1)), float(compute(beta2))
+    return compute((1.0 - b1) / (1.0 - b1 / b2) if b1 < b2 else np.inf)
 
 
 def blockwise_reference_step(
@@ -252,9 +265,11 @@ def blockwise_reference_step(
     source = (master if master is not None else param).reshape(-1).astype(compute)
     g = grad.reshape(-1).astype(compute)
     p, m, u = adamax_reference_step(source, g, m, u, t, **hyper)
+    h = {**DEFAULTS, **hyper}
     noise = state_hash(m, u, g, t) if stochastic_rounding else None
-    m_codes, m_scales = quantize(m, True, compute, noise=noise)
-    beta2 = {**DEFAULTS, **hyper}["beta2"]
+    limit = exp_avg_bound(h["beta1"], h["beta2"], compute) * u
+    m_codes, m_scales = quantize(m, True, compute, noise=noise, limit=limit)
+    beta2 = h["beta2"]
     u_codes, u_scales = quantize(u, False, compute, previous=state["exp_inf_scale"], beta2=beta2)
     new_state = {
         "exp_avg": m_codes.reshape(shape),

@@ -144,3 +144,21 @@ def test_without_mpi4py_the_error_says_how_to_install_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pip install 'adamax_rs[mpi]'" in done.stdout
+
+
+def test_8bit_state_is_refused_with_the_reason():
+    # A shard may start inside a block of 256, and the gathered state dict has no place for
+    # codes and scales: refused, not a silently different run or a state dict of code numbers.
+    code = (
+        "import numpy as np, adamax_rs\n"
+        "from adamax_rs.distributed import ShardedAdamax\n"
+        "p = adamax_rs.Parameter(np.zeros(8192, np.float32))\n"
+        "try:\n"
+        "    ShardedAdamax([p], lr=0.01, state_dtype='8bit')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+        "ShardedAdamax([p], lr=0.01, state_dtype='bfloat16', stochastic_rounding=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ShardedAdamax does not support state_dtype='8bit'" in done.stdout

@@ -154,6 +154,44 @@ def test_8bit_steps_are_the_reference_bit_for_bit(
             np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
 
 
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.6)])
+def test_stochastic_exp_avg_keeps_adamaxs_bound(rng, betas):
+    """Same-sign gradients that shrink by beta2 each step drive |exp_avg| / exp_inf to
+    Adamax's bound K = (1 - beta1) / (1 - beta1 / beta2). Rounded up stochastically, a stored
+    |exp_avg| could pass it and the excess compound; a code above K * exp_inf is never taken,
+    so the stored values keep the bound, and every step is the reference's, bit for bit."""
+    beta1, beta2 = betas
+    n = 4096
+    p = Parameter(rng.standard_normal(n).astype(np.float32))
+    opt = Adamax([p], lr=0.01, betas=betas, state_dtype="8bit", stochastic_rounding=True)
+    ref_p = p.data.copy()
+    ref_state = {
+        "exp_avg": np.zeros(n, np.uint8),
+        "exp_inf": np.zeros(n, np.uint8),
+        "exp_avg_scale": np.zeros(16, np.float32),
+        "exp_inf_scale": np.zeros(16, np.float32),
+    }
+    g0 = (np.abs(rng.standard_normal(n)) + 0.5).astype(np.float32)
+    bound = (1 - beta1) / (1 - beta1 / beta2)
+    closest = 0.0
+    for t in range(1, 41):
+        g = (g0 * np.float32(beta2 ** (t - 1))).astype(np.float32)
+        p.grad = g
+        opt.step()
+        ref_p, ref_state, _ = blockwise_reference_step(
+            ref_p, g, ref_state, t, stochastic_rounding=True, lr=0.01, beta1=beta1, beta2=beta2
+        )
+        np.testing.assert_array_equal(p.data.view(np.uint32), ref_p.view(np.uint32))
+        for key, value in ref_state.items():
+            np.testing.assert_array_equal(opt.state[p][key], value, err_msg=f"{key} step {t}")
+        m = decode(opt.state[p]["exp_avg"], opt.state[p]["exp_avg_scale"], True)
+        u = decode(opt.state[p]["exp_inf"], opt.state[p]["exp_inf_scale"], False)
+        ratio = np.abs(m) / u
+        assert (ratio <= bound * (1 + 1e-6)).all(), f"step {t}: {ratio.max()} > {bound}"
+        closest = max(closest, float(ratio.max()))
+    assert closest > 0.9 * bound  # the bound was approached, so the limit was tested
+
+
 @pytest.mark.parametrize("beta2", [0.999, 0.99])
 def test_exp_inf_decays_by_beta2_when_gradients_stop(rng, beta2):
     """Once the gradients are zero, every exp_inf only decays: each keeps its code while its

@@ -122,8 +122,9 @@ class Adamax(Optimizer):
           ``state["exp_inf_scale"]``); the arithmetic runs in float32. ``exp_avg`` is
           truncated toward zero (or rounded stochastically with ``stochastic_rounding``) and
           ``exp_inf`` rounded up, so no step is larger than the float32 bound
-          ``lr / (1 - beta1**t)`` (1.125x it with ``stochastic_rounding``). Parameters with
-          fewer than 4096 elements (and complex or non-dense ones) keep float32 state.
+          ``lr / (1 - beta1**t)`` (rounded stochastically, ``exp_avg`` never takes a code
+          that would break it). Parameters with fewer than 4096 elements (and complex or
+          non-dense ones) keep float32 state.
 
         See docs/compressed_state.md for what each costs and saves.
     master_weights : bool, default False

@@ -16,9 +16,10 @@
 //! Why the rounding directions: Adamax's step is bounded because `|m| <= K u` with
 //! `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
 //! `u = max(beta2 u, |g|)`). Truncating `m` and rounding `u` up keep exactly that induction true
-//! for the stored values, so no 8-bit update can exceed the float32 bound (1.125x it when `m` is
-//! rounded stochastically, at most one code of 1/8 up). `u` still decays: an element that only
-//! decays keeps its code while the block's scale decays by `beta2`.
+//! for the stored values, so no 8-bit update can exceed the float32 bound. Rounding `m`
+//! stochastically keeps it too: it never takes a code above `K` times the new `u`
+//! ([`exp_avg_bound`]). `u` still decays: an element that only decays keeps its code while the
+//! block's scale decays by `beta2`.
 //!
 //! The update of a block reads the codes and scales once, computes the new moments into a stack
 //! buffer of [`BLOCK`] values (L1, not memory), writes the parameter, then encodes the moments and
@@ -332,22 +333,46 @@ fn largest_magnitude<C: Float>(xs: &[C]) -> C {
 /// scale.
 #[inline(always)]
 pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
-    encode_exp_avg_rounding::<C, false>(m, &NO_NOISE, codes)
+    // `m` stands in for `exp_inf` and the noise is zeros: neither is read without rounding
+    // stochastically.
+    encode_exp_avg_rounding::<C, false>(m, m, &NO_NOISE, C::from_f64(0.0), codes)
 }
 
 /// Encodes one block's `exp_avg` values `m` into `codes`, rounding each value in the codes'
 /// normal range stochastically with the random bits `noise` (one word per value, its top 24
-/// bits used) and truncating the smaller ones toward zero; returns the scale.
+/// bits used) and truncating the smaller ones toward zero; returns the scale. `u` are the
+/// block's new `exp_inf` values and `bound` is [`exp_avg_bound`]: no value is rounded up to a
+/// code above `bound * u`.
 ///
 /// Rounding up with probability equal to the distance above the code below, in units of the
 /// spacing, makes the stored value right on average: truncation shrinks `|exp_avg|` by half a
-/// code (3%) each step on average, which its moving average compounds. A stored magnitude is
-/// then at most one code above the computed one: at most 1/8 more in the normal range, which
-/// keeps a step within 1.125x of Adamax's bound. Below it, where one code can be many times the
-/// value, values are still truncated.
+/// code (3%) each step on average, which its moving average compounds. Adamax's step is bounded
+/// because `|m| <= bound * u` holds step after step; a code above that could let the excess
+/// compound, so such a value is truncated instead, and the stored values keep the float32 bound
+/// (to the rounding of `bound * u`). Below the normal range, where one code can be many times
+/// the value, values are truncated too.
 #[inline(always)]
-pub fn encode_exp_avg_stochastic<C: Float>(m: &[C], noise: &[u32], codes: &mut [u8]) -> f32 {
-    encode_exp_avg_rounding::<C, true>(m, noise, codes)
+pub fn encode_exp_avg_stochastic<C: Float>(
+    m: &[C],
+    u: &[C],
+    noise: &[u32],
+    bound: C,
+    codes: &mut [u8],
+) -> f32 {
+    encode_exp_avg_rounding::<C, true>(m, u, noise, bound, codes)
+}
+
+/// Adamax's bound on `|exp_avg| / exp_inf`, `(1 - beta1) / (1 - beta1 / beta2)` (computed in
+/// f64 from the compute type's betas, then rounded to it); infinite when `beta1 >= beta2`,
+/// where there is none.
+#[inline(always)]
+pub fn exp_avg_bound<C: Float>(c: &Coefficients<C>) -> C {
+    let (beta1, beta2) = (c.beta1.to_f64(), c.beta2.to_f64());
+    C::from_f64(if beta1 < beta2 {
+        (1.0 - beta1) / (1.0 - beta1 / beta2)
+    } else {
+        f64::INFINITY
+    })
 }
 
 /// The noise of a block that is not rounded stochastically (never read).
@@ -362,9 +387,12 @@ const NOISE_UNIT: f64 = 1.0 / 16_777_216.0;
 #[inline(always)]
 fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
     m: &[C],
+    u: &[C],
     noise: &[u32],
+    bound: C,
     codes: &mut [u8],
 ) -> f32 {
+    debug_assert!(codes.len() == m.len() && u.len() >= m.len() && noise.len() >= m.len());
     let zero = C::from_f64(0.0);
     let largest = largest_magnitude(m);
     let scale32 = block_scale(largest, MAX_SIGNED);
@@ -376,7 +404,7 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
     };
     // With an all-zero block every code is 0 (`inverse` is 0); 127 stops the search upward.
     let top = if largest > zero { 0x7F } else { 0 };
-    for ((code, &x), &bits) in codes.iter_mut().zip(m).zip(noise) {
+    for (((code, &x), &bits), &limit) in codes.iter_mut().zip(m).zip(noise).zip(u) {
         let magnitude = x.abs();
         let c = magnitude_toward_zero(to_f32(magnitude * inverse));
         // The product above is rounded, so the code may be one off either way (codes are
@@ -392,13 +420,15 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
         } else {
             c
         };
-        // Up one code with probability (|m| - below) / (above - below). Both differences are
-        // exact (the two are within a factor of two: Sterbenz), so only the product rounds.
+        // Up one code with probability (|m| - below) / (above - below), unless the code above
+        // is beyond the bound. Both differences are exact (the two values are within a factor
+        // of two: Sterbenz), so only the products round.
         let c = if STOCHASTIC && c >= FIRST_NORMAL_SIGNED && c < top {
             let below = scaled(signed_magnitude(c), scale);
             let above = scaled(signed_magnitude(c + 1), scale);
             let fraction = C::from_f64(f64::from(bits >> 8) * NOISE_UNIT);
-            c + u32::from(fraction * (above - below) < magnitude - below)
+            let drawn = fraction * (above - below) < magnitude - below;
+            c + u32::from(drawn & (above <= bound * limit))
         } else {
             c
         };
@@ -529,6 +559,7 @@ pub(crate) fn quantized_run<
     // Stochastic rounding only: each element's random bits, drawn (as for bfloat16 state) from
     // its new moments, its gradient and the step.
     let mut noise = [0u32; BLOCK];
+    let bound = exp_avg_bound(c);
     for (block, (m_scale, u_scale)) in exp_avg_scale
         .iter_mut()
         .zip(exp_inf_scale.iter_mut())
@@ -589,7 +620,7 @@ pub(crate) fn quantized_run<
             }
         }
         *m_scale = if STOCHASTIC {
-            encode_exp_avg_stochastic(m_out, bits, m_codes)
+            encode_exp_avg_stochastic(m_out, u_out, bits, bound, m_codes)
         } else {
             encode_exp_avg(m_out, m_codes)
         };
@@ -832,16 +863,15 @@ mod tests {
             .collect();
         let mut truncated = vec![0u8; BLOCK];
         let scale = encode_exp_avg(&values, &mut truncated);
+        let u: Vec<f32> = values.iter().map(|x| x.abs()).collect();
         let draws = 4096u32;
         let mut ups = vec![0u32; BLOCK];
         let mut codes = vec![0u8; BLOCK];
         for k in 0..draws {
             // Evenly spread 24-bit fractions, the same for every element.
             let noise = vec![(k * ((1 << 24) / draws)) << 8; BLOCK];
-            assert_eq!(
-                encode_exp_avg_stochastic(&values, &noise, &mut codes),
-                scale
-            );
+            let got = encode_exp_avg_stochastic(&values, &u, &noise, 1.2, &mut codes);
+            assert_eq!(got, scale);
             for ((&c, &t), up) in codes.iter().zip(&truncated).zip(ups.iter_mut()) {
                 assert!(c == t || c == t + 1, "{c} from {t}");
                 *up += u32::from(c != t);
@@ -862,6 +892,11 @@ mod tests {
             );
             assert!(above <= below * 1.125 && above <= x.abs() * 1.125);
         }
+        // A code above `bound * u` is never taken: with the bound at 1 and `u = |m|`, every
+        // value stays truncated.
+        let noise = vec![0u32; BLOCK];
+        encode_exp_avg_stochastic(&values, &u, &noise, 1.0, &mut codes);
+        assert_eq!(codes, truncated);
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub struct Hyperparameters {
     pub eps_inside_max: bool,
     /// `param *= 1 - lr * weight_decay` instead of adding `weight_decay * param` to the gradient.
     pub decoupled_weight_decay: bool,
-    /// Round bfloat16 state stochastically (see [`super::stochastic`]) instead of to nearest;
-    /// wider state is unaffected.
+    /// Round bfloat16 state stochastically (see [`super::stochastic`]) instead of to nearest,
+    /// and 8-bit `exp_avg` instead of truncating it; float32 and float64 state are unaffected.
     pub stochastic_rounding: bool,
     /// Compute the step size `lr / (1 - beta1^t)` in float32 (both rounded to float32, then
     /// divided), as torch's for-loop Adamax does for a float32 tensor `lr`; in float64 otherwise.
@@ -197,7 +197,7 @@ pub struct Flags {
     pub coupled_weight_decay: bool,
     /// eps inside the max, with torch's order of operations.
     pub eps_inside_max: bool,
-    /// Round bfloat16 state stochastically.
+    /// Round bfloat16 state, and 8-bit `exp_avg`, stochastically.
     pub stochastic_rounding: bool,
 }
 

@@ -1,4 +1,5 @@
-//! Stochastic rounding of bfloat16 state: the random bits come from a hash, not a generator.
+//! Stochastic rounding of bfloat16 state (and of 8-bit `exp_avg`, in `blockwise`): the random
+//! bits come from a hash, not a generator.
 //!
 //! Rounded to nearest, a bfloat16 `exp_inf` stops decaying: `beta2 * u` with `beta2 = 0.999`
 //! differs from `u` by less than half a bfloat16 ulp (2^-9 relative), so it rounds back to `u`

@@ -17,7 +17,7 @@ from .._gradient_check import check_gradient_fits
 from ..adamax import Adamax
 from ..checkpoint import load_checkpoint as _load_checkpoint
 from ..checkpoint import save_checkpoint as _save_checkpoint
-from ..dtypes import is_half, state_dtype_for
+from ..dtypes import BLOCKWISE, is_half, state_dtype_for
 from ._mpi import communicator
 from .agreement import agree
 from .consistency import (
@@ -73,8 +73,9 @@ class ShardedAdamax(Adamax):
         The ranks to shard over; ``MPI.COMM_WORLD`` by default.
     **adamax_kwargs
         ``lr``, ``betas``, ``eps``, ``weight_decay``, ``maximize``, ``eps_inside_max``,
-        ``decoupled_weight_decay``, ``state_dtype``, ``master_weights``,
-        ``stochastic_rounding``: as for :class:`adamax_rs.Adamax`, by keyword. (Stochastic
+        ``decoupled_weight_decay``, ``state_dtype`` (not ``"8bit"``: a ``ValueError``),
+        ``master_weights``, ``stochastic_rounding``: as for :class:`adamax_rs.Adamax`, by
+        keyword. (Stochastic
         rounding draws from each element's values, not its position, so a sharded run rounds
         exactly as a single process does.)
 
@@ -144,6 +145,14 @@ class ShardedAdamax(Adamax):
         layout = None
         try:
             super().__init__(params, **adamax_kwargs)
+            if self.state_dtype == BLOCKWISE:
+                raise ValueError(
+                    "ShardedAdamax does not support state_dtype='8bit': a shard can start in "
+                    "the middle of a block of 256, so its blocks and scales would not be the "
+                    "single process's, and its state dict has no place for codes and scales; "
+                    "use state_dtype='bfloat16' (with stochastic_rounding=True) to save "
+                    "memory, or adamax_rs.Adamax"
+                )
             layout = ShardLayout.of([g["params"] for g in self.param_groups], self.comm.Get_size())
         except Exception as caught:
             error = caught
