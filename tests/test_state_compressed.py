@@ -272,10 +272,11 @@ def test_bfloat16_steps_are_the_reference_bit_for_bit(rng, options, param_dtype,
             np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
 
 
-def test_functional_steps_equal_the_optimizer(rng):
+@pytest.mark.parametrize("stochastic", [False, True], ids=["truncated", "stochastic"])
+def test_functional_steps_equal_the_optimizer(rng, stochastic):
     data = rng.standard_normal((80, 60)).astype(np.float32)
     p = Parameter(data.copy())
-    opt = Adamax([p], lr=0.01, state_dtype="8bit")
+    opt = Adamax([p], lr=0.01, state_dtype="8bit", stochastic_rounding=stochastic)
     x = data.copy()
     state = new_state(x, state_dtype="8bit")
     assert set(state) == {"exp_avg", "exp_inf", "exp_avg_scale", "exp_inf_scale"}
@@ -295,10 +296,41 @@ def test_functional_steps_equal_the_optimizer(rng):
             eps=1e-8,
             exp_avg_scales=[state["exp_avg_scale"]],
             exp_inf_scales=[state["exp_inf_scale"]],
+            stochastic_rounding=stochastic,
         )
     np.testing.assert_array_equal(x, p.data)
     for key, value in state.items():
         np.testing.assert_array_equal(value, opt.state[p][key])
+
+
+def test_stochastic_rounding_leaves_the_float_state_of_an_8bit_optimizer_alone(rng):
+    # Under 4096 elements, complex or strided: float32 (complex64) state, stored as computed
+    # whether or not the optimizer rounds its 8-bit state stochastically.
+    wide = rng.standard_normal((100, 90)).astype(np.float32)
+    arrays = [
+        rng.standard_normal(300).astype(np.float32),
+        (rng.standard_normal(500) + 1j * rng.standard_normal(500)).astype(np.complex64),
+        wide[:, ::2],
+    ]
+    grads = [
+        [np.asarray(heavy_tailed(rng, a.size), a.dtype).reshape(a.shape) for a in arrays]
+        for _ in range(3)
+    ]
+    runs = []
+    for stochastic in (False, True):
+        params = [Parameter(a.copy()) for a in arrays[:2]] + [Parameter(wide.copy()[:, ::2])]
+        opt = Adamax(params, lr=0.01, state_dtype="8bit", stochastic_rounding=stochastic)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g
+            opt.step()
+        runs.append((params, opt))
+    (plain, plain_opt), (rounded, rounded_opt) = runs
+    for a, b in zip(plain, rounded):
+        assert plain_opt.state[a]["exp_avg"].dtype != np.uint8
+        np.testing.assert_array_equal(a.data, b.data)
+        for key in ("exp_avg", "exp_inf"):
+            np.testing.assert_array_equal(plain_opt.state[a][key], rounded_opt.state[b][key])
 
 
 # -- safety on heavy tails ---------------------------------------------------------------------
