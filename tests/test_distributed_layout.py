@@ -121,14 +121,21 @@ def test_the_mean_is_numpys_sum_over_n_for_reals_and_complex_numbers(ranks, dtyp
     assert buffer[14:].tobytes() == (reals[4:] / ranks).tobytes()
 
 
+def python_prints(code: str) -> str:
+    """What a fresh Python process running ``code`` prints (it must succeed): for what must
+    not leak into, or depends on what is imported in, the test process."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_importing_adamax_rs_does_not_import_mpi4py():
     code = (
         "import sys, adamax_rs, adamax_rs.distributed; "
         "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'; print('ok')"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    stdout = python_prints(code)
+    assert stdout.strip() == "ok"
 
 
 def test_without_mpi4py_the_error_says_how_to_install_it():
@@ -141,9 +148,8 @@ def test_without_mpi4py_the_error_says_how_to_install_it():
         "except ImportError as error:\n"
         "    print(error)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "pip install 'adamax_rs[mpi]'" in done.stdout
+    stdout = python_prints(code)
+    assert "pip install 'adamax_rs[mpi]'" in stdout
 
 
 def test_8bit_state_is_refused_with_the_reason():
@@ -159,6 +165,5 @@ def test_8bit_state_is_refused_with_the_reason():
         "    print(error)\n"
         "ShardedAdamax([p], lr=0.01, state_dtype='bfloat16', stochastic_rounding=True)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "ShardedAdamax does not support state_dtype='8bit'" in done.stdout
+    stdout = python_prints(code)
+    assert "ShardedAdamax does not support state_dtype='8bit'" in stdout

@@ -6,7 +6,8 @@
 //! - `exp_avg` (signed): sign, 4 exponent bits, 3 mantissa bits (bias 7; largest 480, smallest
 //!   2^-9, so 2^18 between them). It is **truncated toward zero**: a stored `|m|` is never larger
 //!   than the computed one. With stochastic rounding, values in the normal range (at least
-//!   2^-6) are rounded up or down at random instead, unbiased, and at most one code (1/8) above.
+//!   2^-6) are rounded up or down at random instead, unbiased: at most one code (1/8) above,
+//!   and never above Adamax's bound (below).
 //! - `exp_inf` (never negative): 4 exponent bits, 4 mantissa bits (bias 7; largest 496, smallest
 //!   2^-10). It is **rounded up**: a stored `u` is never smaller than the computed one, and a
 //!   positive `u` never becomes 0.

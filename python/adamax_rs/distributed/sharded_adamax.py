@@ -75,9 +75,8 @@ class ShardedAdamax(Adamax):
         ``lr``, ``betas``, ``eps``, ``weight_decay``, ``maximize``, ``eps_inside_max``,
         ``decoupled_weight_decay``, ``state_dtype`` (not ``"8bit"``: a ``ValueError``),
         ``master_weights``, ``stochastic_rounding``: as for :class:`adamax_rs.Adamax`, by
-        keyword. (Stochastic
-        rounding draws from each element's values, not its position, so a sharded run rounds
-        exactly as a single process does.)
+        keyword. (Stochastic rounding draws from each element's values, not its position, so
+        a sharded run rounds exactly as a single process does.)
 
     Attributes
     ----------
