@@ -398,26 +398,85 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
     let largest = largest_magnitude(m);
     let scale32 = block_scale(largest, MAX_SIGNED);
     let scale = C::from_f64(f64::from(scale32));
-    let inverse = if largest > zero {
-        C::from_f64(1.0) / scale
-    } else {
-        zero
-    };
     // With an all-zero block every code is 0 (`inverse` is 0); 127 stops the search upward.
     let top = if largest > zero { 0x7F } else { 0 };
+    if one_sided_checks_suffice(scale32) {
+        // The estimate is never below the tightest code (see `ESTIMATE_MARGIN`): one check.
+        let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 + ESTIMATE_MARGIN);
+        encode_exp_avg_block::<C, STOCHASTIC, false>(
+            m, u, noise, bound, codes, scale32, inverse, top,
+        );
+    } else {
+        encode_exp_avg_block::<C, STOCHASTIC, true>(m, u, noise, bound, codes, scale32, zero, top);
+    }
+    scale32
+}
+
+/// The relative margin by which a code's estimate is pushed to one side of the exact quotient:
+/// far more than the few roundings between them (the reciprocal, the products, the narrowing
+/// to f32: each under 2^-24), far less than the spacing of codes (1/32 at least), so the
+/// estimate is the tightest code or the one next to it on the known side, and one comparison
+/// of decoded values settles which.
+const ESTIMATE_MARGIN: f64 = 1.0 / 1_048_576.0;
+
+/// Whether a block with this scale is encoded with one check per element: its scale is finite
+/// and large enough that every product of a nonzero code and the scale is a normal f32, where
+/// the roundings are relative and [`ESTIMATE_MARGIN`] covers them. Other blocks (subnormal,
+/// zero, infinite or NaN scales) are rare, and check both neighbours of an estimate computed
+/// by division ([`exact_quotient`]).
+#[inline(always)]
+fn one_sided_checks_suffice(scale: f32) -> bool {
+    scale.is_finite() && scale >= pow2(-100)
+}
+
+/// `magnitude / scale` in f64, then to f32; `magnitude * 0` when the scale is 0 or NaN, as a
+/// zero reciprocal gives (an all-zero block's codes are 0; a block a NaN spoiled decodes to NaN
+/// whatever its codes). Used where `1 / scale` would overflow float32 (a subnormal scale): the
+/// quotient is then still within a rounding of the exact one, so the stored values keep their
+/// side of the computed ones (rounding is monotonic) after the checks.
+#[inline(always)]
+fn exact_quotient<C: Float>(magnitude: C, scale: f32) -> f32 {
+    let magnitude = magnitude.to_f64();
+    if scale > 0.0 {
+        (magnitude / f64::from(scale)) as f32
+    } else {
+        (magnitude * 0.0) as f32
+    }
+}
+
+/// The `exp_avg` loop of [`encode_exp_avg_rounding`] over one block. `TWO_SIDED`: the estimate
+/// is [`exact_quotient`] and may be one code off either way (`inverse` is not used); otherwise
+/// it is `|m| * inverse`, pushed up by [`ESTIMATE_MARGIN`], and can only be one too far from
+/// zero.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>(
+    m: &[C],
+    u: &[C],
+    noise: &[u32],
+    bound: C,
+    codes: &mut [u8],
+    scale32: f32,
+    inverse: C,
+    top: u32,
+) {
+    let zero = C::from_f64(0.0);
+    let scale = C::from_f64(f64::from(scale32));
     for (((code, &x), &bits), &limit) in codes.iter_mut().zip(m).zip(noise).zip(u) {
         let magnitude = x.abs();
-        let c = magnitude_toward_zero(to_f32(magnitude * inverse));
-        // The product above is rounded, so the code may be one off either way (codes are
-        // monotonic): one toward zero if the stored magnitude came out larger than the computed
-        // one, one away from zero if that one still is not larger. Without the second, a block's
-        // largest `|m|` (exactly `480 * scale`) often lost a whole code (7%).
-        let down = c.saturating_sub(1);
-        let up = (c + 1).min(top);
+        let c = magnitude_toward_zero(if TWO_SIDED {
+            exact_quotient(magnitude, scale32)
+        } else {
+            to_f32(magnitude * inverse)
+        });
+        // Codes are monotonic: one toward zero if the stored magnitude came out larger than the
+        // computed one; with two sides, one away from zero if that one still is not larger.
+        // Without the second a block's largest `|m|` (exactly `480 * scale`) often lost a whole
+        // code (7%); the margin of the one-sided estimate keeps it.
         let c = if scaled(signed_magnitude(c), scale) > magnitude {
-            down
-        } else if scaled(signed_magnitude(up), scale) <= magnitude {
-            up
+            c.saturating_sub(1)
+        } else if TWO_SIDED && scaled(signed_magnitude((c + 1).min(top)), scale) <= magnitude {
+            (c + 1).min(top)
         } else {
             c
         };
@@ -436,7 +495,6 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
         let sign = if x < zero && c != 0 { 0x80 } else { 0 };
         *code = (c | sign) as u8;
     }
-    scale32
 }
 
 /// Ulps added to a decayed `exp_inf` scale: more than the decoding and the decay round off
@@ -496,30 +554,50 @@ pub fn encode_decaying_exp_inf<C: Float>(
 /// rounding up.
 #[inline(always)]
 fn encode_exp_inf_with_scale<C: Float>(u: &[C], codes: &mut [u8], scale32: f32) -> f32 {
-    let zero = C::from_f64(0.0);
-    let scale = C::from_f64(f64::from(scale32));
-    // An all-zero block (scale 0) gets codes 0; so does a NaN one (the scale carries the NaN).
-    let inverse = if scale32 > 0.0 {
-        C::from_f64(1.0) / scale
+    if one_sided_checks_suffice(scale32) {
+        // The estimate is never above the tightest code (see `ESTIMATE_MARGIN`): one check.
+        let scale = C::from_f64(f64::from(scale32));
+        let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 - ESTIMATE_MARGIN);
+        encode_exp_inf_block::<C, false>(u, codes, scale32, inverse);
     } else {
-        zero
-    };
+        // An all-zero block (scale 0) gets codes 0; so does a NaN one (the scale carries the
+        // NaN).
+        encode_exp_inf_block::<C, true>(u, codes, scale32, C::from_f64(0.0));
+    }
+    scale32
+}
+
+/// The `exp_inf` loop of [`encode_exp_inf_with_scale`] over one block. `TWO_SIDED`: the
+/// estimate is [`exact_quotient`] and may be one code off either way (`inverse` is not used);
+/// otherwise it is `u * inverse`, pushed down by [`ESTIMATE_MARGIN`], and can only be one too
+/// low.
+#[inline(always)]
+fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
+    u: &[C],
+    codes: &mut [u8],
+    scale32: f32,
+    inverse: C,
+) {
+    let scale = C::from_f64(f64::from(scale32));
     for (code, &x) in codes.iter_mut().zip(u) {
-        let c = unsigned_code_up(to_f32(x * inverse).min(MAX_UNSIGNED));
-        // As above: one code up if the stored value came out below the computed one, one
+        let quotient = if TWO_SIDED {
+            exact_quotient(x, scale32)
+        } else {
+            to_f32(x * inverse)
+        };
+        let c = unsigned_code_up(quotient.min(MAX_UNSIGNED));
+        // One code up if the stored value came out below the computed one; with two sides, one
         // down if the code below is still not below it (never down to 0 for a positive `x`).
-        let up = (c + 1).min(0xFF);
         let down = if c > 1 { c - 1 } else { c };
         let c = if scaled(unsigned_value(c), scale) < x {
-            up
-        } else if scaled(unsigned_value(down), scale) >= x {
+            (c + 1).min(0xFF)
+        } else if TWO_SIDED && scaled(unsigned_value(down), scale) >= x {
             down
         } else {
             c
         };
         *code = c as u8;
     }
-    scale32
 }
 
 /// `x` as an f32 (exact for f32; rounded for f64, which the verification after encoding absorbs).
@@ -810,6 +888,111 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The tightest code in each direction, by brute force over all codes, with stored values
+    /// computed as a step decodes them (in `C`).
+    fn tightest_codes<C: Float>(x: C, scale: f32) -> (u8, u8) {
+        let stored = |value: f32| scaled(value, C::from_f64(f64::from(scale)));
+        let magnitude = x.abs();
+        let signed = (0..=127u8)
+            .filter(|&k| stored(decode_signed(k)) <= magnitude)
+            .max()
+            .unwrap_or(0);
+        let unsigned = (0..=255u8)
+            .find(|&k| stored(decode_unsigned(k)) >= magnitude)
+            .unwrap_or(255)
+            .max(u8::from(magnitude > C::from_f64(0.0)));
+        (signed, unsigned)
+    }
+
+    /// Blocks whose values sit on the stored values of codes, and one or two ulps to either
+    /// side: where an estimate of the code from a rounded quotient is most often one off, so
+    /// the single check after it (the two checks of tiny scales) must land on the tightest code.
+    /// In f32 and f64, with a block's largest value setting the scale or a decayed `exp_inf`
+    /// scale, with ordinary and tiny scales (the two-sided path).
+    ///
+    /// Where the stored values themselves are subnormal (`subnormal(scale)`: f32 with a tiny
+    /// scale), several codes can store the same value and "tightest" loses its meaning; there
+    /// the guarantees are checked: no stored `|m|` above the computed one, no stored `u` below.
+    fn codes_on_code_boundaries_are_the_tightest<C: Float>(
+        step_ulps: impl Fn(C, i64) -> C,
+        subnormal: impl Fn(f32) -> bool,
+    ) {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for block in 0..300 {
+            // Every fifth block is tiny: a subnormal float32 scale, or one whose products with
+            // the smallest codes are subnormal.
+            let magnitude = match block % 10 {
+                0 => 1e-40,
+                5 => 1e-33,
+                _ => 10f64.powf(12.0 * next() - 6.0),
+            };
+            let largest = C::from_f64(magnitude);
+            let signed_scale = block_scale(largest, MAX_SIGNED);
+            let unsigned_scale = block_scale(largest, MAX_UNSIGNED);
+            let mut m = vec![C::from_f64(0.0); BLOCK];
+            let mut u = vec![C::from_f64(0.0); BLOCK];
+            m[0] = largest;
+            u[0] = largest;
+            for i in 1..BLOCK {
+                let ulps = (i % 5) as i64 - 2;
+                let on = |value: f32, scale: f32| {
+                    step_ulps(scaled(value, C::from_f64(f64::from(scale))), ulps).abs()
+                };
+                let below = |x: C| if x < largest { x } else { largest };
+                let sign = if next() < 0.5 { -1.0 } else { 1.0 };
+                m[i] = C::from_f64(sign)
+                    * below(on(decode_signed((next() * 128.0) as u8), signed_scale));
+                u[i] = below(on(decode_unsigned((next() * 256.0) as u8), unsigned_scale));
+            }
+            let mut codes = vec![0u8; BLOCK];
+            let scale = encode_exp_avg(&m, &mut codes);
+            assert_eq!(scale, signed_scale);
+            for (&x, &c) in m.iter().zip(&codes) {
+                let what = format!("exp_avg {} / {scale}", x.to_f64());
+                if subnormal(scale) {
+                    let stored = scaled(decode_signed(c), C::from_f64(f64::from(scale)));
+                    assert!(
+                        stored.abs() <= x.abs() && (stored * x).to_f64() >= 0.0,
+                        "{what}"
+                    );
+                } else {
+                    assert_eq!(c & 0x7F, tightest_codes(x, scale).0, "{what}");
+                }
+            }
+            // The tightest scale, then one decayed from a slightly larger previous scale.
+            for previous in [0.0, unsigned_scale * 1.0005] {
+                let scale = encode_decaying_exp_inf(&u, &mut codes, previous, C::from_f64(0.999));
+                for (&x, &c) in u.iter().zip(&codes) {
+                    let what = format!("exp_inf {} / {scale}", x.to_f64());
+                    if subnormal(scale) {
+                        let stored = scaled(decode_unsigned(c), C::from_f64(f64::from(scale)));
+                        assert!(stored >= x && (c > 0) == (x.to_f64() > 0.0), "{what}");
+                    } else {
+                        assert_eq!(c, tightest_codes(x, scale).1, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn codes_on_code_boundaries_are_the_tightest_in_f32_and_f64() {
+        codes_on_code_boundaries_are_the_tightest::<f32>(
+            |x, ulps| f32::from_bits((i64::from(x.to_bits()) + ulps).max(0) as u32),
+            |scale| decode_unsigned(1) * scale < f32::MIN_POSITIVE,
+        );
+        codes_on_code_boundaries_are_the_tightest::<f64>(
+            |x, ulps| f64::from_bits((x.to_bits() as i64 + ulps).max(0) as u64),
+            |_| false,
+        );
     }
 
     #[test]
