@@ -398,7 +398,8 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
     let largest = largest_magnitude(m);
     let scale32 = block_scale(largest, MAX_SIGNED);
     let scale = C::from_f64(f64::from(scale32));
-    // With an all-zero block every code is 0 (`inverse` is 0); 127 stops the search upward.
+    // With an all-zero block every code is 0 (its quotients are 0); 127 stops the search
+    // upward.
     let top = if largest > zero { 0x7F } else { 0 };
     if one_sided_checks_suffice(scale32) {
         // The estimate is never below the tightest code (see `ESTIMATE_MARGIN`): one check.
@@ -413,17 +414,18 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
 }
 
 /// The relative margin by which a code's estimate is pushed to one side of the exact quotient:
-/// far more than the few roundings between them (the reciprocal, the products, the narrowing
-/// to f32: each under 2^-24), far less than the spacing of codes (1/32 at least), so the
+/// several times the few roundings between them (the reciprocal, the margin's product, the
+/// value's product, the narrowing to f32: each under 2^-24, about 2^-22 together), far less
+/// than the spacing of codes (1/31 at least), so the
 /// estimate is the tightest code or the one next to it on the known side, and one comparison
 /// of decoded values settles which.
 const ESTIMATE_MARGIN: f64 = 1.0 / 1_048_576.0;
 
 /// Whether a block with this scale is encoded with one check per element: its scale is finite
 /// and large enough that every product of a nonzero code and the scale is a normal f32, where
-/// the roundings are relative and [`ESTIMATE_MARGIN`] covers them. Other blocks (subnormal,
-/// zero, infinite or NaN scales) are rare, and check both neighbours of an estimate computed
-/// by division ([`exact_quotient`]).
+/// the roundings are relative and [`ESTIMATE_MARGIN`] covers them. Other blocks (scales below
+/// 2^-100, subnormal ones among them, and zero, infinite or NaN scales) are rare, and check
+/// both neighbours of an estimate computed by division ([`exact_quotient`]).
 #[inline(always)]
 fn one_sided_checks_suffice(scale: f32) -> bool {
     scale.is_finite() && scale >= pow2(-100)
@@ -431,9 +433,10 @@ fn one_sided_checks_suffice(scale: f32) -> bool {
 
 /// `magnitude / scale` in f64, then to f32; `magnitude * 0` when the scale is 0 or NaN, as a
 /// zero reciprocal gives (an all-zero block's codes are 0; a block a NaN spoiled decodes to NaN
-/// whatever its codes). Used where `1 / scale` would overflow float32 (a subnormal scale): the
-/// quotient is then still within a rounding of the exact one, so the stored values keep their
-/// side of the computed ones (rounding is monotonic) after the checks.
+/// whatever its codes). Used for the blocks [`one_sided_checks_suffice`] leaves out, where
+/// `1 / scale` could overflow float32 (a subnormal scale): the quotient is still within a
+/// rounding of the exact one, so the stored values keep their side of the computed ones
+/// (rounding is monotonic) after the checks.
 #[inline(always)]
 fn exact_quotient<C: Float>(magnitude: C, scale: f32) -> f32 {
     let magnitude = magnitude.to_f64();
@@ -926,31 +929,38 @@ mod tests {
             seed ^= seed << 17;
             (seed >> 11) as f64 / (1u64 << 53) as f64
         };
-        for block in 0..300 {
-            // Every fifth block is tiny: a subnormal float32 scale, or one whose products with
-            // the smallest codes are subnormal.
+        let beta2 = C::from_f64(0.999);
+        for block in 0..400 {
+            // Most blocks are ordinary; the others have scales at the edges: subnormal, or with
+            // subnormal products for the smallest codes (two-sided), just below and above the
+            // one-sided path's 2^-100, and near the largest float32.
             let magnitude = match block % 10 {
                 0 => 1e-40,
+                1 => 480.0 * 2f64.powi(-110),
+                2 => 480.0 * 2f64.powf(-100.5),
+                3 => 480.0 * 2f64.powf(-99.5),
+                4 => 1e38,
                 5 => 1e-33,
                 _ => 10f64.powf(12.0 * next() - 6.0),
             };
             let largest = C::from_f64(magnitude);
+            let below = |x: C| if x < largest { x } else { largest };
+            // A value on the stored value of a random code of `decode` with `scale`, moved by
+            // -2..=2 ulps, and no larger than the block's largest.
+            let mut on_a_code = |i: usize, decode: fn(u8) -> f32, codes: f64, scale: f32| {
+                let value = scaled(
+                    decode((next() * codes) as u8),
+                    C::from_f64(f64::from(scale)),
+                );
+                below(step_ulps(value, (i % 5) as i64 - 2).abs())
+            };
             let signed_scale = block_scale(largest, MAX_SIGNED);
-            let unsigned_scale = block_scale(largest, MAX_UNSIGNED);
-            let mut m = vec![C::from_f64(0.0); BLOCK];
-            let mut u = vec![C::from_f64(0.0); BLOCK];
-            m[0] = largest;
-            u[0] = largest;
-            for i in 1..BLOCK {
-                let ulps = (i % 5) as i64 - 2;
-                let on = |value: f32, scale: f32| {
-                    step_ulps(scaled(value, C::from_f64(f64::from(scale))), ulps).abs()
-                };
-                let below = |x: C| if x < largest { x } else { largest };
-                let sign = if next() < 0.5 { -1.0 } else { 1.0 };
-                m[i] = C::from_f64(sign)
-                    * below(on(decode_signed((next() * 128.0) as u8), signed_scale));
-                u[i] = below(on(decode_unsigned((next() * 256.0) as u8), unsigned_scale));
+            let mut m = vec![largest; BLOCK];
+            for (i, x) in m.iter_mut().enumerate().skip(1) {
+                *x = on_a_code(i, decode_signed, 128.0, signed_scale);
+                if i % 2 == 0 {
+                    *x = -*x;
+                }
             }
             let mut codes = vec![0u8; BLOCK];
             let scale = encode_exp_avg(&m, &mut codes);
@@ -967,9 +977,19 @@ mod tests {
                     assert_eq!(c & 0x7F, tightest_codes(x, scale).0, "{what}");
                 }
             }
-            // The tightest scale, then one decayed from a slightly larger previous scale.
-            for previous in [0.0, unsigned_scale * 1.0005] {
-                let scale = encode_decaying_exp_inf(&u, &mut codes, previous, C::from_f64(0.999));
+            // `exp_inf` on the tightest scale (no previous one), then on a decayed one (the
+            // previous scale 1.5 times the tightest, times beta2, fits and is under twice it),
+            // with the values on the codes of the scale that will be used.
+            let tight = block_scale(largest, MAX_UNSIGNED);
+            for previous in [0.0, tight * 1.5] {
+                let expected = exp_inf_scale(largest, previous, beta2);
+                assert!(previous == 0.0 || !tight.is_normal() || expected > tight * 1.4);
+                let mut u = vec![largest; BLOCK];
+                for (i, x) in u.iter_mut().enumerate().skip(1) {
+                    *x = on_a_code(i, decode_unsigned, 256.0, expected);
+                }
+                let scale = encode_decaying_exp_inf(&u, &mut codes, previous, beta2);
+                assert_eq!(scale, expected);
                 for (&x, &c) in u.iter().zip(&codes) {
                     let what = format!("exp_inf {} / {scale}", x.to_f64());
                     if subnormal(scale) {
