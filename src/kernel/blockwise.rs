@@ -416,9 +416,8 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
 /// The relative margin by which a code's estimate is pushed to one side of the exact quotient:
 /// several times the few roundings between them (the reciprocal, the margin's product, the
 /// value's product, the narrowing to f32: each under 2^-24, about 2^-22 together), far less
-/// than the spacing of codes (1/31 at least), so the
-/// estimate is the tightest code or the one next to it on the known side, and one comparison
-/// of decoded values settles which.
+/// than the spacing of codes (1/31 at least), so the estimate is the tightest code or the one
+/// next to it on the known side, and one comparison of decoded values settles which.
 const ESTIMATE_MARGIN: f64 = 1.0 / 1_048_576.0;
 
 /// Whether a block with this scale is encoded with one check per element: its scale is finite
@@ -563,8 +562,8 @@ fn encode_exp_inf_with_scale<C: Float>(u: &[C], codes: &mut [u8], scale32: f32) 
         let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 - ESTIMATE_MARGIN);
         encode_exp_inf_block::<C, false>(u, codes, scale32, inverse);
     } else {
-        // An all-zero block (scale 0) gets codes 0; so does a NaN one (the scale carries the
-        // NaN).
+        // An all-zero block (scale 0) gets codes 0; a NaN one decodes to NaN whatever its codes
+        // (the scale carries the NaN).
         encode_exp_inf_block::<C, true>(u, codes, scale32, C::from_f64(0.0));
     }
     scale32
