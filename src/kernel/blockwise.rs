@@ -446,10 +446,21 @@ fn exact_quotient<C: Float>(magnitude: C, scale: f32) -> f32 {
     }
 }
 
-/// The `exp_avg` loop of [`encode_exp_avg_rounding`] over one block. `TWO_SIDED`: the estimate
-/// is [`exact_quotient`] and may be one code off either way (`inverse` is not used); otherwise
-/// it is `|m| * inverse`, pushed up by [`ESTIMATE_MARGIN`], and can only be one too far from
-/// zero.
+/// The quotient a code is estimated from: [`exact_quotient`] on the two-sided path, or
+/// `magnitude * inverse` (the margined reciprocal) on the one-sided one. Both encoders use it.
+#[inline(always)]
+fn code_quotient<C: Float, const TWO_SIDED: bool>(magnitude: C, inverse: C, scale: f32) -> f32 {
+    if TWO_SIDED {
+        exact_quotient(magnitude, scale)
+    } else {
+        to_f32(magnitude * inverse)
+    }
+}
+
+/// The `exp_avg` loop of [`encode_exp_avg_rounding`] over one block, estimating each code from
+/// [`code_quotient`]. `TWO_SIDED`: the estimate may be one code off either way (`inverse` is
+/// not used); otherwise `inverse` is pushed up by [`ESTIMATE_MARGIN`], and the estimate can only
+/// be one too far from zero.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>(
@@ -466,11 +477,7 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
     let scale = C::from_f64(f64::from(scale32));
     for (((code, &x), &bits), &limit) in codes.iter_mut().zip(m).zip(noise).zip(u) {
         let magnitude = x.abs();
-        let c = magnitude_toward_zero(if TWO_SIDED {
-            exact_quotient(magnitude, scale32)
-        } else {
-            to_f32(magnitude * inverse)
-        });
+        let c = magnitude_toward_zero(code_quotient::<C, TWO_SIDED>(magnitude, inverse, scale32));
         // Codes are monotonic: one toward zero if the stored magnitude came out larger than the
         // computed one; with two sides, one away from zero if that one still is not larger.
         // Without the second a block's largest `|m|` (exactly `480 * scale`) often lost a whole
@@ -569,10 +576,10 @@ fn encode_exp_inf_with_scale<C: Float>(u: &[C], codes: &mut [u8], scale32: f32) 
     scale32
 }
 
-/// The `exp_inf` loop of [`encode_exp_inf_with_scale`] over one block. `TWO_SIDED`: the
-/// estimate is [`exact_quotient`] and may be one code off either way (`inverse` is not used);
-/// otherwise it is `u * inverse`, pushed down by [`ESTIMATE_MARGIN`], and can only be one too
-/// low.
+/// The `exp_inf` loop of [`encode_exp_inf_with_scale`] over one block, estimating each code from
+/// [`code_quotient`]. `TWO_SIDED`: the estimate may be one code off either way (`inverse` is
+/// not used); otherwise `inverse` is pushed down by [`ESTIMATE_MARGIN`], and the estimate can
+/// only be one too low.
 #[inline(always)]
 fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
     u: &[C],
@@ -582,11 +589,7 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
 ) {
     let scale = C::from_f64(f64::from(scale32));
     for (code, &x) in codes.iter_mut().zip(u) {
-        let quotient = if TWO_SIDED {
-            exact_quotient(x, scale32)
-        } else {
-            to_f32(x * inverse)
-        };
+        let quotient = code_quotient::<C, TWO_SIDED>(x, inverse, scale32);
         let c = unsigned_code_up(quotient.min(MAX_UNSIGNED));
         // One code up if the stored value came out below the computed one; with two sides, one
         // down if the code below is still not below it (never down to 0 for a positive `x`).
