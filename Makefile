@@ -24,11 +24,22 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 all: test
 
 # pip shows each package it fetches (one line each, no progress bars to fill a log).
+# A dropped connection must not fail a build: a CI run once lost torch's triton wheel at 170 MB
+# of 286 six times in a row. So pip resumes a cut download up to 30 times, and if it still
+# fails, the whole install is tried again after a pause (wheels fetched in full are in pip's cache).
+PIP_INSTALL := pip install --progress-bar off --retries 10
+PIP_RESUME := --resume-retries 30
+# $(call pip_retrying,PYTHON,ARGUMENTS): run `PYTHON -m pip install ARGUMENTS`, 4 tries, 60 s apart.
+pip_retrying = for try in 1 2 3 4; do $(1) -m $(PIP_INSTALL) $(2) && break; \
+	if [ $$try = 4 ]; then echo ">>> pip failed 4 times: giving up"; exit 1; fi; \
+	echo ">>> pip failed (try $$try of 4): trying again in 60 s"; sleep 60; done
+
 $(VENV)/.ready: pyproject.toml Makefile
 	@echo ">>> Making $(VENV) with the dev packages: about 1 min with a warm pip cache, 5 GB and several minutes without (torch)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --progress-bar off --upgrade pip
-	$(PY) -m pip install --progress-bar off $(DEV_PACKAGES) $(MPI_PACKAGES) $(TORCH_PACKAGES)
+	@# The venv's own pip may predate --resume-retries (pip 25.1): it only updates pip.
+	$(call pip_retrying,$(PY),--upgrade pip)
+	$(call pip_retrying,$(PY),$(PIP_RESUME) $(DEV_PACKAGES) $(MPI_PACKAGES) $(TORCH_PACKAGES))
 	touch $@
 
 venv: $(VENV)/.ready
@@ -75,7 +86,7 @@ test-package: venv
 	@echo ">>> Building the wheel (release): about 1.5 min unless make build ran before"
 	$(VENV)/bin/maturin build --release --out dist
 	$(PYTHON) -m venv build/package-venv
-	build/package-venv/bin/python -m pip install --progress-bar off dist/*.whl
+	$(call pip_retrying,build/package-venv/bin/python,dist/*.whl)
 	cd /tmp && $(abspath build/package-venv)/bin/python -c "import adamax_rs, numpy as np; \
 	    p = adamax_rs.Parameter(np.ones(3, np.float32)); p.grad = np.ones(3, np.float32); \
 	    adamax_rs.Adamax([p], lr=0.5).step(); assert (p.data == 0.5).all(), p.data; \
