@@ -30,7 +30,9 @@ all: test
 PIP_INSTALL := pip install --progress-bar off --retries 10
 PIP_RESUME := --resume-retries 30
 # $(call pip_retrying,PYTHON,ARGUMENTS): run `PYTHON -m pip install ARGUMENTS`, 4 tries, 60 s apart.
-pip_retrying = for try in 1 2 3 4; do $(1) -m $(PIP_INSTALL) $(2) && break; \
+# (Make echoes no recipe line that calls it: the loop prints the pip command itself.)
+pip_retrying = for try in 1 2 3 4; do echo '$(1) -m $(PIP_INSTALL) $(2)'; \
+	$(1) -m $(PIP_INSTALL) $(2) && break; \
 	if [ $$try = 4 ]; then echo ">>> pip failed 4 times: giving up"; exit 1; fi; \
 	echo ">>> pip failed (try $$try of 4): trying again in 60 s"; sleep 60; done
 
@@ -38,8 +40,8 @@ $(VENV)/.ready: pyproject.toml Makefile
 	@echo ">>> Making $(VENV) with the dev packages: about 1 min with a warm pip cache, 5 GB and several minutes without (torch)"
 	$(PYTHON) -m venv $(VENV)
 	@# The venv's own pip may predate --resume-retries (pip 25.1): it only updates pip.
-	$(call pip_retrying,$(PY),--upgrade pip)
-	$(call pip_retrying,$(PY),$(PIP_RESUME) $(DEV_PACKAGES) $(MPI_PACKAGES) $(TORCH_PACKAGES))
+	@$(call pip_retrying,$(PY),--upgrade pip)
+	@$(call pip_retrying,$(PY),$(PIP_RESUME) $(DEV_PACKAGES) $(MPI_PACKAGES) $(TORCH_PACKAGES))
 	touch $@
 
 venv: $(VENV)/.ready
@@ -86,7 +88,7 @@ test-package: venv
 	@echo ">>> Building the wheel (release): about 1.5 min unless make build ran before"
 	$(VENV)/bin/maturin build --release --out dist
 	$(PYTHON) -m venv build/package-venv
-	$(call pip_retrying,build/package-venv/bin/python,dist/*.whl)
+	@$(call pip_retrying,build/package-venv/bin/python,dist/*.whl)
 	cd /tmp && $(abspath build/package-venv)/bin/python -c "import adamax_rs, numpy as np; \
 	    p = adamax_rs.Parameter(np.ones(3, np.float32)); p.grad = np.ones(3, np.float32); \
 	    adamax_rs.Adamax([p], lr=0.5).step(); assert (p.data == 0.5).all(), p.data; \
