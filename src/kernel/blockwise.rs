@@ -611,6 +611,55 @@ fn to_f32<C: Float>(x: C) -> f32 {
     x.to_f64() as f32
 }
 
+/// One element's update with 8-bit state: its moments decoded from `codes` on the block's old
+/// `scales`, the new parameter stored (read from and written through the master copy when there
+/// is one, as the float state's update does), and its new moments returned, with its random bits
+/// for stochastic rounding (0 without `STOCHASTIC`).
+#[inline(always)]
+fn quantized_element<
+    P,
+    C,
+    const STOCHASTIC: bool,
+    const MAXIMIZE: bool,
+    const COUPLED: bool,
+    const TORCH: bool,
+>(
+    param: &mut P,
+    master: Option<&mut f32>,
+    grad: P,
+    codes: (u8, u8),
+    scales: (C, C),
+    c: &Coefficients<C>,
+) -> (C, C, u32)
+where
+    C: Float,
+    P: Storage<C>,
+    f32: Storage<C>,
+{
+    let m = scaled(decode_signed(codes.0), scales.0);
+    let u = scaled(decode_unsigned(codes.1), scales.1);
+    let current = match &master {
+        Some(w) => w.load(),
+        None => param.load(),
+    };
+    let grad = grad.load();
+    let (p, m, u) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(current, grad, m, u, c);
+    match master {
+        Some(w) => {
+            let stored = f32::store(p);
+            *w = stored;
+            *param = P::store(stored.load());
+        }
+        None => *param = P::store(p),
+    }
+    let random = if STOCHASTIC {
+        state_noise(m, u, grad, c.rounding_salt).0
+    } else {
+        0
+    };
+    (m, u, random)
+}
+
 /// The Adamax update of one tensor with 8-bit state, block by block.
 #[inline(always)]
 pub(crate) fn quantized_run<
@@ -640,8 +689,8 @@ pub(crate) fn quantized_run<
     let zero = C::from_f64(0.0);
     let mut new_m = [zero; BLOCK];
     let mut new_u = [zero; BLOCK];
-    // Stochastic rounding only: each element's random bits, drawn (as for bfloat16 state) from
-    // its new moments, its gradient and the step.
+    // Each element's random bits for stochastic rounding, drawn (as for bfloat16 state) from its
+    // new moments, its gradient and the step (zeros without it, never read).
     let mut noise = [0u32; BLOCK];
     let bound = exp_avg_bound(c);
     for (block, (m_scale, u_scale)) in exp_avg_scale
@@ -661,45 +710,38 @@ pub(crate) fn quantized_run<
         let m_codes = &mut exp_avg[start..end];
         let u_codes = &mut exp_inf[start..end];
         let (m_out, u_out, bits) = (&mut new_m[..n], &mut new_u[..n], &mut noise[..n]);
+        let scales = (old_m_scale, old_u_scale);
+        // Two loops, so that the one without a master copy tests for none: one loop testing per
+        // element, and a closure called from both, each made the 8-bit kernel bench 2-7x slower.
         match master.as_deref_mut().map(|w| &mut w[start..end]) {
             None => {
                 for i in 0..n {
-                    let m = scaled(decode_signed(m_codes[i]), old_m_scale);
-                    let u = scaled(decode_unsigned(u_codes[i]), old_u_scale);
-                    let (p, nm, nu) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
-                        params[i].load(),
-                        grads[i].load(),
-                        m,
-                        u,
-                        c,
-                    );
-                    params[i] = P::store(p);
-                    m_out[i] = nm;
-                    u_out[i] = nu;
-                    if STOCHASTIC {
-                        bits[i] = state_noise(nm, nu, grads[i].load(), c.rounding_salt).0;
-                    }
+                    let codes = (m_codes[i], u_codes[i]);
+                    let (m, u, random) =
+                        quantized_element::<P, C, STOCHASTIC, MAXIMIZE, COUPLED, TORCH>(
+                            &mut params[i],
+                            None,
+                            grads[i],
+                            codes,
+                            scales,
+                            c,
+                        );
+                    (m_out[i], u_out[i], bits[i]) = (m, u, random);
                 }
             }
             Some(weights) => {
                 for i in 0..n {
-                    let m = scaled(decode_signed(m_codes[i]), old_m_scale);
-                    let u = scaled(decode_unsigned(u_codes[i]), old_u_scale);
-                    let (p, nm, nu) = adamax_math::<C, MAXIMIZE, COUPLED, TORCH>(
-                        weights[i].load(),
-                        grads[i].load(),
-                        m,
-                        u,
-                        c,
-                    );
-                    let stored = f32::store(p);
-                    weights[i] = stored;
-                    params[i] = P::store(stored.load());
-                    m_out[i] = nm;
-                    u_out[i] = nu;
-                    if STOCHASTIC {
-                        bits[i] = state_noise(nm, nu, grads[i].load(), c.rounding_salt).0;
-                    }
+                    let codes = (m_codes[i], u_codes[i]);
+                    let (m, u, random) =
+                        quantized_element::<P, C, STOCHASTIC, MAXIMIZE, COUPLED, TORCH>(
+                            &mut params[i],
+                            Some(&mut weights[i]),
+                            grads[i],
+                            codes,
+                            scales,
+                            c,
+                        );
+                    (m_out[i], u_out[i], bits[i]) = (m, u, random);
                 }
             }
         }
