@@ -893,18 +893,23 @@ mod tests {
         }
     }
 
+    /// Uniform numbers in [0, 1) from a xorshift generator started at `seed` (not zero): the
+    /// same draws on every run and platform.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
     /// Each code is the tightest in its direction: the largest stored `|m|` not above `|x|`,
     /// the smallest stored `u` not below `u`, with stored values computed as a step decodes
     /// them (in f32). Random blocks over 12 orders of magnitude, by brute force over all codes.
     #[test]
     fn codes_are_the_tightest_in_their_direction() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = uniform(0x2545_F491_4F6C_DD1D);
         for _ in 0..200 {
             let values: Vec<f32> = (0..BLOCK)
                 .map(|_| {
@@ -966,13 +971,7 @@ mod tests {
         step_ulps: impl Fn(C, i64) -> C,
         subnormal: impl Fn(f32) -> bool,
     ) {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = uniform(0x9E37_79B9_7F4A_7C15);
         let beta2 = C::from_f64(0.999);
         for block in 0..400 {
             // Most blocks are ordinary; the others have scales at the edges: subnormal, or with
