@@ -441,6 +441,33 @@ def test_lazy_conjugate_and_negative_views_are_resolved_or_refused(case):
     assert_same_bits(p.grad.resolve_conj().resolve_neg(), grad_before, "gradient (unchanged)")
 
 
+@pytest.mark.parametrize("bit", ["negative", "conjugate"])
+def test_a_subclass_that_hides_its_lazy_bit_is_still_refused(bit):
+    # The step asks torch's own is_neg and is_conj (TensorBase's), not the tensor's methods:
+    # a subclass that overrides them cannot make the step write through a lazy view.
+    class HidesItsBits(nn.Parameter):
+        def is_neg(self):
+            return False
+
+        def is_conj(self):
+            return False
+
+    if bit == "negative":
+        p = HidesItsBits(torch.randn(4)._neg_view())
+        p.grad = torch.randn(4)
+    else:
+        p = HidesItsBits(torch.randn(4, dtype=torch.complex64).conj())
+        p.grad = torch.randn(4, dtype=torch.complex64)
+    assert not p.is_neg() and not p.is_conj()
+    assert torch._C.TensorBase.is_neg(p) or torch._C.TensorBase.is_conj(p)
+    opt = Adamax([p], lr=0.1)
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=f"group 0, parameter 0: the parameter .*{bit} bit"):
+        opt.step()
+    assert_unchanged(before, opt)
+    assert p not in opt.state
+
+
 @pytest.mark.parametrize("key", ["exp_avg", "exp_inf"])
 def test_lazy_views_put_in_the_state_are_refused(key):
     # The same memory as the state's own tensor, seen negated: its description is unchanged, so
@@ -456,17 +483,36 @@ def test_lazy_views_put_in_the_state_are_refused(key):
     assert_unchanged(before, opt)
 
 
-def test_a_step_re_entered_from_inside_a_step_says_so():
-    # Python code that the step runs (here a parameter's __hash__, called when the step looks
-    # up its state) starts a step of the same optimizer: a RuntimeError that says so, not
-    # pyo3's bare "Already borrowed", and nothing changed.
+@pytest.mark.parametrize("hook", ["grad property", "__hash__"])
+def test_a_step_re_entered_from_inside_a_step_says_so(hook):
+    # Python code that the step runs starts a step of the same optimizer: a RuntimeError that
+    # says so, not pyo3's bare "Already borrowed", and nothing changed. The code is a parameter
+    # subclass's `grad` property (the step reads every parameter's gradient), or its __hash__
+    # (the step hashes a parameter to find its state when the state dict is not in the
+    # parameters' order: here the group's order is reversed after the first step).
     holder: list[Adamax] = []
 
+    def step_again():
+        if holder:
+            holder.pop().step()
+
     class StepsAgain(nn.Parameter):
-        def __hash__(self):
-            if holder:
-                holder.pop().step()
-            return id(self)
+        if hook == "grad property":
+
+            @property
+            def grad(self):
+                step_again()
+                return torch._C.TensorBase.grad.__get__(self)
+
+            @grad.setter
+            def grad(self, value):
+                torch._C.TensorBase.grad.__set__(self, value)
+
+        else:
+
+            def __hash__(self):
+                step_again()
+                return id(self)
 
     first = nn.Parameter(torch.ones(3))
     first.grad = torch.ones(3)
@@ -474,6 +520,7 @@ def test_a_step_re_entered_from_inside_a_step_says_so():
     second.grad = torch.ones(3)
     opt = Adamax([first, second], lr=0.1)
     opt.step()
+    opt.param_groups[0]["params"].reverse()
     before = snapshot(opt)  # (it looks the parameters up too: arm the hook after it)
     holder.append(opt)
     with pytest.raises(RuntimeError, match="a step of this optimizer is already running on this"):

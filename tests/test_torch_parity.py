@@ -15,6 +15,7 @@ float32 with float32 state, which is what adamax_rs computes.
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 
@@ -186,6 +187,41 @@ def test_frozen_layer_and_a_step_with_no_gradient_at_all(foreach):
     )
     assert model[2].weight not in ours.state
     assert ours.state[model[0].weight]["step"].item() == STEPS - 1
+
+
+@pytest.mark.parametrize("foreach", FOREACH)
+def test_state_found_whatever_the_order_of_the_state_dict(foreach):
+    """The step reads each parameter's state in the state dict's order when that is the
+    parameters' order (no hashing), and looks it up otherwise. Every few steps the group's
+    parameters are shuffled, an entry is moved to the end of the state dict, or replaced by a
+    copy; some parameters have no gradient. Both optimizers get the same changes, and must
+    stay equal bit for bit."""
+    model = make_mlp()
+    ref_model = copy.deepcopy(model)
+    ours = Adamax(model.parameters(), lr=0.02, foreach=foreach)
+    ref = torch.optim.Adamax(ref_model.parameters(), lr=0.02, foreach=foreach)
+    shuffle = random.Random(7)
+    for step in range(STEPS):
+        count = len(ours.param_groups[0]["params"])
+        order = list(range(count))
+        if step % 4 == 1:
+            shuffle.shuffle(order)
+        moved, copied, no_grad = step % count, (3 * step) % count, (5 * step + 1) % count
+        for m, opt in ((model, ours), (ref_model, ref)):
+            group = opt.param_groups[0]
+            group["params"] = [group["params"][i] for i in order]
+            params = group["params"]
+            if params[moved] in opt.state and step % 3 == 2:
+                opt.state[params[moved]] = opt.state.pop(params[moved])
+            if params[copied] in opt.state and step % 5 == 3:
+                entry = opt.state[params[copied]]
+                opt.state[params[copied]] = {k: v.clone() for k, v in entry.items()}
+            opt.zero_grad()
+            loss_of(m, step, torch.float32).backward()
+            if step % 2 == 0:
+                params[no_grad].grad = None
+            opt.step()
+        assert_same_training(ours, ref, step)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ mod flat;
 mod functional;
 mod gil_cell;
 mod hyperparameters;
+mod lazy_bits;
 mod ndarray;
 mod numpy_plan;
 mod parameter;
@@ -19,6 +20,7 @@ mod quantize;
 mod reentry;
 mod run;
 mod state;
+mod state_cursor;
 mod torch_plan;
 
 use pyo3::exceptions::PyValueError;

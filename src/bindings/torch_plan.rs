@@ -12,7 +12,7 @@
 //! counts are written into the `step` tensors right after the update, with no Python code in
 //! between.
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -27,10 +27,12 @@ use crate::kernel::{Adamax, Hyperparameters, MAX_STEP};
 use super::dlpack::{reader, TensorProblem, TensorReader};
 use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::PyHyperparameters;
+use super::lazy_bits::lazy_bit;
 use super::ndarray::type_name;
 use super::policy::{state_kind, StatePolicy};
 use super::reentry::one_step_at_a_time;
 use super::run::run_step;
+use super::state_cursor::StateCursor;
 
 /// What the plan remembers of one parameter position.
 #[derive(Default)]
@@ -139,40 +141,17 @@ fn describe(
         .map_err(|p| problem_error(place, role, p))
 }
 
-/// Which lazy bit a tensor has set, if any: torch's conjugate bit (`z.conj()` of a complex
-/// tensor, and the gradients autograd computes through one) or negative bit (`x._neg_view()`).
-/// Such a tensor's memory holds the values before the conjugation or negation, so it cannot be
-/// read, nor written, as it is. `element` is the tensor's: only complex tensors have a
-/// conjugate bit.
-fn lazy_bit(obj: &Bound<'_, PyAny>, element: Element) -> PyResult<Option<&'static str>> {
-    let py = obj.py();
-    if obj.call_method0(pyo3::intern!(py, "is_neg"))?.is_truthy()? {
-        return Ok(Some("negative"));
-    }
-    if element.real_part().is_some()
-        && obj
-            .call_method0(pyo3::intern!(py, "is_conj"))?
-            .is_truthy()?
-    {
-        return Ok(Some("conjugate"));
-    }
-    Ok(None)
-}
-
 /// Refuses a tensor the step writes that has a lazy bit set (see [`lazy_bit`]).
 fn refuse_lazy(obj: &Bound<'_, PyAny>, raw: &RawArray, place: Place, role: Role) -> PyResult<()> {
     match lazy_bit(obj, raw.element)? {
         None => Ok(()),
         Some(bit) => Err(place.value_error(format_args!(
-            "{} has torch's {bit} bit set (a lazy view whose memory holds the values before \
+            "{} has torch's {} bit set (a lazy view whose memory holds the values before \
              the {}); the step cannot write it in place: resolve it first, for example \
              p.data = p.data.resolve_conj().resolve_neg()",
             role.describe(),
-            if bit == "negative" {
-                "negation"
-            } else {
-                "conjugation"
-            }
+            bit.name(),
+            bit.operation()
         ))),
     }
 }
@@ -454,6 +433,10 @@ impl TorchStepPlan {
         //    none yet.
         let mut found: Vec<Found<'py>> = Vec::new();
         let mut missing = Vec::new();
+        let mut entries = state
+            .cast::<PyDict>()
+            .ok()
+            .map(|d| StateCursor::new(d.clone()));
         for (g, group) in groups.iter().enumerate() {
             let params = group.get_item("params").map_err(|_| {
                 PyValueError::new_err(format!("group {g}: a parameter group needs a 'params' key"))
@@ -480,20 +463,29 @@ impl TorchStepPlan {
                         state: None,
                     };
                 }
-                let grad = param.getattr(grad_name).map_err(|_| {
-                    place.type_error(format_args!(
-                        "expected a torch.Tensor parameter, got {}",
-                        type_name(&param)
-                    ))
+                // No `grad` attribute: not a tensor. Any other error (raised by a subclass's
+                // `grad` property) is its own.
+                let grad = param.getattr(grad_name).map_err(|e| {
+                    if e.is_instance_of::<PyAttributeError>(py) {
+                        place.type_error(format_args!(
+                            "expected a torch.Tensor parameter, got {}",
+                            type_name(&param)
+                        ))
+                    } else {
+                        e
+                    }
                 })?;
                 if grad.is_none() {
+                    if let Some(entries) = &mut entries {
+                        entries.pass(&param);
+                    }
                     continue;
                 }
                 // `optimizer.state` is a dict (torch's defaultdict): read it without `__missing__`,
                 // which would insert an empty entry.
-                let entry = match state.cast::<PyDict>() {
-                    Ok(dict) => dict.get_item(&param)?,
-                    Err(_) => Some(state.call_method1(get, (&param,))?).filter(|e| !e.is_none()),
+                let entry = match &mut entries {
+                    Some(entries) => entries.get(&param)?,
+                    None => Some(state.call_method1(get, (&param,))?).filter(|e| !e.is_none()),
                 };
                 let Some(entry) = entry else {
                     missing.push((g, index));
