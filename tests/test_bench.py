@@ -350,6 +350,26 @@ def test_summary_compares_with_the_probe_and_torch(capsys):
     assert "probe" not in out and "4.0x faster" in out
 
 
+def test_summary_gives_the_torch_adapters_overhead_per_tensor(capsys):
+    many, rows = synthetic_rows()
+    results = rows[0][1]
+    # Round by round the torch front end takes 1.2, 0.8 and 1.5 us more per tensor (100).
+    results[-1] = Result("adamax_rs.torch", seconds=[4.12e-3, 3.08e-3, 5.15e-3])
+    report.print_summary(rows)
+    out = capsys.readouterr().out
+    assert "100 x 10: adamax_rs.torch adds 1.20 us per tensor over adamax_rs on numpy" in out
+    assert "(target under 1.00 us: miss)" in out
+    # 0.9, 0.8 and 0.5 us more: the median 0.8 us is under the target.
+    results[-1] = Result("adamax_rs.torch", seconds=[4.09e-3, 3.08e-3, 5.05e-3])
+    report.print_summary(rows)
+    out = capsys.readouterr().out
+    assert "adds 0.80 us per tensor" in out and "(target under 1.00 us: PASS)" in out
+    # Only on workloads of many small tensors (with an overhead target), and only when timed.
+    results[-1] = Result("adamax_rs.torch", note="torch not installed")
+    report.print_summary(rows)
+    assert "adamax_rs.torch adds" not in capsys.readouterr().out
+
+
 # Running the benchmark on tiny workloads, with a tiny budget.
 
 

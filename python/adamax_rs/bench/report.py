@@ -233,6 +233,30 @@ def print_summary(rows: Rows) -> None:
             fused = by_name["torch fused Adam"] / ours
             parts.append(f"torch fused Adam takes {fused:.1f}x as long")
         print(f"- {workload.name}: adamax_rs {format_time(ours)}, " + ", ".join(parts))
+        adapter = _adapter_overhead(workload, results)
+        if adapter is not None:
+            print(
+                f"- {workload.name}: adamax_rs.torch adds {format_time(adapter)} per tensor over "
+                f"adamax_rs on numpy (target under {format_time(ADAPTER_TARGET)}: "
+                f"{'PASS' if adapter < ADAPTER_TARGET else 'miss'})"
+            )
+
+
+#: The torch front end's bookkeeping per tensor over the numpy front end's (issue 11).
+ADAPTER_TARGET = 1e-6
+
+
+def _adapter_overhead(workload: Workload, results: Sequence[Result]) -> float | None:
+    """Seconds per tensor that ``adamax_rs.torch`` takes over ``adamax_rs`` (paired by round),
+    on the workloads of many small tensors (those with an overhead target), where the
+    difference is bookkeeping and not noise on the arithmetic; ``None`` where either is missing.
+    """
+    if workload.target is None:
+        return None
+    timed = {r.implementation: r for r in results if r.seconds and not r.note}
+    if "adamax_rs" not in timed or "adamax_rs.torch" not in timed:
+        return None
+    return per_tensor_overhead(timed["adamax_rs.torch"], timed["adamax_rs"], workload.tensors)
 
 
 def print_thread_table(workload_tables: Sequence[tuple[Workload, dict[int, list[Result]]]]) -> None:
