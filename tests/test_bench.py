@@ -364,7 +364,11 @@ def test_summary_gives_the_torch_adapters_overhead_per_tensor(capsys):
     report.print_summary(rows)
     out = capsys.readouterr().out
     assert "adds 0.80 us per tensor" in out and "(target under 1.00 us: PASS)" in out
-    # Only on workloads of many small tensors (with an overhead target), and only when timed.
+    # Only where both were timed, and only on small tensors: on large ones the difference is
+    # noise on the arithmetic.
+    large = Workload("2 x 1M", ((1 << 20,),) * 2, np.float32, reference=ONE_TENSOR, target=1.1)
+    report.print_summary([(large, results)])
+    assert "adamax_rs.torch adds" not in capsys.readouterr().out
     results[-1] = Result("adamax_rs.torch", note="torch not installed")
     report.print_summary(rows)
     assert "adamax_rs.torch adds" not in capsys.readouterr().out
