@@ -443,8 +443,9 @@ def test_lazy_conjugate_and_negative_views_are_resolved_or_refused(case):
 
 @pytest.mark.parametrize("bit", ["negative", "conjugate"])
 def test_a_subclass_that_hides_its_lazy_bit_is_still_refused(bit):
-    # The step asks torch's own is_neg and is_conj (TensorBase's), not the tensor's methods:
-    # a subclass that overrides them cannot make the step write through a lazy view.
+    # The step asks torch's own is_neg and is_conj (those of torch.Tensor's base, TensorBase),
+    # not the tensor's methods: a subclass that overrides them cannot make the step write
+    # through a lazy view.
     class HidesItsBits(nn.Parameter):
         def is_neg(self):
             return False
@@ -459,7 +460,8 @@ def test_a_subclass_that_hides_its_lazy_bit_is_still_refused(bit):
         p = HidesItsBits(torch.randn(4, dtype=torch.complex64).conj())
         p.grad = torch.randn(4, dtype=torch.complex64)
     assert not p.is_neg() and not p.is_conj()
-    assert torch._C.TensorBase.is_neg(p) or torch._C.TensorBase.is_conj(p)
+    base = torch.Tensor.__base__  # TensorBase (torch >= 2.2), _TensorBase before
+    assert base.is_neg(p) or base.is_conj(p)
     opt = Adamax([p], lr=0.1)
     before = snapshot(opt)
     with pytest.raises(ValueError, match=f"group 0, parameter 0: the parameter .*{bit} bit"):
@@ -502,11 +504,11 @@ def test_a_step_re_entered_from_inside_a_step_says_so(hook):
             @property
             def grad(self):
                 step_again()
-                return torch._C.TensorBase.grad.__get__(self)
+                return torch.Tensor.__base__.grad.__get__(self)
 
             @grad.setter
             def grad(self, value):
-                torch._C.TensorBase.grad.__set__(self, value)
+                torch.Tensor.__base__.grad.__set__(self, value)
 
         else:
 

@@ -224,6 +224,33 @@ def test_state_found_whatever_the_order_of_the_state_dict(foreach):
         assert_same_training(ours, ref, step)
 
 
+def test_a_step_hashes_no_parameter_when_the_state_is_in_their_order():
+    # torch's Tensor.__hash__ is Python code; the step reads the state dict in its own order and
+    # only looks a parameter up (hashing it) when its entry is not the next one.
+    hashed = []
+
+    class CountsHashes(nn.Parameter):
+        def __hash__(self):
+            hashed.append(self)
+            return id(self)
+
+    params = [CountsHashes(torch.randn(3)) for _ in range(5)]
+    frozen = params[2]  # no gradient on later steps: the step passes its entry by
+    for p in params:
+        p.grad = torch.randn(3)
+    opt = Adamax(params, lr=0.1)
+    opt.step()
+    frozen.grad = None
+    hashed.clear()
+    for _ in range(3):
+        opt.step()
+    assert hashed == []
+    # Out of order: the parameters whose entry is not next are looked up, and hashed.
+    opt.param_groups[0]["params"].reverse()
+    opt.step()
+    assert hashed and all(h is not frozen for h in hashed)
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedulers and GradScaler (every scheduler class is in test_torch_schedulers.py)
 

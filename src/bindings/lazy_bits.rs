@@ -11,8 +11,9 @@
 //! and the generic call path of `obj.is_neg()`, which cost about a quarter of each check (the
 //! rest is torch's own function, which releases and retakes the GIL). Where the table cannot be
 //! read (Python 3.9 cannot read a static type's slots) the base type's methods are called through
-//! Python. Either way it is the base type's method, so a subclass that overrides `is_neg` cannot
-//! hide a bit from the step.
+//! Python. Either way it is the base type's method, so a subclass that overrides `is_neg` or
+//! `is_conj` cannot hide a bit from the step. (torch's function still honours
+//! `__torch_function__` and torch function modes, as every torch method does.)
 
 use std::ffi::CStr;
 
@@ -77,9 +78,11 @@ enum BitReaders {
 fn readers(py: Python<'_>) -> PyResult<&'static BitReaders> {
     static READERS: PyOnceLock<BitReaders> = PyOnceLock::new();
     READERS.get_or_try_init(py, || {
+        // `torch.Tensor`'s base: `torch._C.TensorBase` (torch >= 2.2), `_TensorBase` before.
         let base = py
-            .import("torch._C")?
-            .getattr("TensorBase")?
+            .import("torch")?
+            .getattr("Tensor")?
+            .getattr("__base__")?
             .cast_into::<PyType>()?;
         Ok(match direct_functions(&base) {
             Some((is_neg, is_conj)) => BitReaders::Direct {
@@ -112,19 +115,31 @@ fn direct_functions(base: &Bound<'_, PyType>) -> Option<(ffi::PyCFunction, ffi::
         let (mut is_neg, mut is_conj) = (None, None);
         while !(*entry).ml_name.is_null() {
             let name = CStr::from_ptr((*entry).ml_name);
-            // Only a plain instance method that takes no arguments can be called as
-            // `f(self, NULL)`; anything else (a class or static method, keywords) is not used.
-            if (*entry).ml_flags == ffi::METH_NOARGS {
-                let function = (*entry).ml_meth.PyCFunction;
-                if name == LazyBit::Negative.method_name() {
-                    is_neg = Some(function);
-                } else if name == LazyBit::Conjugate.method_name() {
-                    is_conj = Some(function);
+            let slot = if name == LazyBit::Negative.method_name() {
+                Some(&mut is_neg)
+            } else if name == LazyBit::Conjugate.method_name() {
+                Some(&mut is_conj)
+            } else {
+                None
+            };
+            // The first entry of a name is the method (as `PyType_Ready` keeps it). Only a plain
+            // instance method that takes no arguments can be called as `f(self, NULL)`; any
+            // other form (a class or static method, keywords) leaves the name unset, and the
+            // methods are then called through Python.
+            if let Some(slot) = slot {
+                if slot.is_none() {
+                    *slot = Some(
+                        ((*entry).ml_flags == ffi::METH_NOARGS)
+                            .then(|| (*entry).ml_meth.PyCFunction),
+                    );
                 }
             }
             entry = entry.add(1);
         }
-        Some((is_neg?, is_conj?))
+        let (Some(Some(is_neg)), Some(Some(is_conj))) = (is_neg, is_conj) else {
+            return None;
+        };
+        Some((is_neg, is_conj))
     }
 }
 

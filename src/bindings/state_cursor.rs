@@ -7,10 +7,13 @@
 //! dict's next entry. The cursor reads that entry (`PyDict_Next`, no hashing) and uses it when its
 //! key *is* the parameter; otherwise it does the ordinary lookup.
 //!
-//! Both give the same answer: a dict holds an object as a key at most once, and a lookup of an
-//! object that is a key finds that entry (its identity is compared before `__eq__`, and its hash is
-//! the one it was stored with, hashes being deterministic). The entry is read at the moment of the
-//! lookup, with no Python code run in between, so a dict changed meanwhile is read as it is then.
+//! Both give the same answer as long as a key's hash does not change while it is in the dict
+//! (Python's own rule for dict keys; torch's `Tensor.__hash__` is `id(self)`): a dict holds an
+//! object as a key at most once, and a lookup of an object that is a key finds that entry (its
+//! identity is compared before `__eq__`). The cursor skips the hash call itself, so a `__hash__`
+//! that raises or has side effects is not run when the entry is found in order. The entry is read
+//! at the moment of the lookup, and `PyDict_Next` runs no Python code, so a dict changed
+//! meanwhile (by Python code the step ran earlier) is read as it is then.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -33,11 +36,12 @@ impl<'py> StateCursor<'py> {
         let mut position = self.position;
         let mut found_key = std::ptr::null_mut();
         let mut value = std::ptr::null_mut();
-        // SAFETY: the GIL is held and `dict` is a live dict. `PyDict_Next` reads the entry at
-        // `position` or after it within the dict's current entries (it checks the bound, so a
-        // position from before a change to the dict is safe), and lends its key and value.
-        // The key is only compared by address while `key` is held (so the address is not
-        // reused), and the value is taken as a new reference before any other Python code runs.
+        // SAFETY: the GIL is held (and an abi3 build is never free-threaded) and `dict` is a
+        // live dict. `PyDict_Next` runs no Python code; it reads the entry at `position` or after
+        // it within the dict's current entries (it checks the bound, so a position from before
+        // a change to the dict is safe), and lends its key and value. The key is only compared
+        // by address while `key` is held (so the address is not reused), and the value is taken
+        // as a new reference in this block, before any Python code can run.
         unsafe {
             let more = ffi::PyDict_Next(
                 self.dict.as_ptr(),

@@ -12,7 +12,7 @@
 //! counts are written into the `step` tensors right after the update, with no Python code in
 //! between.
 
-use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -463,16 +463,18 @@ impl TorchStepPlan {
                         state: None,
                     };
                 }
-                // No `grad` attribute: not a tensor. Any other error (raised by a subclass's
-                // `grad` property) is its own.
+                // A tensor's `grad` error (raised by a subclass's `grad` property, say) is its
+                // own; anything else without a usable `grad` is not a tensor.
                 let grad = param.getattr(grad_name).map_err(|e| {
-                    if e.is_instance_of::<PyAttributeError>(py) {
-                        place.type_error(format_args!(
+                    if reader.is_tensor(&param) {
+                        e
+                    } else {
+                        let error = place.type_error(format_args!(
                             "expected a torch.Tensor parameter, got {}",
                             type_name(&param)
-                        ))
-                    } else {
-                        e
+                        ));
+                        error.set_cause(py, Some(e));
+                        error
                     }
                 })?;
                 if grad.is_none() {

@@ -214,6 +214,11 @@ def print_overhead_table(rows: Rows) -> None:
         )
 
 
+#: Workloads whose tensors have this many elements on average are of large tensors: there the
+#: probe is a bandwidth floor, and the front ends' bookkeeping is lost in the arithmetic's noise.
+LARGE_TENSOR = 100_000
+
+
 def print_summary(rows: Rows) -> None:
     """One line per workload: adamax_rs against the probe and the fastest torch rows."""
     for workload, results in rows:
@@ -224,7 +229,7 @@ def print_summary(rows: Rows) -> None:
         parts = []
         # The probe is a bandwidth floor where tensors are large (100K elements on average);
         # on small ones its time is mostly its own call overhead, no floor for anything.
-        if "bandwidth probe" in by_name and workload.elements >= workload.tensors * 100_000:
+        if "bandwidth probe" in by_name and workload.elements >= workload.tensors * LARGE_TENSOR:
             parts.append(f"{by_name['bandwidth probe'] / ours:.0%} of the probe's speed")
         adamax = [by_name[k] for k in ("torch for-loop", "torch foreach") if k in by_name]
         if adamax:
@@ -251,7 +256,7 @@ def _adapter_overhead(workload: Workload, results: Sequence[Result]) -> float | 
     on workloads of small tensors (under 100K elements on average), where the difference is
     bookkeeping and not noise on the arithmetic; ``None`` elsewhere, or where either is missing.
     """
-    if workload.elements >= workload.tensors * 100_000:
+    if workload.elements >= workload.tensors * LARGE_TENSOR:
         return None
     timed = {r.implementation: r for r in results if r.seconds and not r.note}
     if "adamax_rs" not in timed or "adamax_rs.torch" not in timed:
