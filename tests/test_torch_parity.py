@@ -251,6 +251,49 @@ def test_a_step_hashes_no_parameter_when_the_state_is_in_their_order():
     assert hashed and all(h is not frozen for h in hashed)
 
 
+def test_state_moved_by_python_code_the_step_runs():
+    # A parameter's grad property moves another parameter's entry to the end of the state dict
+    # while the step walks it: the step finds every entry all the same (in order or by lookup),
+    # and trains exactly as torch.optim.Adamax on plain parameters.
+    base = torch.Tensor.__base__
+    moving = []
+
+    class MovesAnEntry(nn.Parameter):
+        @property
+        def grad(self):
+            if moving:
+                state, victim = moving
+                if any(k is victim for k in state):
+                    state[victim] = state.pop(victim)
+            return base.grad.__get__(self)
+
+        @grad.setter
+        def grad(self, value):
+            base.grad.__set__(self, value)
+
+    torch.manual_seed(3)
+    values = [torch.randn(n) for n in (3, 4, 5, 6)]
+    ours = [nn.Parameter(v.clone()) for v in values]
+    ours[1] = MovesAnEntry(values[1].clone())
+    ref = [nn.Parameter(v.clone()) for v in values]
+    opt = Adamax(ours, lr=0.1)
+    reference = torch.optim.Adamax(ref, lr=0.1)
+    for step in range(6):
+        for p, q in zip(ours, ref):
+            g = torch.randn(p.shape)
+            p.grad, q.grad = g.clone(), g.clone()
+        moving[:] = [opt.state, ours[2]] if step > 0 else []
+        opt.step()
+        moving.clear()
+        reference.step()
+        if step > 0:  # the entry was moved during the step
+            assert list(opt.state)[-1] is ours[2] and len(opt.state) == 4
+        for i, (p, q) in enumerate(zip(ours, ref)):
+            assert_same_bits(p.detach(), q.detach(), f"step {step}, parameter {i}")
+            for key in ("exp_avg", "exp_inf", "step"):
+                assert_same_bits(opt.state[p][key], reference.state[q][key], f"{key} {i}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedulers and GradScaler (every scheduler class is in test_torch_schedulers.py)
 
