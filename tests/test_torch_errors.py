@@ -19,7 +19,12 @@ import pytest
 torch = pytest.importorskip("torch")
 common_optimizers = pytest.importorskip("torch.testing._internal.common_optimizers")
 
-from torch_training import assert_same_bits, loss_of, make_mlp  # noqa: E402
+from torch_training import (  # noqa: E402
+    assert_same_bits,
+    loss_of,
+    make_mlp,
+    parameter_class_with_grad_hook,
+)
 
 from adamax_rs.torch import Adamax  # noqa: E402
 
@@ -498,24 +503,15 @@ def test_a_step_re_entered_from_inside_a_step_says_so(hook):
         if holder:
             holder.pop().step()
 
-    class StepsAgain(nn.Parameter):
-        if hook == "grad property":
+    class HashStepsAgain(nn.Parameter):
+        def __hash__(self):
+            step_again()
+            return id(self)
 
-            @property
-            def grad(self):
-                step_again()
-                return torch.Tensor.__base__.grad.__get__(self)
-
-            @grad.setter
-            def grad(self, value):
-                torch.Tensor.__base__.grad.__set__(self, value)
-
-        else:
-
-            def __hash__(self):
-                step_again()
-                return id(self)
-
+    if hook == "grad property":
+        StepsAgain = parameter_class_with_grad_hook(step_again)
+    else:
+        StepsAgain = HashStepsAgain
     first = nn.Parameter(torch.ones(3))
     first.grad = torch.ones(3)
     second = StepsAgain(torch.ones(3))

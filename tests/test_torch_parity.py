@@ -28,6 +28,7 @@ from torch_training import (  # noqa: E402
     assert_same_training,
     loss_of,
     make_mlp,
+    parameter_class_with_grad_hook,
     train_side_by_side,
 )
 
@@ -255,21 +256,15 @@ def test_state_moved_by_python_code_the_step_runs():
     # A parameter's grad property moves another parameter's entry to the end of the state dict
     # while the step walks it: the step finds every entry all the same (in order or by lookup),
     # and trains exactly as torch.optim.Adamax on plain parameters.
-    base = torch.Tensor.__base__
     moving = []
 
-    class MovesAnEntry(nn.Parameter):
-        @property
-        def grad(self):
-            if moving:
-                state, victim = moving
-                if any(k is victim for k in state):
-                    state[victim] = state.pop(victim)
-            return base.grad.__get__(self)
+    def move_the_entry():
+        if moving:
+            state, victim = moving
+            if any(k is victim for k in state):
+                state[victim] = state.pop(victim)
 
-        @grad.setter
-        def grad(self, value):
-            base.grad.__set__(self, value)
+    MovesAnEntry = parameter_class_with_grad_hook(move_the_entry)
 
     torch.manual_seed(3)
     values = [torch.randn(n) for n in (3, 4, 5, 6)]

@@ -59,6 +59,25 @@ class UpcastLinear(nn.Linear):
         return nn.functional.linear(x.float(), self.weight.float(), self.bias.float())
 
 
+def parameter_class_with_grad_hook(hook):
+    """An ``nn.Parameter`` subclass whose ``grad`` property calls ``hook()`` and then reads the
+    gradient as torch does (through ``torch.Tensor``'s base type): Python code that a step runs
+    when it reads a parameter's gradient."""
+    base = torch.Tensor.__base__  # TensorBase (torch >= 2.2), _TensorBase before
+
+    class GradHooked(nn.Parameter):
+        @property
+        def grad(self):
+            hook()
+            return base.grad.__get__(self)
+
+        @grad.setter
+        def grad(self, value):
+            base.grad.__set__(self, value)
+
+    return GradHooked
+
+
 def make_mlp(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     linear = UpcastLinear if dtype in (torch.float16, torch.bfloat16) else nn.Linear
