@@ -211,8 +211,8 @@ fn flat_isa_case<S: Storage<f32> + Copy>(
 
 /// Every instruction-set build this CPU has, on one thread, over 64K float32 elements (their
 /// arrays fit in L2, so the arithmetic shows, not the memory): float state with each `eps`
-/// placement, bfloat16 state rounded to nearest and stochastically, and 8-bit state. The AVX2
-/// build is the one most CPUs run.
+/// placement, and bfloat16 and 8-bit state, each rounded as by default and stochastically.
+/// The AVX2 build is the one most CPUs run.
 fn isa_builds(c: &mut Criterion) {
     let mut group = c.benchmark_group("isa_f32_64K");
     let n = 64 * K;
@@ -240,25 +240,31 @@ fn isa_builds(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(
             quantized_bytes::<f32>(n, blocks, false) as u64
         ));
-        let coefficients = hyperparameters().coefficients::<f32>(10);
-        group.bench_function(
-            BenchmarkId::new(format!("{}_8bit_state", isa.name()), label(n)),
-            |b| {
-                b.iter(|| {
-                    let slices = QuantizedSlices::new(
-                        &mut tensor.param,
-                        &tensor.grad,
-                        &mut m,
-                        &mut u,
-                        &mut m_scales,
-                        &mut u_scales,
-                        None,
-                    )
-                    .expect("fitting slices");
-                    simd::run(isa, Adamax, Blocks(slices, &coefficients))
-                })
-            },
-        );
+        for (stochastic_rounding, rounding) in [(false, ""), (true, "_stochastic")] {
+            let h = Hyperparameters {
+                stochastic_rounding,
+                ..hyperparameters()
+            };
+            let coefficients = h.coefficients::<f32>(10);
+            group.bench_function(
+                BenchmarkId::new(format!("{}_8bit_state{rounding}", isa.name()), label(n)),
+                |b| {
+                    b.iter(|| {
+                        let slices = QuantizedSlices::new(
+                            &mut tensor.param,
+                            &tensor.grad,
+                            &mut m,
+                            &mut u,
+                            &mut m_scales,
+                            &mut u_scales,
+                            None,
+                        )
+                        .expect("fitting slices");
+                        simd::run(isa, Adamax, Blocks(slices, &coefficients))
+                    })
+                },
+            );
+        }
     }
     group.finish();
 }

@@ -167,7 +167,17 @@ def decayed_scale(previous, beta2, compute):
     return (decayed.reshape(1).view(np.uint32) + np.uint32(8)).view(np.float32)[0]
 
 
-def encode_block(values, signed, compute, previous=None, beta2=None, noise=None, limit=None):
+def encode_block(
+    values,
+    signed,
+    compute,
+    previous=None,
+    beta2=None,
+    noise=None,
+    limit=None,
+    exp_avg=None,
+    bound=None,
+):
     """Codes and scale of one block of moments held in ``compute`` (float32 or float64).
 
     ``stored[k]`` is what code ``k`` decodes to, computed in ``compute``. exp_avg (signed) takes
@@ -178,11 +188,16 @@ def encode_block(values, signed, compute, previous=None, beta2=None, noise=None,
     block's scale before, and ``beta2`` given): there the previous scale decayed
     (``decayed_scale``) is kept when it is at least the tightest and below twice it.
 
-    With ``noise`` (32-bit words, one per value; exp_avg only) and ``limit`` (Adamax's bound
-    times the new exp_inf, per value), a magnitude whose code ``k`` is in the normal range (8
-    to 126) moves up to ``k + 1`` when ``f * (stored[k + 1] - stored[k]) < |x| - stored[k]``
-    and ``stored[k + 1] <= limit``, ``f`` being the word's top 24 bits times 2**-24, all in
-    ``compute``.
+    Rounded stochastically (``noise``: 32-bit words, one per value), all in ``compute``:
+
+    - exp_avg, with ``limit`` (Adamax's bound times the new exp_inf, per value): a magnitude
+      whose code ``k`` is in the normal range (8 to 126) moves up to ``k + 1`` when
+      ``f * (stored[k + 1] - stored[k]) < |x| - stored[k]`` and ``stored[k + 1] <= limit``,
+      ``f`` being the word's high 16 bits times 2**-16;
+    - exp_inf, with ``exp_avg`` (the stored exp_avg magnitudes, per value) and ``bound``
+      (Adamax's bound): a value whose code ``k`` is above 16 moves down to ``k - 1`` when
+      ``f * (stored[k] - stored[k - 1]) < stored[k] - x`` and
+      ``exp_avg <= bound * stored[k - 1]``, ``f`` being the word's low 16 bits times 2**-16.
     """
     values = np.asarray(values, dtype=compute)
     table = SIGNED_VALUES if signed else UNSIGNED_VALUES
@@ -201,13 +216,19 @@ def encode_block(values, signed, compute, previous=None, beta2=None, noise=None,
         if signed:
             k = int(np.searchsorted(stored, abs(x), side="right")) - 1
             if noise is not None and 8 <= k < 127:
-                f = compute(int(noise[i]) >> 8) * compute(2.0**-24)
+                f = compute(int(noise[i]) >> 16) * compute(2.0**-16)
                 drawn = f * (stored[k + 1] - stored[k]) < abs(x) - stored[k]
                 if drawn and stored[k + 1] <= limit[i]:
                     k += 1
             codes[i] = k | (0x80 if (x < 0 and k != 0) else 0)
         else:
-            codes[i] = min(int(np.searchsorted(stored, x, side="left")), 255)
+            k = min(int(np.searchsorted(stored, x, side="left")), 255)
+            if noise is not None and k > 16:
+                f = compute(int(noise[i]) & 0xFFFF) * compute(2.0**-16)
+                drawn = f * (stored[k] - stored[k - 1]) < stored[k] - x
+                if drawn and exp_avg[i] <= bound * stored[k - 1]:
+                    k -= 1
+            codes[i] = k
     return codes, scale
 
 
@@ -223,10 +244,21 @@ def decode(codes, scales, signed, compute=np.float32):
     return values.astype(compute) * block_scales.astype(compute)
 
 
-def quantize(values, signed, compute=np.float32, previous=None, beta2=None, noise=None, limit=None):
+def quantize(
+    values,
+    signed,
+    compute=np.float32,
+    previous=None,
+    beta2=None,
+    noise=None,
+    limit=None,
+    exp_avg=None,
+    bound=None,
+):
     """Flat moments to ``(codes, scales)``, block by block; ``previous`` scales (with
-    ``beta2``) for exp_inf in a step, and ``noise`` and ``limit`` for exp_avg rounded
-    stochastically, as ``encode_block`` takes them."""
+    ``beta2``) for exp_inf in a step, and ``noise`` with ``limit`` (exp_avg) or with
+    ``exp_avg`` and ``bound`` (exp_inf) to round stochastically, as ``encode_block`` takes
+    them."""
     values = np.asarray(values).reshape(-1)
     codes = np.zeros(len(values), np.uint8)
     scales = np.zeros(-(-len(values) // BLOCK), np.float32)
@@ -235,8 +267,9 @@ def quantize(values, signed, compute=np.float32, previous=None, beta2=None, nois
         before = None if previous is None else previous[b]
         bits = None if noise is None else noise[part]
         most = None if limit is None else limit[part]
+        stored_avg = None if exp_avg is None else exp_avg[part]
         codes[part], scales[b] = encode_block(
-            values[part], signed, compute, before, beta2, bits, most
+            values[part], signed, compute, before, beta2, bits, most, stored_avg, bound
         )
     return codes, scales
 
@@ -255,9 +288,9 @@ def blockwise_reference_step(
     """One step of a dense, C-ordered parameter with 8-bit state ``{"exp_avg": codes,
     "exp_inf": codes, "exp_avg_scale": ..., "exp_inf_scale": ...}``: decode in the compute type
     (float64 for float64 parameters, float32 otherwise), the formula in it
-    (``adamax_reference_step``), round the parameter to its dtype, encode (exp_avg
-    stochastically with ``state_hash``'s bits, when ``stochastic_rounding``).
-    Returns ``(param, state, master)``."""
+    (``adamax_reference_step``), round the parameter to its dtype, encode (both moments
+    stochastically with ``state_hash``'s bits, when ``stochastic_rounding``: exp_avg first,
+    then exp_inf against the stored exp_avg). Returns ``(param, state, master)``."""
     shape = param.shape
     compute = np.float64 if param.dtype == np.float64 else np.float32
     m = decode(state["exp_avg"].reshape(-1), state["exp_avg_scale"], True, compute)
@@ -267,10 +300,19 @@ def blockwise_reference_step(
     p, m, u = adamax_reference_step(source, g, m, u, t, **hyper)
     h = {**DEFAULTS, **hyper}
     noise = state_hash(m, u, g, t) if stochastic_rounding else None
-    limit = exp_avg_bound(h["beta1"], h["beta2"], compute) * u
-    m_codes, m_scales = quantize(m, True, compute, noise=noise, limit=limit)
-    beta2 = h["beta2"]
-    u_codes, u_scales = quantize(u, False, compute, previous=state["exp_inf_scale"], beta2=beta2)
+    bound = exp_avg_bound(h["beta1"], h["beta2"], compute)
+    m_codes, m_scales = quantize(m, True, compute, noise=noise, limit=bound * u)
+    stored_avg = np.abs(decode(m_codes, m_scales, True, compute))
+    u_codes, u_scales = quantize(
+        u,
+        False,
+        compute,
+        previous=state["exp_inf_scale"],
+        beta2=h["beta2"],
+        noise=noise,
+        exp_avg=stored_avg,
+        bound=bound,
+    )
     new_state = {
         "exp_avg": m_codes.reshape(shape),
         "exp_inf": u_codes.reshape(shape),

@@ -136,9 +136,10 @@ class Adamax(Optimizer):
         With ``state_dtype="bfloat16"`` or ``"8bit"`` only (``ValueError`` otherwise): round the
         new moments to the bfloat16 above or below at random, with the probabilities that make
         the stored value right on average, instead of to nearest. With 8-bit state it rounds
-        ``exp_avg`` this way between its two neighbouring codes (in the codes' normal range;
-        smaller values are still truncated) instead of truncating it, and leaves ``exp_inf``
-        rounded up. To nearest, ``exp_inf`` cannot decay by
+        both moments this way between their two neighbouring codes (in the codes' normal range;
+        smaller values keep the directed rounding) instead of truncating ``exp_avg`` and
+        rounding ``exp_inf`` up, never past Adamax's bound on ``|exp_avg| / exp_inf``. To
+        nearest, ``exp_inf`` cannot decay by
         a factor ``beta2`` above ``1 - 2**-9`` (the default 0.999 is): ``beta2 * u`` rounds back
         to ``u``, and training can stall. The random bits are a hash of each new value, its
         gradient and the step number, so a run gives the same bits on any number of threads and

@@ -207,8 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(STATE_DTYPES) + ["all"],
         default="float32",
         help="the optimizer's state: float32 (default), bfloat16 (rounded to nearest), "
-        "bfloat16-sr (rounded stochastically), 8bit, 8bit-sr (exp_avg rounded "
-        "stochastically), or all; other than float32, the run is compared with float32 state "
+        "bfloat16-sr (rounded stochastically), 8bit, 8bit-sr (rounded stochastically), "
+        "or all; other than float32, the run is compared with float32 state "
         "(loss ratios, --plot curves)",
     )
     parser.add_argument(

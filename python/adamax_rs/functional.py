@@ -119,7 +119,7 @@ def adamax(
         memory order), updated in place; ``None`` entries for parameters with float state.
         Give both lists or neither.
     stochastic_rounding : bool, default False
-        Round bfloat16 state, and 8-bit ``exp_avg``, stochastically (see
+        Round bfloat16 and 8-bit state stochastically (see
         :class:`adamax_rs.Adamax`); float32 and float64 state are unaffected.
 
     Raises

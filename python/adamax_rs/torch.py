@@ -173,8 +173,9 @@ class Adamax(Optimizer):
     stochastic_rounding : bool, default False
         With ``state_dtype=torch.bfloat16`` or ``"8bit"`` only (``ValueError`` otherwise):
         round the new bfloat16 moments stochastically instead of to nearest, so that
-        ``exp_inf`` keeps decaying at ``beta2 = 0.999``; with 8-bit state, round ``exp_avg``
-        stochastically instead of truncating it. As in :class:`adamax_rs.Adamax`.
+        ``exp_inf`` keeps decaying at ``beta2 = 0.999``; with 8-bit state, round both moments
+        stochastically instead of truncating ``exp_avg`` and rounding ``exp_inf`` up, within
+        Adamax's bound. As in :class:`adamax_rs.Adamax`.
 
     Raises
     ------

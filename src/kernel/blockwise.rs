@@ -10,17 +10,21 @@
 //!   and never above Adamax's bound (below).
 //! - `exp_inf` (never negative): 4 exponent bits, 4 mantissa bits (bias 7; largest 496, smallest
 //!   2^-10). It is **rounded up**: a stored `u` is never smaller than the computed one, and a
-//!   positive `u` never becomes 0.
+//!   positive `u` never becomes 0. With stochastic rounding, values whose code below is in the
+//!   normal range are rounded down or up at random instead, unbiased, but never below what
+//!   Adamax's bound allows for the stored `m`, and never to 0.
 //!
 //! A block's scale is its largest magnitude divided by the format's largest value (rounded up, so
 //! every code fits); `exp_inf`'s may instead be its previous scale decayed ([`exp_inf_scale`]).
 //! Why the rounding directions: Adamax's step is bounded because `|m| <= K u` with
 //! `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
 //! `u = max(beta2 u, |g|)`). Truncating `m` and rounding `u` up keep exactly that induction true
-//! for the stored values, so no 8-bit update can exceed the float32 bound. Rounding `m`
-//! stochastically keeps it too: it never takes a code above `K` times the new `u`
-//! ([`exp_avg_bound`]). `u` still decays: an element that only decays keeps its code while the
-//! block's scale decays by `beta2`.
+//! for the stored values, so no 8-bit update can exceed the float32 bound. Rounding
+//! stochastically keeps it too: `m` never takes a code above `K` times the new `u`
+//! ([`exp_avg_bound`]), and `u` then never takes a code below the stored `|m|` over `K`
+//! ([`round_exp_inf_stochastically`]). `u` decays even rounded up: an element that only decays
+//! keeps its code while the block's scale decays by `beta2` (but not in a block whose largest
+//! value new gradients keep refreshing; stochastic rounding decays it there).
 //!
 //! The update of a block reads the codes and scales once, computes the new moments into a stack
 //! buffer of [`BLOCK`] values (L1, not memory), writes the parameter, then encodes the moments and
@@ -56,7 +60,8 @@ fn pow2(n: i32) -> f32 {
 /// whose exponent is the code's plus 120 and whose mantissa starts with the code's.
 #[inline(always)]
 fn small_float_value<const MANTISSA: u32>(code: u32) -> f32 {
-    let subnormal = code as f32 * pow2(-6 - MANTISSA as i32);
+    // Through i32: x86 has no vector conversion from u32 before AVX-512, and `code` is small.
+    let subnormal = code as i32 as f32 * pow2(-6 - MANTISSA as i32);
     let normal = f32::from_bits((code + (120 << MANTISSA)) << (23 - MANTISSA));
     if code < 1 << MANTISSA {
         subnormal
@@ -340,7 +345,7 @@ pub fn encode_exp_avg<C: Float>(m: &[C], codes: &mut [u8]) -> f32 {
 }
 
 /// Encodes one block's `exp_avg` values `m` into `codes`, rounding each value in the codes'
-/// normal range stochastically with the random bits `noise` (one word per value, its top 24
+/// normal range stochastically with the random bits `noise` (one word per value, its top 16
 /// bits used) and truncating the smaller ones toward zero; returns the scale. `u` are the
 /// block's new `exp_inf` values and `bound` is [`exp_avg_bound`]: no value is rounded up to a
 /// code above `bound * u`.
@@ -382,8 +387,33 @@ static NO_NOISE: [u32; BLOCK] = [0; BLOCK];
 /// The smallest `exp_avg` magnitude code of the normal range (exponent 1).
 const FIRST_NORMAL_SIGNED: u32 = 8;
 
-/// `2^-24`: a 24-bit integer times this is a fraction in `[0, 1)`, exactly.
-const NOISE_UNIT: f64 = 1.0 / 16_777_216.0;
+/// The smallest `exp_inf` code of the normal range (exponent 1).
+const FIRST_NORMAL_UNSIGNED: u32 = 16;
+
+/// `2^-16`: a 16-bit integer times this is a fraction in `[0, 1)`, exactly.
+const NOISE_UNIT: f32 = 1.0 / 65_536.0;
+
+/// A 16-bit integer as a fraction in `[0, 1)`, in the compute type. Exact in f32, so it is
+/// computed there, from an i32: x86 before AVX-512 has no vector conversion from u32, and an
+/// f64 product made the AVX2 loops scalar.
+#[inline(always)]
+fn noise_fraction<C: Float>(bits16: u32) -> C {
+    C::from_f64(f64::from(bits16 as i32 as f32 * NOISE_UNIT))
+}
+
+/// The fraction that rounds an element's `exp_avg` stochastically: the high 16 bits of its
+/// random word, as bfloat16 state's `exp_avg` takes them.
+#[inline(always)]
+fn exp_avg_fraction<C: Float>(bits: u32) -> C {
+    noise_fraction(bits >> 16)
+}
+
+/// The fraction that rounds an element's `exp_inf` stochastically: the low 16 bits of its
+/// random word, apart from `exp_avg`'s, as bfloat16 state's `exp_inf` takes them.
+#[inline(always)]
+fn exp_inf_fraction<C: Float>(bits: u32) -> C {
+    noise_fraction(bits & 0xFFFF)
+}
 
 #[inline(always)]
 fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
@@ -495,8 +525,7 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
         let c = if STOCHASTIC && c >= FIRST_NORMAL_SIGNED && c < top {
             let below = scaled(signed_magnitude(c), scale);
             let above = scaled(signed_magnitude(c + 1), scale);
-            let fraction = C::from_f64(f64::from(bits >> 8) * NOISE_UNIT);
-            let drawn = fraction * (above - below) < magnitude - below;
+            let drawn = exp_avg_fraction::<C>(bits) * (above - below) < magnitude - below;
             c + u32::from(drawn & (above <= bound * limit))
         } else {
             c
@@ -602,6 +631,50 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
             c
         };
         *code = c as u8;
+    }
+}
+
+/// Rounds a block's `exp_inf` stochastically: `codes`, the tightest codes up on `scale32`
+/// (as [`encode_decaying_exp_inf`] leaves them) for the new values `u`, each move down one code
+/// with probability equal to the value's distance below its code, in units of the spacing
+/// (`noise`: one word per value, its low 16 bits used). The stored value is then right on
+/// average, so an element that decays by 0.1% a step decays, even in a block whose largest
+/// value new gradients keep refreshing (there the scale cannot decay for it, and rounding up
+/// puts it back on its old code every step).
+///
+/// Adamax's step is bounded because `|m| <= bound * u` holds step after step (see the module's
+/// documentation). Rounding `u` down could break that, and the steps could then grow past the
+/// float32 bound. So a code moves down only when the stored `exp_avg` (`exp_avg_codes` on
+/// `exp_avg_scale`, already encoded: never above `bound` times the new `u`) stays within
+/// `bound` times the code below. Only codes whose code below is in the normal range (at least
+/// 2^-6 of the top) move, and never to 0: a positive `u` stays positive.
+#[inline(always)]
+pub fn round_exp_inf_stochastically<C: Float>(
+    u: &[C],
+    codes: &mut [u8],
+    scale32: f32,
+    noise: &[u32],
+    exp_avg_codes: &[u8],
+    exp_avg_scale: f32,
+    bound: C,
+) {
+    debug_assert!(
+        codes.len() == u.len() && noise.len() >= u.len() && exp_avg_codes.len() == u.len()
+    );
+    let scale = C::from_f64(f64::from(scale32));
+    let m_scale = C::from_f64(f64::from(exp_avg_scale));
+    for (((code, &x), &bits), &m_code) in codes.iter_mut().zip(u).zip(noise).zip(exp_avg_codes) {
+        let c = u32::from(*code);
+        let above = scaled(unsigned_value(c), scale);
+        let below = scaled(unsigned_value(c.saturating_sub(1)), scale);
+        // Down with probability (above - x) / (above - below). Both differences are exact
+        // (`below < x <= above`, within a factor of two: Sterbenz), so only the product rounds;
+        // a value on its code (`x == above`) never moves, and NaN never does.
+        let drawn = exp_inf_fraction::<C>(bits) * (above - below) < above - x;
+        let stored_m = scaled(signed_magnitude(u32::from(m_code) & 0x7F), m_scale);
+        // `&`, not `&&`: no branches, so the loop vectorises.
+        let down = (c > FIRST_NORMAL_UNSIGNED) & drawn & (stored_m <= bound * below);
+        *code = (c - u32::from(down)) as u8;
     }
 }
 
@@ -751,6 +824,9 @@ pub(crate) fn quantized_run<
             encode_exp_avg(m_out, m_codes)
         };
         *u_scale = encode_decaying_exp_inf(u_out, u_codes, *u_scale, c.beta2);
+        if STOCHASTIC {
+            round_exp_inf_stochastically(u_out, u_codes, *u_scale, bits, m_codes, *m_scale, bound);
+        }
     }
 }
 
@@ -1115,8 +1191,8 @@ mod tests {
         let mut ups = vec![0u32; BLOCK];
         let mut codes = vec![0u8; BLOCK];
         for k in 0..draws {
-            // Evenly spread 24-bit fractions, the same for every element.
-            let noise = vec![(k * ((1 << 24) / draws)) << 8; BLOCK];
+            // Evenly spread 16-bit fractions in the high half, the same for every element.
+            let noise = vec![(k * ((1 << 16) / draws)) << 16; BLOCK];
             let got = encode_exp_avg_stochastic(&values, &u, &noise, 1.2, &mut codes);
             assert_eq!(got, scale);
             for ((&c, &t), up) in codes.iter().zip(&truncated).zip(ups.iter_mut()) {
@@ -1144,6 +1220,61 @@ mod tests {
         let noise = vec![0u32; BLOCK];
         encode_exp_avg_stochastic(&values, &u, &noise, 1.0, &mut codes);
         assert_eq!(codes, truncated);
+    }
+
+    /// Stochastic rounding of `exp_inf` picks the code rounded up or the one below, only where
+    /// the one below is in the normal range, and goes down as often as the value's distance
+    /// below its code, in units of the spacing (over evenly spread noise): right on average. It
+    /// never goes below `bound` times the stored `exp_avg`.
+    #[test]
+    fn stochastic_exp_inf_is_one_of_two_codes_and_unbiased() {
+        let values: Vec<f32> = (0..BLOCK)
+            .map(|i| 10f32.powf(-7.0 + 7.0 * (i as f32 / 255.0)) * 1.37)
+            .collect();
+        let mut up = vec![0u8; BLOCK];
+        let scale = encode_exp_inf(&values, &mut up);
+        let no_exp_avg = vec![0u8; BLOCK];
+        let draws = 4096u32;
+        let mut downs = vec![0u32; BLOCK];
+        for k in 0..draws {
+            // Evenly spread 16-bit fractions in the low half, the same for every element.
+            let noise = vec![k * ((1 << 16) / draws); BLOCK];
+            let mut codes = up.clone();
+            round_exp_inf_stochastically(&values, &mut codes, scale, &noise, &no_exp_avg, 1.0, 1.0);
+            for ((&c, &u), down) in codes.iter().zip(&up).zip(downs.iter_mut()) {
+                assert!(c == u || c + 1 == u, "{c} from {u}");
+                *down += u32::from(c != u);
+            }
+        }
+        for ((&x, &u), &down) in values.iter().zip(&up).zip(&downs) {
+            if u32::from(u) <= FIRST_NORMAL_UNSIGNED {
+                assert_eq!(down, 0, "{x} (code {u}) must stay rounded up");
+                continue;
+            }
+            let above = decode_unsigned(u) * scale;
+            let below = decode_unsigned(u - 1) * scale;
+            let expected = (above - x) / (above - below) * draws as f32;
+            assert!(
+                (down as f32 - expected).abs() <= 1.0,
+                "{x}: down {down} times, expected {expected}"
+            );
+        }
+        // A stored exp_avg above `bound` times the code below keeps every code up: here each
+        // exp_avg is the top code on a scale as large as the block's largest exp_inf.
+        let top_exp_avg = vec![0x7Fu8; BLOCK];
+        let mut codes = up.clone();
+        let noise = vec![0u32; BLOCK];
+        let largest = values[BLOCK - 1] / MAX_SIGNED;
+        round_exp_inf_stochastically(
+            &values,
+            &mut codes,
+            scale,
+            &noise,
+            &top_exp_avg,
+            largest,
+            1.0,
+        );
+        assert_eq!(codes, up);
     }
 
     #[test]
