@@ -301,7 +301,11 @@ def blockwise_reference_step(
     h = {**DEFAULTS, **hyper}
     noise = state_hash(m, u, g, t) if stochastic_rounding else None
     bound = exp_avg_bound(h["beta1"], h["beta2"], compute)
-    m_codes, m_scales = quantize(m, True, compute, noise=noise, limit=bound * u)
+    # With no bound (infinite: beta1 >= beta2) a zero exp_inf makes the limit NaN, which refuses
+    # the move, as the kernel's product does (the value is 0 then, and has no code to move to).
+    with np.errstate(invalid="ignore"):
+        limit = bound * u
+    m_codes, m_scales = quantize(m, True, compute, noise=noise, limit=limit)
     stored_avg = np.abs(decode(m_codes, m_scales, True, compute))
     u_codes, u_scales = quantize(
         u,

@@ -120,10 +120,10 @@ class Adamax(Optimizer):
         - ``"8bit"``: block-wise quantized moments, one byte per element each plus a
           float32 scale per block of 256 elements and moment (``state["exp_avg_scale"]``,
           ``state["exp_inf_scale"]``); the arithmetic runs in float32. ``exp_avg`` is
-          truncated toward zero (or rounded stochastically with ``stochastic_rounding``) and
-          ``exp_inf`` rounded up, so no step is larger than the float32 bound
-          ``lr / (1 - beta1**t)`` (rounded stochastically, ``exp_avg`` never takes a code
-          that would break it). Parameters with fewer than 4096 elements (and complex or
+          truncated toward zero and ``exp_inf`` rounded up (or both rounded stochastically
+          with ``stochastic_rounding``), so no step is larger than the float32 bound
+          ``lr / (1 - beta1**t)`` (rounded stochastically, neither takes a code that would
+          break it). Parameters with fewer than 4096 elements (and complex or
           non-dense ones) keep float32 state.
 
         See docs/compressed_state.md for what each costs and saves.

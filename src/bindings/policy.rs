@@ -30,7 +30,7 @@ pub struct StatePolicy {
     pub kind: StateKind,
     /// Keep a float copy of 16-bit parameters, updated and rounded into them each step.
     pub master_weights: bool,
-    /// Round bfloat16 state, or 8-bit `exp_avg`, stochastically (only with
+    /// Round bfloat16 or 8-bit state stochastically (only with
     /// [`StateKind::BFloat16`] or [`StateKind::Blockwise8`]).
     pub stochastic_rounding: bool,
 }

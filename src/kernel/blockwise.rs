@@ -549,7 +549,8 @@ const DECAY_SLACK_ULPS: u32 = 8;
 /// which keeps every code that only decayed exactly where it was. It is used while it fits
 /// the block (`top * scale >= largest`) and is less than twice the tightest scale
 /// ([`block_scale`]); otherwise the tightest is. Either way each code is then rounded up, so the
-/// guarantee is the same: no stored `exp_inf` is below the computed one.
+/// guarantee is the same: no stored `exp_inf` is below the computed one (unless it is then
+/// rounded stochastically, [`round_exp_inf_stochastically`]).
 #[inline(always)]
 pub fn exp_inf_scale<C: Float>(largest: C, previous: f32, beta2: C) -> f32 {
     let tight = block_scale(largest, MAX_UNSIGNED);
@@ -634,7 +635,7 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
     }
 }
 
-/// Rounds a block's `exp_inf` stochastically: `codes`, the tightest codes up on `scale32`
+/// Rounds a block's `exp_inf` stochastically: `codes`, the codes rounded up on `scale32`
 /// (as [`encode_decaying_exp_inf`] leaves them) for the new values `u`, each move down one code
 /// with probability equal to the value's distance below its code, in units of the spacing
 /// (`noise`: one word per value, its low 16 bits used). The stored value is then right on
@@ -646,8 +647,8 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
 /// documentation). Rounding `u` down could break that, and the steps could then grow past the
 /// float32 bound. So a code moves down only when the stored `exp_avg` (`exp_avg_codes` on
 /// `exp_avg_scale`, already encoded: never above `bound` times the new `u`) stays within
-/// `bound` times the code below. Only codes whose code below is in the normal range (at least
-/// 2^-6 of the top) move, and never to 0: a positive `u` stays positive.
+/// `bound` times the code below. Only codes whose code below is in the normal range (2^-6
+/// times the scale or more) move, and never to 0: a positive `u` stays positive.
 #[inline(always)]
 pub fn round_exp_inf_stochastically<C: Float>(
     u: &[C],
@@ -1275,6 +1276,25 @@ mod tests {
             1.0,
         );
         assert_eq!(codes, up);
+        // The check is against the code below, not the one above: a block of one value between
+        // two codes (and its largest, on the top code), with a stored exp_avg between the two
+        // codes' values, stays up.
+        let mut x = [1.37f32; BLOCK];
+        x[0] = 4.0;
+        let mut one_code = vec![0u8; BLOCK];
+        let scale = encode_exp_inf(&x, &mut one_code);
+        let c = one_code[1];
+        let below = decode_unsigned(c - 1) * scale;
+        let above = decode_unsigned(c) * scale;
+        let m_scale = (below + above) / 2.0 / MAX_SIGNED;
+        let stored_m = decode_signed(0x7F) * m_scale;
+        assert!(below < stored_m && stored_m < above && below < x[1] && x[1] < above);
+        let mut codes = one_code.clone();
+        round_exp_inf_stochastically(&x, &mut codes, scale, &noise, &top_exp_avg, m_scale, 1.0);
+        assert_eq!(codes, one_code);
+        // With a bound that allows it, every one goes down (the noise is 0).
+        round_exp_inf_stochastically(&x, &mut codes, scale, &noise, &top_exp_avg, m_scale, 2.0);
+        assert!(codes[1..].iter().all(|&k| k == c - 1) && codes[0] == one_code[0]);
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub struct Flags {
     pub coupled_weight_decay: bool,
     /// eps inside the max, with torch's order of operations.
     pub eps_inside_max: bool,
-    /// Round bfloat16 state, and 8-bit `exp_avg`, stochastically.
+    /// Round bfloat16 and 8-bit state stochastically.
     pub stochastic_rounding: bool,
 }
 

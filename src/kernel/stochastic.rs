@@ -1,4 +1,4 @@
-//! Stochastic rounding of bfloat16 state (and of 8-bit `exp_avg`, in `blockwise`): the random
+//! Stochastic rounding of bfloat16 state (and of 8-bit state, in `blockwise`): the random
 //! bits come from a hash, not a generator.
 //!
 //! Rounded to nearest, a bfloat16 `exp_inf` stops decaying: `beta2 * u` with `beta2 = 0.999`
