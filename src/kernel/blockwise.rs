@@ -22,7 +22,7 @@
 //! for the stored values, so no 8-bit update can exceed the float32 bound. Rounding
 //! stochastically keeps it too: `m` never takes a code above `K` times the new `u`
 //! ([`exp_avg_bound`]), and `u` then never takes a code below the stored `|m|` over `K`
-//! ([`round_exp_inf_stochastically`]). `u` decays even rounded up: an element that only decays
+//! ([`encode_decaying_exp_inf_stochastic`]). `u` decays even rounded up: an element that only decays
 //! keeps its code while the block's scale decays by `beta2` (but not in a block whose largest
 //! value new gradients keep refreshing; stochastic rounding decays it there).
 //!
@@ -62,12 +62,19 @@ fn pow2(n: i32) -> f32 {
 fn small_float_value<const MANTISSA: u32>(code: u32) -> f32 {
     // Through i32: x86 has no vector conversion from u32 before AVX-512, and `code` is small.
     let subnormal = code as i32 as f32 * pow2(-6 - MANTISSA as i32);
-    let normal = f32::from_bits((code + (120 << MANTISSA)) << (23 - MANTISSA));
     if code < 1 << MANTISSA {
         subnormal
     } else {
-        normal
+        normal_small_float_value::<MANTISSA>(code)
     }
+}
+
+/// [`small_float_value`] of a code known to be normal (`code >= 2^MANTISSA`), without the
+/// subnormal branch: the stochastic roundings decode only such codes, and this saves them a
+/// conversion, a product and a blend per decode. (Any other `code` gives a meaningless value.)
+#[inline(always)]
+fn normal_small_float_value<const MANTISSA: u32>(code: u32) -> f32 {
+    f32::from_bits((code + (120 << MANTISSA)) << (23 - MANTISSA))
 }
 
 /// The magnitude of an `exp_avg` code's low 7 bits `magnitude` (`0..=127`).
@@ -523,8 +530,9 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
         // is beyond the bound. Both differences are exact (the two values are within a factor
         // of two: Sterbenz), so only the products round.
         let c = if STOCHASTIC && c >= FIRST_NORMAL_SIGNED && c < top {
-            let below = scaled(signed_magnitude(c), scale);
-            let above = scaled(signed_magnitude(c + 1), scale);
+            // Both codes are normal here.
+            let below = scaled(normal_small_float_value::<3>(c), scale);
+            let above = scaled(normal_small_float_value::<3>(c + 1), scale);
             let drawn = exp_avg_fraction::<C>(bits) * (above - below) < magnitude - below;
             c + u32::from(drawn & (above <= bound * limit))
         } else {
@@ -550,7 +558,7 @@ const DECAY_SLACK_ULPS: u32 = 8;
 /// the block (`top * scale >= largest`) and is less than twice the tightest scale
 /// ([`block_scale`]); otherwise the tightest is. Either way each code is then rounded up, so the
 /// guarantee is the same: no stored `exp_inf` is below the computed one (unless it is then
-/// rounded stochastically, [`round_exp_inf_stochastically`]).
+/// rounded stochastically, [`encode_decaying_exp_inf_stochastic`]).
 #[inline(always)]
 pub fn exp_inf_scale<C: Float>(largest: C, previous: f32, beta2: C) -> f32 {
     let tight = block_scale(largest, MAX_UNSIGNED);
@@ -573,11 +581,11 @@ pub fn exp_inf_scale<C: Float>(largest: C, previous: f32, beta2: C) -> f32 {
 pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
     // `u` is not negative: its magnitude is itself (a NaN's sign aside).
     let scale = block_scale(largest_magnitude(u), MAX_UNSIGNED);
-    encode_exp_inf_with_scale(u, codes, scale)
+    encode_exp_inf_with_scale::<C, false>(u, codes, scale, ExpInfRounding::up())
 }
 
 /// Encodes one block's `exp_inf` values `u` into `codes` on a new scale that follows the
-/// previous one as it decays ([`exp_inf_scale`]); returns the scale.
+/// previous one as it decays ([`exp_inf_scale`]), rounding up; returns the scale.
 #[inline(always)]
 pub fn encode_decaying_exp_inf<C: Float>(
     u: &[C],
@@ -586,22 +594,87 @@ pub fn encode_decaying_exp_inf<C: Float>(
     beta2: C,
 ) -> f32 {
     let scale = exp_inf_scale(largest_magnitude(u), previous, beta2);
-    encode_exp_inf_with_scale(u, codes, scale)
+    encode_exp_inf_with_scale::<C, false>(u, codes, scale, ExpInfRounding::up())
+}
+
+/// What rounding `exp_inf` stochastically reads besides the values: each value's random word
+/// (`noise`, its low 16 bits used), and the block's `exp_avg`, already encoded (its codes and
+/// scale), with Adamax's `bound` on `|exp_avg| / exp_inf` ([`exp_avg_bound`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpInfRounding<'a, C> {
+    pub noise: &'a [u32],
+    pub exp_avg_codes: &'a [u8],
+    pub exp_avg_scale: f32,
+    pub bound: C,
+}
+
+/// The `exp_avg` codes of a block that is not rounded stochastically (never read).
+static NO_CODES: [u8; BLOCK] = [0; BLOCK];
+
+impl<C: Float> ExpInfRounding<'static, C> {
+    /// For rounding up only: nothing in it is read.
+    fn up() -> Self {
+        ExpInfRounding {
+            noise: &NO_NOISE,
+            exp_avg_codes: &NO_CODES,
+            exp_avg_scale: 0.0,
+            bound: C::from_f64(0.0),
+        }
+    }
+}
+
+/// Encodes one block's `exp_inf` values `u` into `codes` on the decaying scale, as
+/// [`encode_decaying_exp_inf`], then rounds each code stochastically in the same loop: it moves
+/// down one code with probability equal to the value's distance below its code, in units of
+/// the spacing. The stored value is then right on average, so an element that decays by 0.1% a
+/// step decays, even in a block whose largest value new gradients keep refreshing (there the
+/// scale cannot decay for it, and rounding up puts it back on its old code every step).
+/// Returns the scale.
+///
+/// Adamax's step is bounded because `|m| <= bound * u` holds step after step (see the module's
+/// documentation). Rounding `u` down could break that, and the steps could then grow past the
+/// float32 bound. So a code moves down only when the stored `exp_avg` (`rounding`'s codes on
+/// its scale, already encoded: never above `bound` times the new `u`) stays within `bound`
+/// times the code below. Only codes whose code below is in the normal range (2^-6 times the
+/// scale or more) move, and never to 0: a positive `u` stays positive.
+#[inline(always)]
+pub fn encode_decaying_exp_inf_stochastic<C: Float>(
+    u: &[C],
+    codes: &mut [u8],
+    previous: f32,
+    beta2: C,
+    rounding: ExpInfRounding<'_, C>,
+) -> f32 {
+    let scale = exp_inf_scale(largest_magnitude(u), previous, beta2);
+    encode_exp_inf_with_scale::<C, true>(u, codes, scale, rounding)
 }
 
 /// Encodes `u` into `codes` on `scale`, which fits every value (`top * scale >= max(u)`),
-/// rounding up.
+/// rounding up, then (with `STOCHASTIC`) stochastically with `rounding`.
 #[inline(always)]
-fn encode_exp_inf_with_scale<C: Float>(u: &[C], codes: &mut [u8], scale32: f32) -> f32 {
+fn encode_exp_inf_with_scale<C: Float, const STOCHASTIC: bool>(
+    u: &[C],
+    codes: &mut [u8],
+    scale32: f32,
+    rounding: ExpInfRounding<'_, C>,
+) -> f32 {
+    // One block at most: the loop zips the values with `rounding`'s slices (`BLOCK` long when
+    // not rounding stochastically).
+    debug_assert!(
+        codes.len() == u.len()
+            && rounding.noise.len() >= u.len()
+            && rounding.exp_avg_codes.len() >= u.len()
+    );
     if one_sided_checks_suffice(scale32) {
         // The estimate is never above the tightest code (see `ESTIMATE_MARGIN`): one check.
         let scale = C::from_f64(f64::from(scale32));
         let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 - ESTIMATE_MARGIN);
-        encode_exp_inf_block::<C, false>(u, codes, scale32, inverse);
+        encode_exp_inf_block::<C, false, STOCHASTIC>(u, codes, scale32, inverse, rounding);
     } else {
         // An all-zero block (scale 0) gets codes 0; a NaN one decodes to NaN whatever its codes
         // (the scale carries the NaN).
-        encode_exp_inf_block::<C, true>(u, codes, scale32, C::from_f64(0.0));
+        let zero = C::from_f64(0.0);
+        encode_exp_inf_block::<C, true, STOCHASTIC>(u, codes, scale32, zero, rounding);
     }
     scale32
 }
@@ -609,16 +682,22 @@ fn encode_exp_inf_with_scale<C: Float>(u: &[C], codes: &mut [u8], scale32: f32) 
 /// The `exp_inf` loop of [`encode_exp_inf_with_scale`] over one block, estimating each code from
 /// [`code_quotient`]. `TWO_SIDED`: the estimate may be one code off either way (`inverse` is
 /// not used); otherwise `inverse` is pushed down by [`ESTIMATE_MARGIN`], and the estimate can
-/// only be one too low.
+/// only be one too low. `STOCHASTIC`: the code rounded up may then move down one
+/// ([`encode_decaying_exp_inf_stochastic`]); one loop, so the codes are not read back and
+/// decoded again in a second pass.
 #[inline(always)]
-fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
+fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool, const STOCHASTIC: bool>(
     u: &[C],
     codes: &mut [u8],
     scale32: f32,
     inverse: C,
+    rounding: ExpInfRounding<'_, C>,
 ) {
     let scale = C::from_f64(f64::from(scale32));
-    for (code, &x) in codes.iter_mut().zip(u) {
+    let m_scale = C::from_f64(f64::from(rounding.exp_avg_scale));
+    let bound = rounding.bound;
+    let others = rounding.noise.iter().zip(rounding.exp_avg_codes);
+    for ((code, &x), (&bits, &m_code)) in codes.iter_mut().zip(u).zip(others) {
         let quotient = code_quotient::<C, TWO_SIDED>(x, inverse, scale32);
         let c = unsigned_code_up(quotient.min(MAX_UNSIGNED));
         // One code up if the stored value came out below the computed one; with two sides, one
@@ -631,51 +710,23 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool>(
         } else {
             c
         };
+        let c = if STOCHASTIC {
+            // Only codes above the first normal one move, so both codes are normal where it
+            // matters (elsewhere the values are not used).
+            let above = scaled(normal_small_float_value::<4>(c), scale);
+            let below = scaled(normal_small_float_value::<4>(c.saturating_sub(1)), scale);
+            // Down with probability (above - x) / (above - below). Both differences are exact
+            // (`below < x <= above`, within a factor of two: Sterbenz), so only the product
+            // rounds; a value on its code (`x == above`) never moves, and NaN never does.
+            let drawn = exp_inf_fraction::<C>(bits) * (above - below) < above - x;
+            let stored_m = scaled(signed_magnitude(u32::from(m_code) & 0x7F), m_scale);
+            // `&`, not `&&`: no branches, so the loop vectorises.
+            let moves = (c > FIRST_NORMAL_UNSIGNED) & drawn & (stored_m <= bound * below);
+            c - u32::from(moves)
+        } else {
+            c
+        };
         *code = c as u8;
-    }
-}
-
-/// Rounds a block's `exp_inf` stochastically: `codes`, the codes rounded up on `scale32`
-/// (as [`encode_decaying_exp_inf`] leaves them) for the new values `u`, each move down one code
-/// with probability equal to the value's distance below its code, in units of the spacing
-/// (`noise`: one word per value, its low 16 bits used). The stored value is then right on
-/// average, so an element that decays by 0.1% a step decays, even in a block whose largest
-/// value new gradients keep refreshing (there the scale cannot decay for it, and rounding up
-/// puts it back on its old code every step).
-///
-/// Adamax's step is bounded because `|m| <= bound * u` holds step after step (see the module's
-/// documentation). Rounding `u` down could break that, and the steps could then grow past the
-/// float32 bound. So a code moves down only when the stored `exp_avg` (`exp_avg_codes` on
-/// `exp_avg_scale`, already encoded: never above `bound` times the new `u`) stays within
-/// `bound` times the code below. Only codes whose code below is in the normal range (2^-6
-/// times the scale or more) move, and never to 0: a positive `u` stays positive.
-#[inline(always)]
-pub fn round_exp_inf_stochastically<C: Float>(
-    u: &[C],
-    codes: &mut [u8],
-    scale32: f32,
-    noise: &[u32],
-    exp_avg_codes: &[u8],
-    exp_avg_scale: f32,
-    bound: C,
-) {
-    debug_assert!(
-        codes.len() == u.len() && noise.len() >= u.len() && exp_avg_codes.len() == u.len()
-    );
-    let scale = C::from_f64(f64::from(scale32));
-    let m_scale = C::from_f64(f64::from(exp_avg_scale));
-    for (((code, &x), &bits), &m_code) in codes.iter_mut().zip(u).zip(noise).zip(exp_avg_codes) {
-        let c = u32::from(*code);
-        let above = scaled(unsigned_value(c), scale);
-        let below = scaled(unsigned_value(c.saturating_sub(1)), scale);
-        // Down with probability (above - x) / (above - below). Both differences are exact
-        // (`below < x <= above`, within a factor of two: Sterbenz), so only the product rounds;
-        // a value on its code (`x == above`) never moves, and NaN never does.
-        let drawn = exp_inf_fraction::<C>(bits) * (above - below) < above - x;
-        let stored_m = scaled(signed_magnitude(u32::from(m_code) & 0x7F), m_scale);
-        // `&`, not `&&`: no branches, so the loop vectorises.
-        let down = (c > FIRST_NORMAL_UNSIGNED) & drawn & (stored_m <= bound * below);
-        *code = (c - u32::from(down)) as u8;
     }
 }
 
@@ -824,10 +875,17 @@ pub(crate) fn quantized_run<
         } else {
             encode_exp_avg(m_out, m_codes)
         };
-        *u_scale = encode_decaying_exp_inf(u_out, u_codes, *u_scale, c.beta2);
-        if STOCHASTIC {
-            round_exp_inf_stochastically(u_out, u_codes, *u_scale, bits, m_codes, *m_scale, bound);
-        }
+        *u_scale = if STOCHASTIC {
+            let rounding = ExpInfRounding {
+                noise: bits,
+                exp_avg_codes: m_codes,
+                exp_avg_scale: *m_scale,
+                bound,
+            };
+            encode_decaying_exp_inf_stochastic(u_out, u_codes, *u_scale, c.beta2, rounding)
+        } else {
+            encode_decaying_exp_inf(u_out, u_codes, *u_scale, c.beta2)
+        };
     }
 }
 
@@ -1221,6 +1279,28 @@ mod tests {
         let noise = vec![0u32; BLOCK];
         encode_exp_avg_stochastic(&values, &u, &noise, 1.0, &mut codes);
         assert_eq!(codes, truncated);
+    }
+
+    /// `codes` (`exp_inf` rounded up on the tightest scale, as `encode_exp_inf` gives them)
+    /// re-encoded from `values` with stochastic rounding, on the same scale (no previous one to
+    /// decay), with the stored `exp_avg` of `exp_avg_codes` on `exp_avg_scale`.
+    fn round_exp_inf_stochastically(
+        values: &[f32],
+        codes: &mut [u8],
+        scale: f32,
+        noise: &[u32],
+        exp_avg_codes: &[u8],
+        exp_avg_scale: f32,
+        bound: f32,
+    ) {
+        let rounding = ExpInfRounding {
+            noise,
+            exp_avg_codes,
+            exp_avg_scale,
+            bound,
+        };
+        let got = encode_decaying_exp_inf_stochastic(values, codes, 0.0, 0.999, rounding);
+        assert_eq!(got, scale);
     }
 
     /// Stochastic rounding of `exp_inf` picks the code rounded up or the one below, only where
