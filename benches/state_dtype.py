@@ -1,5 +1,5 @@
-"""Step time by state dtype: float32, bfloat16 (rounded to nearest, and stochastically) and
-8-bit state on float32 parameters.
+"""Step time by state dtype: float32, bfloat16 and 8-bit state on float32 parameters, the
+compressed states rounded stochastically (their default) and with ``stochastic_rounding=False``.
 
     .venv/bin/python benches/state_dtype.py [--elements 16777216] [--seconds 20]
 
@@ -7,8 +7,9 @@ Each state dtype's step runs beside a bandwidth probe over the very same arrays 
 bytes read and written, trivial arithmetic: the floor for a one-pass update on this
 machine), all interleaved in rounds of about 50 ms so that a busy neighbour slows them all
 alike. Prints the median step time, the speed-up over float32 state, the share of the
-probe's speed reached, the bytes moved per element and the state memory. A stand-alone
-script: the bench CLI (python -m adamax_rs bench) is being rewritten elsewhere.
+probe's speed reached, the bytes moved per element and the state memory. The bench CLI
+(``python -m adamax_rs bench``) has the same states in its "1 x 16M float32" workload, timed
+beside one float32 probe; this script gives each state its own.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import numpy as np
 from adamax_rs import _core
 from adamax_rs.functional import adamax, new_state
 
-#: Each row's state dtype, and whether it rounds stochastically.
+#: Each row's state dtype, and whether it rounds stochastically (as compressed state does by
+#: default; the "-nearest" and "-directed" rows are ``stochastic_rounding=False``).
 KINDS = {
     "float32": (None, False),
-    "bfloat16": ("bfloat16", False),
-    "bf16-sr": ("bfloat16", True),
-    "8bit": ("8bit", False),
-    "8bit-sr": ("8bit", True),
+    "bfloat16": ("bfloat16", True),
+    "bf16-nearest": ("bfloat16", False),
+    "8bit": ("8bit", True),
+    "8bit-directed": ("8bit", False),
 }
 
 

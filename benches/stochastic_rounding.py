@@ -2,12 +2,14 @@
 
     .venv/bin/python benches/stochastic_rounding.py [--seeds 0,1,2] [--beta2 0.999]
 
-It compares float32 state with bfloat16 state rounded to nearest, with the built-in
-``stochastic_rounding=True`` (random bits hashed from the values and the step), and with an
+It compares float32 state with bfloat16 state rounded to nearest (``stochastic_rounding=False``),
+with the built-in ``stochastic_rounding=True`` (random bits hashed from the values and the
+step; the default for bfloat16 state), and with an
 emulation of stochastic rounding by an independent generator, described below: if the hash's
 bits were poor, the built-in option would fall behind the emulation.
 
-bfloat16 state rounds ``exp_avg`` and ``exp_inf`` to nearest even after every step. With
+Rounded to nearest, bfloat16 state rounds ``exp_avg`` and ``exp_inf`` to nearest even after
+every step. With
 ``beta2 = 0.999``, ``0.999 * u`` rounds back to ``u`` (bfloat16 has 8 significant bits), so
 ``exp_inf`` stops decaying, which is the suspected cause of bfloat16's quality miss on the
 spirals. Stochastic rounding (round up with probability equal to the distance from the value
@@ -17,7 +19,7 @@ This script emulates both roundings with float32 state: after each step of
 ``adamax_rs.Adamax`` it rounds the state arrays, in place, to bfloat16 values. That is exactly
 bfloat16 state, because the kernel reads the stored values, computes in float32 and rounds
 only what it stores, so the emulation with rounding to nearest must reproduce a real
-``state_dtype="bfloat16"`` run bit for bit; the script checks that first, then compares the
+``state_dtype="bfloat16", stochastic_rounding=False`` run bit for bit; the script checks that first, then compares the
 final losses of float32 state, bfloat16 rounded to nearest, and bfloat16 rounded
 stochastically (numpy's PCG64 stream, seeded).
 """
@@ -92,7 +94,9 @@ def main() -> None:
             args.seed = seed
 
             def plain(ps: list[Parameter], lr: float, sd: Any = None) -> Adamax:
-                return Adamax(ps, lr=lr, betas=betas, state_dtype=sd)
+                # With bfloat16 state: rounded to nearest, which the emulation reproduces.
+                rounding = {"stochastic_rounding": False} if sd else {}
+                return Adamax(ps, lr=lr, betas=betas, state_dtype=sd, **rounding)
 
             def emulated(
                 ps: list[Parameter], lr: float, how: Any = None, seed: int = seed

@@ -21,6 +21,7 @@ from conftest import assert_unchanged, snapshot
 from reference import (
     adamax_reference_step,
     bfloat16_reference_step,
+    bfloat16_stochastic_reference_step,
     blockwise_reference_step,
     decode,
     quantize,
@@ -196,6 +197,82 @@ def test_stochastic_rounding_keeps_adamaxs_bound(rng, betas):
     assert closest > 0.9 * bound  # the bound was approached, so the limit was tested
 
 
+# -- the default rounding ------------------------------------------------------------------
+
+
+def reference_state(state_dtype, n):
+    """Zero state for the references: bfloat16 arrays, or 8-bit codes and scales."""
+    if state_dtype == "bfloat16":
+        return {"exp_avg": np.zeros(n, BF16), "exp_inf": np.zeros(n, BF16)}
+    return {
+        "exp_avg": np.zeros(n, np.uint8),
+        "exp_inf": np.zeros(n, np.uint8),
+        "exp_avg_scale": np.zeros(-(-n // 256), np.float32),
+        "exp_inf_scale": np.zeros(-(-n // 256), np.float32),
+    }
+
+
+def reference_step(state_dtype, param, grad, state, t, stochastic, **hyper):
+    """One step of the independent reference for ``state_dtype``, rounded stochastically or
+    not; returns the new parameter and state."""
+    if state_dtype == "8bit":
+        param, state, _ = blockwise_reference_step(
+            param, grad, state, t, stochastic_rounding=stochastic, **hyper
+        )
+        return param, state
+    step = bfloat16_stochastic_reference_step if stochastic else bfloat16_reference_step
+    param, m, u, _ = step(param, grad, state["exp_avg"], state["exp_inf"], t, **hyper)
+    return param, {"exp_avg": m, "exp_inf": u}
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "8bit"])
+@pytest.mark.parametrize("stochastic_rounding", [None, False], ids=["default", "False"])
+def test_compressed_state_rounds_stochastically_by_default(rng, state_dtype, stochastic_rounding):
+    """``stochastic_rounding=None``, the default, rounds bfloat16 and 8-bit state
+    stochastically: the steps are the stochastic reference's, bit for bit, in ``Adamax`` and in
+    ``functional.adamax``; ``False`` gives the reference's nearest (bfloat16) or directed
+    (8-bit) rounding. The two differ (checked), so each comparison can fail."""
+    stochastic = stochastic_rounding is None
+    n = N
+    init = rng.standard_normal(n).astype(np.float32)
+    p = Parameter(init.copy())
+    options = {} if stochastic_rounding is None else {"stochastic_rounding": False}
+    opt = Adamax([p], lr=0.01, state_dtype=state_dtype, **options)
+    assert opt.stochastic_rounding is stochastic
+    x, arrays = init.copy(), new_state(init, state_dtype=state_dtype)
+    ref_p, ref_state = init.copy(), reference_state(state_dtype, n)
+    other_p, other_state = init.copy(), reference_state(state_dtype, n)
+    scales = (
+        {"exp_avg_scales": [arrays["exp_avg_scale"]], "exp_inf_scales": [arrays["exp_inf_scale"]]}
+        if state_dtype == "8bit"
+        else {}
+    )
+    for t in range(1, 4):
+        g = heavy_tailed(rng, n, orders=6)
+        p.grad = g
+        opt.step()
+        adamax(
+            [x], [g], [arrays["exp_avg"]], [arrays["exp_inf"]], [t],
+            lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, **scales, **options,
+        )  # fmt: skip
+        ref_p, ref_state = reference_step(state_dtype, ref_p, g, ref_state, t, stochastic, lr=0.01)
+        other_p, other_state = reference_step(
+            state_dtype, other_p, g, other_state, t, not stochastic, lr=0.01
+        )
+        np.testing.assert_array_equal(p.data, ref_p)
+        np.testing.assert_array_equal(x, ref_p)
+        for key, value in ref_state.items():
+            np.testing.assert_array_equal(opt.state[p][key].view(np.uint8), value.view(np.uint8))
+            np.testing.assert_array_equal(arrays[key].view(np.uint8), value.view(np.uint8))
+    assert not np.array_equal(ref_state["exp_inf"], other_state["exp_inf"])
+
+
+@pytest.mark.parametrize("state_dtype", [None, "float32", "float64"])
+def test_float_state_is_stored_as_computed_by_default(state_dtype):
+    opt = Adamax([Parameter(np.zeros(10, np.float32))], state_dtype=state_dtype)
+    assert opt.stochastic_rounding is False
+
+
 @pytest.mark.parametrize("beta2", [0.999, 0.99])
 def test_exp_inf_decays_by_beta2_when_gradients_stop(rng, beta2):
     """Once the gradients are zero, every exp_inf only decays: each keeps its code while its
@@ -203,7 +280,7 @@ def test_exp_inf_decays_by_beta2_when_gradients_stop(rng, beta2):
     value, as rounding up on a fixed scale would leave it."""
     n = 4096
     p = Parameter(rng.standard_normal(n).astype(np.float32))
-    opt = Adamax([p], lr=0.01, betas=(0.9, beta2), state_dtype="8bit")
+    opt = Adamax([p], lr=0.01, betas=(0.9, beta2), state_dtype="8bit", stochastic_rounding=False)
     p.grad = heavy_tailed(rng, n, orders=6)
     opt.step()
     codes = opt.state[p]["exp_inf"].copy()
@@ -272,7 +349,10 @@ def test_a_nan_or_infinite_gradient_spoils_only_its_own_block(rng, bad):
             g[7] = bad
         p.grad = g
         opt.step()
-        ref_p, ref_state, _ = blockwise_reference_step(ref_p, g[256:], ref_state, t, lr=0.01)
+        # The default rounds stochastically; the bits hash each element's values, not its place.
+        ref_p, ref_state, _ = blockwise_reference_step(
+            ref_p, g[256:], ref_state, t, stochastic_rounding=True, lr=0.01
+        )
         spoiled = np.arange(256) if t > 1 else np.array([7])
         assert np.isnan(p.data[spoiled]).all(), f"step {t}"
         assert np.isfinite(np.delete(p.data[:256], spoiled)).all(), f"step {t}"
@@ -291,7 +371,14 @@ def test_bfloat16_steps_are_the_reference_bit_for_bit(rng, options, param_dtype,
     hyper = {"lr": 0.01, **options}
     n = 1000
     p = Parameter(rng.standard_normal(n).astype(dtype))
-    opt = Adamax([p], lr=0.01, state_dtype="bfloat16", master_weights=master_weights, **options)
+    opt = Adamax(
+        [p],
+        lr=0.01,
+        state_dtype="bfloat16",
+        master_weights=master_weights,
+        stochastic_rounding=False,
+        **options,
+    )
     ref_p, m, u = p.data.copy(), np.zeros(n, BF16), np.zeros(n, BF16)
     ref_master = ref_p.astype(np.float32) if master_weights else None
     for t in range(1, 4):
@@ -467,7 +554,7 @@ def test_fortran_order_codes_follow_memory_order(rng):
         "exp_inf_scale": np.zeros(25, np.float32),
     }
     ref_p, ref_state, _ = blockwise_reference_step(
-        data.T.reshape(-1), g.T.reshape(-1), ref_state, 1, lr=0.01
+        data.T.reshape(-1), g.T.reshape(-1), ref_state, 1, stochastic_rounding=True, lr=0.01
     )
     np.testing.assert_array_equal(p.data.T.reshape(-1), ref_p)
     np.testing.assert_array_equal(opt.state[p]["exp_avg"].T.reshape(-1), ref_state["exp_avg"])

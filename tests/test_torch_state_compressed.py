@@ -50,12 +50,20 @@ def from_numpy(array):
     return torch.from_numpy(array.copy())
 
 
-@pytest.mark.parametrize("stochastic", [False, True], ids=["truncated", "stochastic"])
+@pytest.mark.parametrize(
+    "stochastic", [False, True, None], ids=["truncated", "stochastic", "default"]
+)
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize("param_dtype", [np.float32, np.float16, "bfloat16"])
 def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, stochastic):
+    """Directed rounding, or stochastic rounding (as by default, ``None``)."""
     dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
-    hyper = {"lr": 0.01, "eps_inside_max": True, "stochastic_rounding": stochastic, **options}
+    hyper = {
+        "lr": 0.01,
+        "eps_inside_max": True,
+        "stochastic_rounding": stochastic is not False,
+        **options,
+    }
     init = rng.standard_normal(N).astype(dtype)
     p = torch.nn.Parameter(from_numpy(init))
     opt = Adamax([p], lr=0.01, state_dtype="8bit", stochastic_rounding=stochastic, **options)
@@ -78,13 +86,18 @@ def test_8bit_steps_are_the_reference_bit_for_bit(rng, options, param_dtype, sto
 
 @pytest.mark.parametrize(
     "stochastic_rounding, reference_step",
-    [(False, bfloat16_reference_step), (True, bfloat16_stochastic_reference_step)],
+    [
+        (False, bfloat16_reference_step),
+        (True, bfloat16_stochastic_reference_step),
+        (None, bfloat16_stochastic_reference_step),  # the default: stochastically
+    ],
 )
 @pytest.mark.parametrize("param_dtype", [np.float32, "bfloat16"])
 def test_bfloat16_steps_are_the_reference_bit_for_bit(
     rng, param_dtype, stochastic_rounding, reference_step
 ):
-    """bfloat16 state rounded to nearest, or stochastically with the reference's hash."""
+    """bfloat16 state rounded to nearest, or stochastically with the reference's hash (as by
+    default)."""
     dtype = BF16 if param_dtype == "bfloat16" else np.dtype(param_dtype)
     n = 1000
     init = rng.standard_normal(n).astype(dtype)
@@ -113,6 +126,11 @@ def test_stochastic_rounding_survives_a_deep_copy_and_is_refused_without_bfloat1
     opt.step()
     twin = copy.deepcopy(opt)
     assert twin.stochastic_rounding is True
+    assert Adamax([p], state_dtype="8bit").stochastic_rounding is True  # the default
+    assert (
+        Adamax([p], state_dtype="bfloat16", stochastic_rounding=False).stochastic_rounding is False
+    )
+    assert Adamax([p]).stochastic_rounding is False
     q = next(iter(twin.state))
     for o, param in ((opt, p), (twin, q)):
         param.grad = torch.full((500,), 1e-3)

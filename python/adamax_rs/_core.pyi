@@ -123,16 +123,20 @@ class StepPlan:
         *,
         state_dtype: str | None = None,
         master_weights: bool = False,
-        stochastic_rounding: bool = False,
+        stochastic_rounding: bool | None = None,
     ) -> None: ...
+    @property
+    def stochastic_rounding(self) -> bool: ...
     def step(self, param_groups: list[dict[str, Any]], state: ParameterState) -> None: ...
 
 class TorchStepPlan:
     """The cached step of ``adamax_rs.torch.Adamax``."""
 
     def __init__(
-        self, *, state_dtype: str | None = None, stochastic_rounding: bool = False
+        self, *, state_dtype: str | None = None, stochastic_rounding: bool | None = None
     ) -> None: ...
+    @property
+    def stochastic_rounding(self) -> bool: ...
     def step(
         self,
         param_groups: list[dict[str, Any]],
@@ -151,7 +155,7 @@ def adamax_arrays(
     masters: Sequence[np.ndarray | None] | None = None,
     exp_avg_scales: Sequence[np.ndarray | None] | None = None,
     exp_inf_scales: Sequence[np.ndarray | None] | None = None,
-    stochastic_rounding: bool = False,
+    stochastic_rounding: bool = True,
 ) -> None:
     """One Adamax step in place over lists of arrays."""
 

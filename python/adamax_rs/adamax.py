@@ -12,6 +12,7 @@ from . import _compressed, _core
 from .dtypes import (
     BLOCKWISE,
     check_flag,
+    check_optional_flag,
     check_state_dtype,
     is_bfloat16,
     is_half,
@@ -114,17 +115,16 @@ class Adamax(Optimizer):
           arithmetic runs in float64 when the parameter or the state is float64, in float32
           otherwise.
         - ``"bfloat16"`` (or ml_dtypes' ``bfloat16``): bfloat16 moments, half the memory of
-          float32 state; the arithmetic runs in float32 and the new moments are rounded to
-          nearest (ties to even), or stochastically with ``stochastic_rounding``. Needs
-          ml_dtypes.
+          float32 state; the arithmetic runs in float32 and the new moments are rounded
+          stochastically (by default, see ``stochastic_rounding``) or to nearest (ties to
+          even). Needs ml_dtypes.
         - ``"8bit"``: block-wise quantized moments, one byte per element each plus a
           float32 scale per block of 256 elements and moment (``state["exp_avg_scale"]``,
-          ``state["exp_inf_scale"]``); the arithmetic runs in float32. ``exp_avg`` is
-          truncated toward zero and ``exp_inf`` rounded up (or both rounded stochastically
-          with ``stochastic_rounding``), so no step is larger than the float32 bound
-          ``lr / (1 - beta1**t)`` (rounded stochastically, neither takes a code that would
-          break it). Parameters with fewer than 4096 elements (and complex or
-          non-dense ones) keep float32 state.
+          ``state["exp_inf_scale"]``); the arithmetic runs in float32. Both moments are
+          rounded stochastically between their neighbouring codes (by default), or
+          ``exp_avg`` truncated toward zero and ``exp_inf`` rounded up; either way no step is
+          larger than the float32 bound ``lr / (1 - beta1**t)``. Parameters with fewer than
+          4096 elements (and complex or non-dense ones) keep float32 state.
 
         See docs/compressed_state.md for what each costs and saves.
     master_weights : bool, default False
@@ -132,20 +132,27 @@ class Adamax(Optimizer):
         float32 with bfloat16 or 8-bit state) that is updated every step and rounded into the
         parameter, so that updates smaller than the parameter's precision are not lost. Other
         parameters are unaffected.
-    stochastic_rounding : bool, default False
-        With ``state_dtype="bfloat16"`` or ``"8bit"`` only (``ValueError`` otherwise): round the
-        new moments to the bfloat16 above or below at random, with the probabilities that make
-        the stored value right on average, instead of to nearest. With 8-bit state it rounds
-        both moments this way between their two neighbouring codes (in the codes' normal range;
-        smaller values keep the directed rounding) instead of truncating ``exp_avg`` and
-        rounding ``exp_inf`` up, never past Adamax's bound on ``|exp_avg| / exp_inf``. To
-        nearest, ``exp_inf`` cannot decay by
-        a factor ``beta2`` above ``1 - 2**-9`` (the default 0.999 is): ``beta2 * u`` rounds back
-        to ``u``, and training can stall. The random bits are a hash of each new value, its
-        gradient and the step number, so a run gives the same bits on any number of threads and
-        after a resume. Complex parameters (whose state is complex64) are unaffected. Like
-        ``state_dtype``, it is not saved in state dicts: pass it again to the optimizer that
-        resumes.
+    stochastic_rounding : bool or None, default None
+        How bfloat16 and 8-bit state are rounded. ``None`` (the default) is ``True`` with
+        those state dtypes and ``False`` otherwise; ``True`` with any other state dtype is a
+        ``ValueError``.
+
+        - ``True``: round each new moment to the value above or below at random, with the
+          probabilities that make the stored value right on average. With 8-bit state both
+          moments are rounded this way between their two neighbouring codes (in the codes'
+          normal range; smaller values keep the directed rounding), never past Adamax's bound
+          on ``|exp_avg| / exp_inf``. The random bits are a hash of each new value, its
+          gradient and the step number, so a run gives the same bits on any number of
+          threads and after a resume.
+        - ``False``: bfloat16 state is rounded to nearest, ties to even; 8-bit ``exp_avg`` is
+          truncated toward zero and ``exp_inf`` rounded up. Both train worse than float32
+          state at the default ``beta2``: to nearest, ``exp_inf`` cannot decay by a factor
+          ``beta2`` above ``1 - 2**-9`` (``beta2 * u`` rounds back to ``u``), and directed
+          8-bit codes shrink the steps. docs/compressed_state.md has the figures.
+
+        Complex parameters (whose state is complex64) are unaffected. Like ``state_dtype``,
+        it is not saved in state dicts: pass it again to the optimizer that resumes. The
+        attribute ``stochastic_rounding`` holds the resolved bool.
 
     Attributes
     ----------
@@ -182,8 +189,8 @@ class Adamax(Optimizer):
         state.
     TypeError
         For a single parameter instead of an iterable, a bare ndarray, an unsupported dtype,
-        a hyperparameter of the wrong type, or a ``master_weights`` or
-        ``stochastic_rounding`` that is not a bool.
+        a hyperparameter of the wrong type, a ``master_weights`` that is not a bool, or a
+        ``stochastic_rounding`` that is neither a bool nor ``None``.
 
     Examples
     --------
@@ -210,11 +217,11 @@ class Adamax(Optimizer):
         decoupled_weight_decay: bool = False,
         state_dtype: Any = None,
         master_weights: bool = False,
-        stochastic_rounding: bool = False,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         self.state_dtype = check_state_dtype(state_dtype)
         self.master_weights = check_flag(master_weights, "master_weights")
-        self.stochastic_rounding = check_flag(stochastic_rounding, "stochastic_rounding")
+        rounding = check_optional_flag(stochastic_rounding, "stochastic_rounding")
         defaults: dict[str, Any] = {"lr": lr, "betas": betas}
         _split_betas(defaults, "")
         defaults.update(
@@ -228,8 +235,10 @@ class Adamax(Optimizer):
         self._plan = _core.StepPlan(
             state_dtype=state_dtype_name(self.state_dtype),
             master_weights=self.master_weights,
-            stochastic_rounding=self.stochastic_rounding,
+            stochastic_rounding=rounding,
         )
+        #: Whether the state is rounded stochastically (``None`` resolved by the state dtype).
+        self.stochastic_rounding: bool = self._plan.stochastic_rounding
         super().__init__(params, defaults)
 
     def state_keys(self) -> tuple[str, ...]:

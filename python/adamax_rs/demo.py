@@ -22,13 +22,14 @@ from .lr_scheduler import CosineAnnealingLR
 from .numpy_adamax import NumpyAdamax
 from .parameter import Parameter
 
-#: The --state-dtype choices and the Adamax options each stands for.
+#: The --state-dtype choices and the Adamax options each stands for: each compressed state as
+#: by default (rounded stochastically), and with ``stochastic_rounding=False``.
 STATE_DTYPES: dict[str, dict[str, Any]] = {
     "float32": {},
     "bfloat16": {"state_dtype": "bfloat16"},
-    "bfloat16-sr": {"state_dtype": "bfloat16", "stochastic_rounding": True},
+    "bfloat16-nearest": {"state_dtype": "bfloat16", "stochastic_rounding": False},
     "8bit": {"state_dtype": "8bit"},
-    "8bit-sr": {"state_dtype": "8bit", "stochastic_rounding": True},
+    "8bit-directed": {"state_dtype": "8bit", "stochastic_rounding": False},
 }
 
 
@@ -206,9 +207,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dtype",
         choices=list(STATE_DTYPES) + ["all"],
         default="float32",
-        help="the optimizer's state: float32 (default), bfloat16 (rounded to nearest), "
-        "bfloat16-sr (rounded stochastically), 8bit, 8bit-sr (rounded stochastically), "
-        "or all; other than float32, the run is compared with float32 state "
+        help="the optimizer's state: float32 (default), bfloat16 and 8bit (rounded "
+        "stochastically, as by default), bfloat16-nearest and 8bit-directed (with "
+        "stochastic_rounding=False), or all; other than float32, the run is compared with "
+        "float32 state "
         "(loss ratios, --plot curves)",
     )
     parser.add_argument(
@@ -296,6 +298,7 @@ def compare_state_dtypes(args: argparse.Namespace) -> int:
     from .demo_charlm import train_charlm
 
     kinds = list(STATE_DTYPES) if args.state_dtype in ("all", "float32") else ["float32"]
+    width = max(len(kind) for kind in STATE_DTYPES)  # the labels in one column
     if args.state_dtype not in kinds and args.state_dtype != "all":
         kinds.append(args.state_dtype)
     runs: dict[str, list[float]] = {}
@@ -323,7 +326,7 @@ def compare_state_dtypes(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         ratio = finals[kind] / finals["float32"]
         print(
-            f"{args.task}, {kind:>11} state: {what} {finals[kind]:.4f} "
+            f"{args.task}, {kind:>{width}} state: {what} {finals[kind]:.4f} "
             f"({ratio:.3f}x float32's, {ratio - 1:+.1%}), {seconds:.1f} s",
             flush=True,
         )

@@ -20,6 +20,7 @@ __all__ = [
     "StateDtype",
     "bfloat16_dtype",
     "check_flag",
+    "check_optional_flag",
     "check_state_dtype",
     "state_dtype_name",
     "describe_supported",
@@ -83,6 +84,16 @@ def check_flag(value: Any, name: str) -> bool:
     otherwise (an option such as ``master_weights`` or ``stochastic_rounding``)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_optional_flag(value: Any, name: str) -> bool | None:
+    """``value`` as a bool, or ``None`` (an option whose default depends on another, such as
+    ``stochastic_rounding``); ``TypeError`` naming ``name`` otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool or None, got {type(value).__name__}")
     return bool(value)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _compressed, _core
-from .dtypes import BLOCKWISE, check_flag, check_state_dtype, is_half, state_dtype_for
+from .dtypes import BLOCKWISE, check_optional_flag, check_state_dtype, is_half, state_dtype_for
 
 __all__ = ["adamax", "new_state"]
 
@@ -84,7 +84,7 @@ def adamax(
     masters: Sequence[np.ndarray | None] | None = None,
     exp_avg_scales: Sequence[np.ndarray | None] | None = None,
     exp_inf_scales: Sequence[np.ndarray | None] | None = None,
-    stochastic_rounding: bool = False,
+    stochastic_rounding: bool | None = None,
 ) -> None:
     """Apply one Adamax step in place to each array of ``params``.
 
@@ -102,9 +102,9 @@ def adamax(
         The first moment and the infinity norm of each parameter (zeros before the first step),
         same shape, float32 or float64 (complex64 or complex128 for complex parameters); the
         arithmetic runs in float64 if either the parameter or its state is float64. Also
-        bfloat16 (rounded to nearest even after float32 arithmetic), or uint8 codes of 8-bit
-        state, laid out like the parameter, with their scales in ``exp_avg_scales`` and
-        ``exp_inf_scales``. :func:`new_state` makes them. Updated in place.
+        bfloat16 (rounded after float32 arithmetic, see ``stochastic_rounding``), or uint8
+        codes of 8-bit state, laid out like the parameter, with their scales in
+        ``exp_avg_scales`` and ``exp_inf_scales``. :func:`new_state` makes them. Updated in place.
     steps : sequence of int
         The step number ``t`` (``>= 1``) to use for each array's bias correction.
     lr, beta1, beta2, eps, weight_decay : float
@@ -118,9 +118,10 @@ def adamax(
         The float32 block scales of 8-bit state (one per 256 elements, in the parameter's
         memory order), updated in place; ``None`` entries for parameters with float state.
         Give both lists or neither.
-    stochastic_rounding : bool, default False
-        Round bfloat16 and 8-bit state stochastically (see
-        :class:`adamax_rs.Adamax`); float32 and float64 state are unaffected.
+    stochastic_rounding : bool or None, default None
+        Round bfloat16 and 8-bit state stochastically (``True``, and ``None``, the default),
+        or bfloat16 to nearest even and 8-bit in fixed directions (``False``): see
+        :class:`adamax_rs.Adamax`. float32 and float64 state are unaffected.
 
     Raises
     ------
@@ -147,5 +148,7 @@ def adamax(
         masters=masters,
         exp_avg_scales=exp_avg_scales,
         exp_inf_scales=exp_inf_scales,
-        stochastic_rounding=check_flag(stochastic_rounding, "stochastic_rounding"),
+        # None: stochastically, as True (it leaves float32 and float64 state as they are).
+        stochastic_rounding=check_optional_flag(stochastic_rounding, "stochastic_rounding")
+        is not False,
     )

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from . import _compressed, _core
 from ._fork import track
-from .dtypes import BLOCKWISE, check_flag
+from .dtypes import BLOCKWISE, check_optional_flag
 
 __all__ = ["Adamax"]
 
@@ -163,19 +163,21 @@ class Adamax(Optimizer):
         or ``torch.float64`` may be asked for (complex parameters get complex state of that
         precision). ``torch.optim.Adamax`` keeps 16-bit state for 16-bit parameters.
         ``torch.bfloat16`` (or ``"bfloat16"``): bfloat16 moments, float32 arithmetic, rounded
-        to nearest even (or stochastically, with ``stochastic_rounding``). ``"8bit"``:
+        as ``stochastic_rounding`` says. ``"8bit"``:
         block-wise quantized moments (uint8 codes and float32 scales
         ``state[p]["exp_avg_scale"]``, ``state[p]["exp_inf_scale"]``, one per 256
         elements), float32 arithmetic; parameters under 4096 elements, complex and
         non-dense ones keep float32 state. As in :class:`adamax_rs.Adamax`, whose
         documentation and docs/compressed_state.md say more. State dicts with 8-bit state
         load only into this class (``torch.optim.Adamax`` would read the codes as numbers).
-    stochastic_rounding : bool, default False
-        With ``state_dtype=torch.bfloat16`` or ``"8bit"`` only (``ValueError`` otherwise):
-        round the new bfloat16 moments stochastically instead of to nearest, so that
-        ``exp_inf`` keeps decaying at ``beta2 = 0.999``; with 8-bit state, round both moments
-        stochastically instead of truncating ``exp_avg`` and rounding ``exp_inf`` up, within
-        Adamax's bound. As in :class:`adamax_rs.Adamax`.
+    stochastic_rounding : bool or None, default None
+        How bfloat16 and 8-bit state are rounded. ``None`` (the default) is ``True`` with
+        those state dtypes and ``False`` otherwise (``True`` with any other is a
+        ``ValueError``). ``True``: stochastically, right on average, so that ``exp_inf`` keeps
+        decaying at ``beta2 = 0.999`` and the state trains as float32 state does; with 8-bit
+        state within Adamax's bound. ``False``: bfloat16 to nearest even; 8-bit ``exp_avg``
+        truncated toward zero and ``exp_inf`` rounded up. As in :class:`adamax_rs.Adamax`;
+        the attribute ``stochastic_rounding`` holds the resolved bool.
 
     Raises
     ------
@@ -185,7 +187,7 @@ class Adamax(Optimizer):
         ``stochastic_rounding=True`` without bfloat16 or 8-bit state.
     TypeError
         For a bare tensor instead of an iterable, a parameter of an unsupported dtype, or a
-        ``stochastic_rounding`` that is not a bool.
+        ``stochastic_rounding`` that is neither a bool nor ``None``.
 
     Examples
     --------
@@ -212,7 +214,7 @@ class Adamax(Optimizer):
         eps_inside_max: bool = True,
         decoupled_weight_decay: bool = False,
         state_dtype: torch.dtype | str | None = None,
-        stochastic_rounding: bool = False,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         # torch.optim.Adamax's checks, in its order and with its messages.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -228,7 +230,7 @@ class Adamax(Optimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         state_dtype = _check_state_dtype(state_dtype)
-        stochastic_rounding = check_flag(stochastic_rounding, "stochastic_rounding")
+        rounding = check_optional_flag(stochastic_rounding, "stochastic_rounding")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -243,10 +245,11 @@ class Adamax(Optimizer):
         }
         _refuse_unsupported(defaults, "")
         self._plan = _core.TorchStepPlan(
-            state_dtype=_core_name(state_dtype), stochastic_rounding=stochastic_rounding
+            state_dtype=_core_name(state_dtype), stochastic_rounding=rounding
         )
         self.state_dtype = state_dtype
-        self.stochastic_rounding = stochastic_rounding
+        #: Whether the state is rounded stochastically (``None`` resolved by the state dtype).
+        self.stochastic_rounding: bool = self._plan.stochastic_rounding
         self._lock = threading.RLock()
         super().__init__(params, defaults)
         track(self)
@@ -274,16 +277,16 @@ class Adamax(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         state_dtype = state.pop("state_dtype", None)
-        stochastic_rounding = state.pop("stochastic_rounding", False)
+        stochastic_rounding = state.pop("stochastic_rounding", None)
         super().__setstate__(state)
         if "_plan" not in self.__dict__:
             # Unpickled or deep-copied (load_state_dict comes here too, with the plan in place):
             # the plan and the lock are not copied, so make them.
             self.state_dtype = state_dtype
-            self.stochastic_rounding = stochastic_rounding
             self._plan = _core.TorchStepPlan(
                 state_dtype=_core_name(state_dtype), stochastic_rounding=stochastic_rounding
             )
+            self.stochastic_rounding = self._plan.stochastic_rounding
             self._lock = threading.RLock()
             track(self)
         for group in self.param_groups:

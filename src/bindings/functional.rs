@@ -170,12 +170,12 @@ fn arrays_step<'py, U: Update>(
     run_step(py, &step, rule, &mut buffers)
 }
 
-/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None, exp_avg_scales=None, exp_inf_scales=None, stochastic_rounding=False)
+/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None, exp_avg_scales=None, exp_inf_scales=None, stochastic_rounding=True)
 /// --
 ///
 /// One Adamax step in place over lists of arrays (see ``adamax_rs.functional.adamax``).
 #[pyfunction]
-#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None, exp_avg_scales = None, exp_inf_scales = None, stochastic_rounding = false))]
+#[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None, exp_avg_scales = None, exp_inf_scales = None, stochastic_rounding = true))]
 #[allow(clippy::too_many_arguments)]
 pub fn adamax_arrays(
     py: Python<'_>,

@@ -96,7 +96,7 @@ struct Slots {
     exp_inf_scale: Option<usize>,
 }
 
-/// StepPlan(*, state_dtype=None, master_weights=False, stochastic_rounding=False)
+/// StepPlan(*, state_dtype=None, master_weights=False, stochastic_rounding=None)
 /// --
 ///
 /// The cached step of a numpy optimizer (``adamax_rs.Adamax`` keeps one).
@@ -394,11 +394,11 @@ fn prepare<'py>(
 #[pymethods]
 impl StepPlan {
     #[new]
-    #[pyo3(signature = (*, state_dtype = None, master_weights = false, stochastic_rounding = false))]
+    #[pyo3(signature = (*, state_dtype = None, master_weights = false, stochastic_rounding = None))]
     fn new(
         state_dtype: Option<&str>,
         master_weights: bool,
-        stochastic_rounding: bool,
+        stochastic_rounding: Option<bool>,
     ) -> PyResult<Self> {
         let kind = state_kind(state_dtype)?;
         Ok(StepPlan {
@@ -411,6 +411,13 @@ impl StepPlan {
             places: Vec::new(),
             stepped: Vec::new(),
         })
+    }
+
+    /// Whether this plan rounds the state stochastically: ``stochastic_rounding`` as given, or
+    /// with ``None``, whether the state is bfloat16 or 8-bit.
+    #[getter]
+    fn stochastic_rounding(&self) -> bool {
+        self.policy.stochastic_rounding
     }
 
     /// step(param_groups, state)

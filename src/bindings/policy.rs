@@ -36,11 +36,19 @@ pub struct StatePolicy {
 }
 
 impl StatePolicy {
-    /// A policy for `kind`; `stochastic_rounding` is refused (`ValueError`) unless the state is
-    /// bfloat16 or 8-bit, the only states it changes: an option that did nothing would hide a
-    /// mistake.
-    pub fn new(kind: StateKind, master_weights: bool, stochastic_rounding: bool) -> PyResult<Self> {
-        if stochastic_rounding && !matches!(kind, StateKind::BFloat16 | StateKind::Blockwise8) {
+    /// A policy for `kind`. `stochastic_rounding` is `None` by default, which rounds
+    /// stochastically exactly where the state is compressed (bfloat16 or 8-bit): rounded to
+    /// nearest, bfloat16 `exp_inf` cannot decay by `beta2 = 0.999`, and directed 8-bit codes
+    /// shrink the steps; both then train far worse than float32 state. `Some(true)` is refused
+    /// (`ValueError`) unless the state is bfloat16 or 8-bit, the only states it changes: an
+    /// option that did nothing would hide a mistake.
+    pub fn new(
+        kind: StateKind,
+        master_weights: bool,
+        stochastic_rounding: Option<bool>,
+    ) -> PyResult<Self> {
+        let compressed = matches!(kind, StateKind::BFloat16 | StateKind::Blockwise8);
+        if stochastic_rounding == Some(true) && !compressed {
             return Err(PyValueError::new_err(
                 "stochastic_rounding=True needs state_dtype='bfloat16' or '8bit': it is how \
                  their moments are rounded (float32 and float64 state are stored as computed)",
@@ -49,7 +57,7 @@ impl StatePolicy {
         Ok(StatePolicy {
             kind,
             master_weights,
-            stochastic_rounding,
+            stochastic_rounding: stochastic_rounding.unwrap_or(compressed),
         })
     }
 

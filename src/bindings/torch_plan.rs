@@ -97,7 +97,7 @@ impl StepCounter {
     }
 }
 
-/// TorchStepPlan(*, state_dtype=None, stochastic_rounding=False)
+/// TorchStepPlan(*, state_dtype=None, stochastic_rounding=None)
 /// --
 ///
 /// The cached step of ``adamax_rs.torch.Adamax``. ``step(param_groups, state, hyperparameters)``
@@ -363,14 +363,21 @@ impl TorchStepPlan {
 #[pymethods]
 impl TorchStepPlan {
     #[new]
-    #[pyo3(signature = (*, state_dtype = None, stochastic_rounding = false))]
-    fn new(state_dtype: Option<&str>, stochastic_rounding: bool) -> PyResult<Self> {
+    #[pyo3(signature = (*, state_dtype = None, stochastic_rounding = None))]
+    fn new(state_dtype: Option<&str>, stochastic_rounding: Option<bool>) -> PyResult<Self> {
         let kind = state_kind(state_dtype)?;
         Ok(TorchStepPlan {
             policy: StatePolicy::new(kind, false, stochastic_rounding)?,
             groups: Vec::new(),
             buffers: StepBuffers::default(),
         })
+    }
+
+    /// Whether this plan rounds the state stochastically: ``stochastic_rounding`` as given, or
+    /// with ``None``, whether the state is bfloat16 or 8-bit.
+    #[getter]
+    fn stochastic_rounding(&self) -> bool {
+        self.policy.stochastic_rounding
     }
 
     /// step(param_groups, state, hyperparameters)

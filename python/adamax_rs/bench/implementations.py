@@ -216,28 +216,30 @@ IMPLEMENTATIONS = [
     Implementation(
         "adamax_rs bfloat16 state",
         _adamax_rs_state("bfloat16"),
-        description="adamax_rs.Adamax(state_dtype='bfloat16'): half the state's bytes",
+        description="adamax_rs.Adamax(state_dtype='bfloat16'): half the state's bytes, "
+        "rounded stochastically (the default)",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
         state_itemsize=2,
     ),
     Implementation(
-        "adamax_rs bfloat16 state, stochastic rounding",
-        _adamax_rs_state("bfloat16", stochastic_rounding=True),
-        description="adamax_rs.Adamax(state_dtype='bfloat16', stochastic_rounding=True)",
+        "adamax_rs bfloat16 state, rounded to nearest",
+        _adamax_rs_state("bfloat16", stochastic_rounding=False),
+        description="adamax_rs.Adamax(state_dtype='bfloat16', stochastic_rounding=False)",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
         state_itemsize=2,
     ),
     Implementation(
         "adamax_rs 8-bit state",
         _adamax_rs_state("8bit"),
-        description="adamax_rs.Adamax(state_dtype='8bit'): blockwise 8-bit moments",
+        description="adamax_rs.Adamax(state_dtype='8bit'): blockwise 8-bit moments, "
+        "rounded stochastically (the default)",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
         state_itemsize=1 + 4 / 256,
     ),
     Implementation(
-        "adamax_rs 8-bit state, stochastic rounding",
-        _adamax_rs_state("8bit", stochastic_rounding=True),
-        description="adamax_rs.Adamax(state_dtype='8bit', stochastic_rounding=True)",
+        "adamax_rs 8-bit state, directed rounding",
+        _adamax_rs_state("8bit", stochastic_rounding=False),
+        description="adamax_rs.Adamax(state_dtype='8bit', stochastic_rounding=False)",
         workloads=(COMPRESSED_STATE_WORKLOAD,),
         state_itemsize=1 + 4 / 256,
     ),

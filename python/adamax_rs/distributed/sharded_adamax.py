@@ -149,7 +149,7 @@ class ShardedAdamax(Adamax):
                     "ShardedAdamax does not support state_dtype='8bit': a shard can start in "
                     "the middle of a block of 256, so its blocks and scales would not be the "
                     "single process's, and its state dict has no place for codes and scales; "
-                    "use state_dtype='bfloat16' (with stochastic_rounding=True) to save "
+                    "use state_dtype='bfloat16' (rounded stochastically by default) to save "
                     "memory, or adamax_rs.Adamax"
                 )
             layout = ShardLayout.of([g["params"] for g in self.param_groups], self.comm.Get_size())
