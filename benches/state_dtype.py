@@ -124,7 +124,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {rounds} rounds"
     )
     header = (
-        f"{'state':<9} {'step':>9} {'probe':>9} {'vs float32':>10} {'of probe':>9} "
+        f"{'state':<13} {'step':>9} {'probe':>9} {'vs float32':>10} {'of probe':>9} "
         f"{'bytes/el':>9} {'state MiB':>10} {'state x':>8}"
     )
     print(header)
@@ -135,7 +135,7 @@ def main() -> None:
         # Read and written each step: parameter (4+4), gradient (4), the state twice.
         moved = 12 + 2 * state_bytes / n
         print(
-            f"{kind:<9} {step * 1e3:7.2f}ms {probe * 1e3:7.2f}ms "
+            f"{kind:<13} {step * 1e3:7.2f}ms {probe * 1e3:7.2f}ms "
             f"{median['float32'] / step:9.2f}x {probe / step:8.0%} "
             f"{moved:9.2f} {state_bytes / 2**20:10.1f} {state_bytes / f32_bytes:7.3f}x"
         )
