@@ -51,14 +51,19 @@ PROBLEMS = {
         "options": {"lr": 0.005, "state_dtype": np.float64},
         "groups": [([((23,), np.float32, "C"), ((6,), np.complex64, "C")], {})],
     },
-    # bfloat16 state rounded stochastically: the random bits come from the values, so a shard
-    # rounds as the whole parameter would.
-    "bfloat16-sr": {
-        "options": {"lr": 0.01, "state_dtype": "bfloat16", "stochastic_rounding": True},
+    # bfloat16 state, rounded stochastically by default: the random bits come from the values,
+    # so a shard rounds as the whole parameter would.
+    "bfloat16": {
+        "options": {"lr": 0.01, "state_dtype": "bfloat16"},
         "groups": [
             ([((13, 7), np.float32, "F"), ((50,), np.float32, "C")], {}),
             ([((31,), "bfloat16", "C")], {"eps_inside_max": True}),
         ],
+    },
+    # ... and rounded to nearest.
+    "bfloat16-nearest": {
+        "options": {"lr": 0.01, "state_dtype": "bfloat16", "stochastic_rounding": False},
+        "groups": [([((13, 7), np.float32, "F"), ((50,), "bfloat16", "C")], {})],
     },
 }
 

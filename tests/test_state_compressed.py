@@ -463,7 +463,7 @@ def test_stochastic_rounding_leaves_the_float_state_of_an_8bit_optimizer_alone(r
 @pytest.mark.parametrize(
     "state_dtype, stochastic",
     [("8bit", False), ("8bit", True), ("bfloat16", False), ("bfloat16", True)],
-    ids=["8bit", "8bit-sr", "bfloat16", "bfloat16-sr"],
+    ids=["8bit-directed", "8bit", "bfloat16-nearest", "bfloat16"],
 )
 @pytest.mark.parametrize("options", [{}, {"eps_inside_max": True}], ids=["paper", "torch"])
 def test_no_update_exceeds_the_float32_runs_largest_by_half(rng, state_dtype, stochastic, options):

@@ -72,8 +72,9 @@ def quantize(exp_avg: np.ndarray, exp_inf: np.ndarray, like: np.ndarray) -> dict
     """8-bit state for a parameter laid out like ``like`` from float moments of its shape.
 
     Returns ``{"exp_avg": codes, "exp_inf": codes, "exp_avg_scale": ..., "exp_inf_scale":
-    ...}``: uint8 codes laid out like ``like`` and float32 scales, encoded as a step encodes
-    them (``exp_avg`` truncated toward zero, ``exp_inf`` rounded up). ``ValueError`` when
+    ...}``: uint8 codes laid out like ``like`` and float32 scales, encoded as a step with
+    ``stochastic_rounding=False`` encodes them (``exp_avg`` truncated toward zero, ``exp_inf``
+    rounded up): deterministic, and never below the saved ``exp_inf``. ``ValueError`` when
     ``exp_inf`` has a negative value.
     """
     flat = []

@@ -172,8 +172,9 @@ class Adamax(Optimizer):
     ``load_state_dict`` (and ``load_checkpoint``) converts saved state to this optimizer's
     state dtype where the conversion is well defined:
 
-    - float state into 8-bit: quantized with the step's own codec (``exp_avg`` truncated
-      toward zero, ``exp_inf`` rounded up);
+    - float state into 8-bit: quantized with the step's directed codec (``exp_avg``
+      truncated toward zero, ``exp_inf`` rounded up, as with ``stochastic_rounding=False``),
+      so that a conversion is deterministic and never underestimates ``exp_inf``;
     - 8-bit state into float: the values the codes and scales stand for (exact in float32
       and float64; rounded to nearest even in bfloat16);
     - any float state into bfloat16: rounded to nearest, ties to even, once;

@@ -81,7 +81,7 @@ def bfloat16_dtype() -> np.dtype:
 
 def check_flag(value: Any, name: str) -> bool:
     """``value`` as a bool: ``True``, ``False`` or a numpy bool; ``TypeError`` naming ``name``
-    otherwise (an option such as ``master_weights`` or ``stochastic_rounding``)."""
+    otherwise (an option such as ``master_weights``)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)

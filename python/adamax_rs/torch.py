@@ -309,10 +309,11 @@ class Adamax(Optimizer):
         state then gets this optimizer's state form back from the saved values (so float32
         state saved for a bfloat16 parameter is not rounded through bfloat16, and 8-bit
         codes and scales stay as saved). Saved state of another form converts: float state
-        into 8-bit is quantized as a step would (``exp_avg`` truncated toward zero,
-        ``exp_inf`` rounded up), 8-bit into float takes the values the codes stand for,
-        and float into bfloat16 rounds to nearest even. That is checked and computed after
-        the load pre-hooks, from the state dict they leave, before torch changes anything
+        into 8-bit is quantized as a step with ``stochastic_rounding=False`` would
+        (``exp_avg`` truncated toward zero, ``exp_inf`` rounded up), 8-bit into float takes
+        the values the codes stand for, and float into bfloat16 rounds to nearest even.
+        That is checked and computed after the load pre-hooks, from the state dict they
+        leave, before torch changes anything
         (a state that does not fit is a ``ValueError`` naming the parameter), and put in
         place before the post-hooks.
         """

@@ -575,8 +575,8 @@ pub fn exp_inf_scale<C: Float>(largest: C, previous: f32, beta2: C) -> f32 {
     }
 }
 
-/// Encodes one block's `exp_inf` values `u` into `codes`, rounding up, with the tightest scale;
-/// returns the scale.
+/// Encodes one block's `exp_inf` values `u` (at most [`BLOCK`]) into `codes`, rounding up, with
+/// the tightest scale; returns the scale.
 #[inline(always)]
 pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
     // `u` is not negative: its magnitude is itself (a NaN's sign aside).
@@ -584,8 +584,8 @@ pub fn encode_exp_inf<C: Float>(u: &[C], codes: &mut [u8]) -> f32 {
     encode_exp_inf_with_scale::<C, false>(u, codes, scale, ExpInfRounding::up())
 }
 
-/// Encodes one block's `exp_inf` values `u` into `codes` on a new scale that follows the
-/// previous one as it decays ([`exp_inf_scale`]), rounding up; returns the scale.
+/// Encodes one block's `exp_inf` values `u` (at most [`BLOCK`]) into `codes` on a new scale that
+/// follows the previous one as it decays ([`exp_inf_scale`]), rounding up; returns the scale.
 #[inline(always)]
 pub fn encode_decaying_exp_inf<C: Float>(
     u: &[C],
