@@ -164,6 +164,55 @@ def test_a_step_re_entered_from_inside_a_step_says_so(rng):
     assert_unchanged(before, opt, [a, b])
 
 
+def test_a_loaded_state_whose_changes_reach_the_old_states_count_is_read_again(rng):
+    """Found by chaos_race (2 runs in 75 under load): ``load_state_dict`` gives the optimizer a new
+    state object. The step plan caches each parameter's entry with the version of the state it
+    read it from, and reads the entries again when the version differs. When each state counted
+    its own changes from 0, the new one could reach the version the plan had cached from the old
+    one; then the plan took the state as unchanged and stepped entries long since removed. Here
+    a step that the state changes under (a grad getter) keeps the old version cached, the new
+    state is cleared and changed until its count would meet it, and the next step must start
+    the parameter afresh, as the reference does."""
+    n = 64
+    touch: list[Adamax] = []
+
+    class TouchesTheState(Parameter):
+        @property
+        def grad(self):
+            if touch:
+                touch[0].state[self]["step"] = touch[0].state[self].get("step", 1)
+            return np.ones(n, np.float32)
+
+    init = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    p, q = Parameter(init.copy()), TouchesTheState(np.zeros(n, np.float32))
+    p.grad = g
+    opt = Adamax([p, q], lr=0.01)
+    opt.step()
+    for _ in range(100):  # changes to the old state, so that its version is ahead of the new one's
+        opt.state[p]["step"] = opt.state[p]["step"]
+    opt.step()
+    cached = opt.state.version  # the version the plan keeps: nothing changed since that step
+    opt.load_state_dict(opt.state_dict())
+    touch.append(opt)
+    opt.step()  # changed under the step: the plan keeps the old state's version
+    touch.clear()
+    opt.state.clear()
+    p.data = init.copy()
+    # With a count per state, these changes bring the new state's version to `cached` exactly.
+    other = Parameter(np.zeros(1, np.float32))
+    opt.state[other]["step"] = 0
+    while opt.state.version < cached - 1:
+        opt.state[other]["step"] = 0
+    del opt.state[other]
+    opt.step()
+    expected, *_ = adamax_reference_step(
+        init, g, np.zeros(n, np.float32), np.zeros(n, np.float32), 1, lr=0.01
+    )
+    assert opt.state[p]["step"] == 1
+    np.testing.assert_array_equal(p.data, expected)
+
+
 # == 2. No panic reaches Python; no dimension limit =============================================
 
 

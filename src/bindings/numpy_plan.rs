@@ -278,7 +278,8 @@ struct StepContext<'a> {
     slots: Slots,
     policy: StatePolicy,
     relookup: bool,
-    /// The state's version when the step began (see `ParameterState::current_version`).
+    /// The state's version when the step began (see `ParameterState::current_version`; no
+    /// other state ever has it).
     version_at_start: u64,
 }
 

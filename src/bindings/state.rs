@@ -54,17 +54,37 @@ pub struct EntryData {
     pub arrays: Vec<Option<Py<PyAny>>>,
 }
 
-/// Counts the changes made from Python to a `ParameterState` and its entries, so a step knows
-/// whether it must read them again. (Atomic only to be shareable; the GIL orders its uses.)
-#[derive(Default)]
+/// The version of a `ParameterState` and its entries, which changes with every change made from
+/// Python, so a step knows whether it must read them again. (Atomic only to be shareable; the
+/// GIL orders its uses.)
+///
+/// Every version is drawn from one clock for the whole process ([`next_version`]), so no two
+/// states, nor two moments of one state, ever share a version. A plan compares the version it
+/// cached with the version of the state it is given: with a count per state, the new state that
+/// `load_state_dict` makes (counting from 0) could reach the old state's count exactly, and the
+/// plan would then have used entries cached from before a change.
 pub struct Mutations(AtomicU64);
+
+/// The source of every [`Mutations`] version: each is used once.
+static VERSION_CLOCK: AtomicU64 = AtomicU64::new(1);
+
+/// A version no state has had.
+fn next_version() -> u64 {
+    VERSION_CLOCK.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Default for Mutations {
+    fn default() -> Self {
+        Mutations(AtomicU64::new(next_version()))
+    }
+}
 
 impl Mutations {
     fn bump(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.store(next_version(), Ordering::Relaxed);
     }
 
-    /// The count so far.
+    /// The current version (compare for equality only: a new one is not always larger).
     pub fn count(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
