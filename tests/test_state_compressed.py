@@ -55,6 +55,18 @@ def heavy_tailed(rng, n, orders=12):
     return (rng.standard_normal(n) * 10.0 ** rng.uniform(-orders, 0, n)).astype(np.float32)
 
 
+def reference_state(state_dtype, n):
+    """Zero state for the references: bfloat16 arrays, or 8-bit codes and scales."""
+    if state_dtype == "bfloat16":
+        return {"exp_avg": np.zeros(n, BF16), "exp_inf": np.zeros(n, BF16)}
+    return {
+        "exp_avg": np.zeros(n, np.uint8),
+        "exp_inf": np.zeros(n, np.uint8),
+        "exp_avg_scale": np.zeros(-(-n // 256), np.float32),
+        "exp_inf_scale": np.zeros(-(-n // 256), np.float32),
+    }
+
+
 def state_arrays(state):
     return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
@@ -136,12 +148,7 @@ def test_8bit_steps_are_the_reference_bit_for_bit(
         **options,
     )
     ref_p = p.data.copy()
-    ref_state = {
-        "exp_avg": np.zeros(N, np.uint8),
-        "exp_inf": np.zeros(N, np.uint8),
-        "exp_avg_scale": np.zeros(-(-N // 256), np.float32),
-        "exp_inf_scale": np.zeros(-(-N // 256), np.float32),
-    }
+    ref_state = reference_state("8bit", N)
     ref_master = ref_p.astype(np.float32) if master_weights else None
     for t in range(1, 4):
         g = heavy_tailed(rng, N, orders=6).astype(dtype)
@@ -170,12 +177,7 @@ def test_stochastic_rounding_keeps_adamaxs_bound(rng, betas):
     p = Parameter(rng.standard_normal(n).astype(np.float32))
     opt = Adamax([p], lr=0.01, betas=betas, state_dtype="8bit", stochastic_rounding=True)
     ref_p = p.data.copy()
-    ref_state = {
-        "exp_avg": np.zeros(n, np.uint8),
-        "exp_inf": np.zeros(n, np.uint8),
-        "exp_avg_scale": np.zeros(16, np.float32),
-        "exp_inf_scale": np.zeros(16, np.float32),
-    }
+    ref_state = reference_state("8bit", n)
     g0 = (np.abs(rng.standard_normal(n)) + 0.5).astype(np.float32)
     bound = (1 - beta1) / (1 - beta1 / beta2)
     closest = 0.0
@@ -198,18 +200,6 @@ def test_stochastic_rounding_keeps_adamaxs_bound(rng, betas):
 
 
 # -- the default rounding ------------------------------------------------------------------
-
-
-def reference_state(state_dtype, n):
-    """Zero state for the references: bfloat16 arrays, or 8-bit codes and scales."""
-    if state_dtype == "bfloat16":
-        return {"exp_avg": np.zeros(n, BF16), "exp_inf": np.zeros(n, BF16)}
-    return {
-        "exp_avg": np.zeros(n, np.uint8),
-        "exp_inf": np.zeros(n, np.uint8),
-        "exp_avg_scale": np.zeros(-(-n // 256), np.float32),
-        "exp_inf_scale": np.zeros(-(-n // 256), np.float32),
-    }
 
 
 def reference_step(state_dtype, param, grad, state, t, stochastic, **hyper):
@@ -337,12 +327,7 @@ def test_a_nan_or_infinite_gradient_spoils_only_its_own_block(rng, bad):
     p = Parameter(rng.standard_normal(n).astype(np.float32))
     opt = Adamax([p], lr=0.01, state_dtype="8bit")
     ref_p = p.data[256:].copy()
-    ref_state = {
-        "exp_avg": np.zeros(n - 256, np.uint8),
-        "exp_inf": np.zeros(n - 256, np.uint8),
-        "exp_avg_scale": np.zeros(16, np.float32),
-        "exp_inf_scale": np.zeros(16, np.float32),
-    }
+    ref_state = reference_state("8bit", n - 256)
     for t in range(1, 4):
         g = heavy_tailed(rng, n, orders=6)
         if t == 1:
@@ -547,12 +532,7 @@ def test_fortran_order_codes_follow_memory_order(rng):
     p.grad = g
     opt.step()
     # In memory order (the transpose is C-ordered), the step is the reference's.
-    ref_state = {
-        "exp_avg": np.zeros(data.size, np.uint8),
-        "exp_inf": np.zeros(data.size, np.uint8),
-        "exp_avg_scale": np.zeros(25, np.float32),
-        "exp_inf_scale": np.zeros(25, np.float32),
-    }
+    ref_state = reference_state("8bit", data.size)
     ref_p, ref_state, _ = blockwise_reference_step(
         data.T.reshape(-1), g.T.reshape(-1), ref_state, 1, stochastic_rounding=True, lr=0.01
     )
@@ -790,12 +770,7 @@ def test_reference_step_is_the_plain_formula_on_decoded_state(rng):
     n = 512
     g = np.full(n, 0.5, np.float32)
     p = np.ones(n, np.float32)
-    state = {
-        "exp_avg": np.zeros(n, np.uint8),
-        "exp_inf": np.zeros(n, np.uint8),
-        "exp_avg_scale": np.zeros(2, np.float32),
-        "exp_inf_scale": np.zeros(2, np.float32),
-    }
+    state = reference_state("8bit", n)
     new_p, new_state_, _ = blockwise_reference_step(p, g, state, 1, lr=0.01)
     plain_p, m, u = adamax_reference_step(
         p, g, np.zeros(n, np.float32), np.zeros(n, np.float32), 1, lr=0.01
