@@ -5,6 +5,7 @@ It shares no code with the package: the tests compare the Rust update against it
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -160,6 +161,21 @@ def block_scale(largest, top, compute):
     return scale
 
 
+def power_of_two_scale(largest, top, compute):
+    """A block's scale: the smallest power of two (a float32, subnormal ones included) for which
+    ``top * scale``, computed in ``compute``, is at least ``largest`` (NaN and infinity pass
+    through)."""
+    if not np.isfinite(largest):
+        return np.float32(largest)
+    exponent = max(math.ceil(math.log2(float(largest)) - math.log2(top)), -149)
+    scale = np.float32(2.0**exponent)
+    while compute(top) * compute(scale) < compute(largest):
+        scale = np.float32(scale * 2)
+    while exponent > -149 and compute(top) * compute(scale / 2) >= compute(largest):
+        scale, exponent = np.float32(scale / 2), exponent - 1
+    return scale
+
+
 def decayed_scale(previous, beta2, compute):
     """An exp_inf block's previous scale decayed: ``previous * beta2`` (``beta2`` as
     ``compute`` holds it), rounded to float32, then 8 float32 steps up."""
@@ -184,8 +200,9 @@ def encode_block(
     the largest code whose stored magnitude is not above ``|x|``, with ``x``'s sign; exp_inf takes
     the smallest code whose stored value is not below ``x``.
 
-    The scale is the tightest (``block_scale``), except for exp_inf in a step (``previous``, the
-    block's scale before, and ``beta2`` given): there the previous scale decayed
+    The scale is the smallest power of two that fits (``power_of_two_scale``), except for exp_inf
+    rounded up (no ``noise``): there it is the tightest (``block_scale``), and in a step
+    (``previous``, the block's scale before, and ``beta2`` given) the previous scale decayed
     (``decayed_scale``) is kept when it is at least the tightest and below twice it.
 
     Rounded stochastically (``noise``: 32-bit words, one per value), all in ``compute``:
@@ -206,8 +223,17 @@ def encode_block(
     codes = np.zeros(len(values), np.uint8)
     if largest == 0:
         return codes, np.float32(0)
-    scale = block_scale(largest, top, compute)
-    if previous is not None and np.isfinite(previous) and previous > 0:
+    if signed or noise is not None:
+        scale = power_of_two_scale(largest, top, compute)
+    else:
+        scale = block_scale(largest, top, compute)
+    if (
+        not signed
+        and noise is None
+        and previous is not None
+        and np.isfinite(previous)
+        and previous > 0
+    ):
         decayed = decayed_scale(previous, beta2, compute)
         if np.isfinite(decayed) and scale <= decayed < 2 * scale:
             scale = decayed

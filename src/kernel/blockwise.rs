@@ -14,15 +14,18 @@
 //!   normal range are rounded down or up at random instead, unbiased, but never below what
 //!   Adamax's bound allows for the stored `m`, and never to 0.
 //!
-//! A block's scale is its largest magnitude divided by the format's largest value (rounded up, so
-//! every code fits); `exp_inf`'s may instead be its previous scale decayed ([`exp_inf_scale`]).
+//! A block's scale is the smallest power of two that fits its largest magnitude
+//! ([`power_of_two_scale`]): the codes are floating-point, so a power of two loses no precision,
+//! and it makes dividing by the scale exact, so the encoders read codes off the quotients' bits
+//! with no check after. Only `exp_inf` rounded up (without stochastic rounding) uses another
+//! scale: its previous scale decayed ([`exp_inf_scale`]), or else the tightest ([`block_scale`]).
 //! Why the rounding directions: Adamax's step is bounded because `|m| <= K u` with
 //! `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
 //! `u = max(beta2 u, |g|)`). Truncating `m` and rounding `u` up keep exactly that induction true
 //! for the stored values, so no 8-bit update can exceed the float32 bound. Rounding
 //! stochastically keeps it too: `m` never takes a code above `K` times the new `u`
 //! ([`exp_avg_bound`]), and `u` then never takes a code below the stored `|m|` over `K`
-//! ([`encode_decaying_exp_inf_stochastic`]). `u` decays even rounded up: an element that only decays
+//! ([`encode_exp_inf_stochastic`]). `u` decays even rounded up: an element that only decays
 //! keeps its code while the block's scale decays by `beta2` (but not in a block whose largest
 //! value new gradients keep refreshing; stochastic rounding decays it there).
 //!
@@ -195,6 +198,40 @@ pub fn block_scale<C: Float>(largest: C, top: f32) -> f32 {
     // The division and the narrowing each round: at most a few steps up.
     while scale.is_finite() && scaled(top, C::from_f64(f64::from(scale))) < largest {
         scale = next_up(scale);
+    }
+    scale
+}
+
+/// The scale of a block whose largest magnitude is `largest`, for a code whose largest value is
+/// `top`: the smallest power of two `scale` (an f32, subnormal ones included) with
+/// `top * scale >= largest`, computed exactly as decoding computes it (in `C`). Zero for an
+/// all-zero block; NaN and infinity pass through.
+///
+/// A power of two costs no precision: the codes are floating-point, so their relative spacing
+/// is the same on any scale, and the block's largest code lands between `top / 2` and `top`
+/// instead of on `top` (one binade of the range, at the bottom, is given up). In exchange,
+/// dividing by the scale is exact, so a code read from the quotient's bits is the tightest
+/// with no check after it, and the rounding between two codes can be read off the bits too
+/// ([`encode_exp_avg_block`], [`encode_exp_inf_block`]).
+#[inline(always)]
+pub fn power_of_two_scale<C: Float>(largest: C, top: f32) -> f32 {
+    // In f64, so that an f64 value beyond float32's range still gets a finite scale when one
+    // fits it.
+    let estimate = (largest.to_f64() / f64::from(top)) as f32;
+    if !estimate.is_finite() || largest == C::from_f64(0.0) {
+        // NaN, infinity, or an all-zero block.
+        return estimate;
+    }
+    // The power of two at or below the estimate (the smallest f32 if the quotient underflowed):
+    // the estimate is at most an ulp off, so at most a doubling or two is left.
+    let bits = estimate.to_bits();
+    let mut scale = match bits {
+        0 => f32::from_bits(1),
+        1..0x0080_0000 => f32::from_bits(1 << (31 - bits.leading_zeros())),
+        _ => f32::from_bits(bits & 0xFF80_0000),
+    };
+    while scale.is_finite() && scaled(top, C::from_f64(f64::from(scale))) < largest {
+        scale *= 2.0;
     }
     scale
 }
@@ -433,14 +470,17 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
     debug_assert!(codes.len() == m.len() && u.len() >= m.len() && noise.len() >= m.len());
     let zero = C::from_f64(0.0);
     let largest = largest_magnitude(m);
-    let scale32 = block_scale(largest, MAX_SIGNED);
-    let scale = C::from_f64(f64::from(scale32));
+    let scale32 = power_of_two_scale(largest, MAX_SIGNED);
     // With an all-zero block every code is 0 (its quotients are 0); 127 stops the search
     // upward.
     let top = if largest > zero { 0x7F } else { 0 };
     if one_sided_checks_suffice(scale32) {
-        // The estimate is never below the tightest code (see `ESTIMATE_MARGIN`): one check.
-        let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 + ESTIMATE_MARGIN);
+        // In f32 the quotients are exact (`1 / scale` is a power of two); in f64 they are
+        // narrowed to f32, and the estimate is pushed to one side (see `ESTIMATE_MARGIN`) and
+        // checked once.
+        let margin = if C::IS_F32 { 0.0 } else { ESTIMATE_MARGIN };
+        let inverse =
+            C::from_f64(1.0) / C::from_f64(f64::from(scale32)) * C::from_f64(1.0 + margin);
         encode_exp_avg_block::<C, STOCHASTIC, false>(
             m, u, noise, bound, codes, scale32, inverse, top,
         );
@@ -450,18 +490,20 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
     scale32
 }
 
-/// The relative margin by which a code's estimate is pushed to one side of the exact quotient:
+/// The relative margin by which a code's estimate is pushed to one side of the exact quotient,
+/// where that is not exact (f64 values narrowed to f32, or a scale that is not a power of two):
 /// several times the few roundings between them (the reciprocal, the margin's product, the
-/// value's product, the narrowing to f32: each under 2^-24, about 2^-22 together), far less
-/// than the spacing of codes (1/31 at least), so the estimate is the tightest code or the one
-/// next to it on the known side, and one comparison of decoded values settles which.
+/// value's product, the narrowing to f32: each under 2^-24, about 2^-22 together), far less than the spacing of codes (1/31 at least), so the
+/// estimate is the tightest code or the one next to it on the known side, and one comparison
+/// of decoded values settles which.
 const ESTIMATE_MARGIN: f64 = 1.0 / 1_048_576.0;
 
-/// Whether a block with this scale is encoded with one check per element: its scale is finite
-/// and large enough that every product of a nonzero code and the scale is a normal f32, where
-/// the roundings are relative and [`ESTIMATE_MARGIN`] covers them. Other blocks (scales below
-/// 2^-100, subnormal ones among them, and zero, infinite or NaN scales) are rare, and check
-/// both neighbours of an estimate computed by division ([`exact_quotient`]).
+/// Whether a block with this scale is encoded from `magnitude * (1 / scale)`: its scale is
+/// finite and at least 2^-100, so `1 / scale` is a normal f32 (exact, for a power of two), and
+/// every product of a normal code, a noise fraction and the scale is a normal f32 too, so that
+/// the decoded values the roundings compare are exact. Other blocks (scales below 2^-100,
+/// subnormal ones among them, and zero, infinite or NaN scales) are rare, and check both
+/// neighbours of an estimate computed by division ([`exact_quotient`]).
 #[inline(always)]
 fn one_sided_checks_suffice(scale: f32) -> bool {
     scale.is_finite() && scale >= pow2(-100)
@@ -484,7 +526,8 @@ fn exact_quotient<C: Float>(magnitude: C, scale: f32) -> f32 {
 }
 
 /// The quotient a code is estimated from: [`exact_quotient`] on the two-sided path, or
-/// `magnitude * inverse` (the margined reciprocal) on the one-sided one. Both encoders use it.
+/// `magnitude * inverse` (the reciprocal, margined in f64) on the one-sided one. Both encoders
+/// use it.
 #[inline(always)]
 fn code_quotient<C: Float, const TWO_SIDED: bool>(magnitude: C, inverse: C, scale: f32) -> f32 {
     if TWO_SIDED {
@@ -494,10 +537,18 @@ fn code_quotient<C: Float, const TWO_SIDED: bool>(magnitude: C, inverse: C, scal
     }
 }
 
+/// The mantissa bits of an f32 below the top `MANTISSA` ones: where a normal quotient sits
+/// between the code its top bits give and the next, in units of `2^-(23 - MANTISSA)` spacings.
+#[inline(always)]
+fn bits_below_code<const MANTISSA: u32>(quotient: f32) -> u32 {
+    quotient.to_bits() & ((1 << (23 - MANTISSA)) - 1)
+}
+
 /// The `exp_avg` loop of [`encode_exp_avg_rounding`] over one block, estimating each code from
 /// [`code_quotient`]. `TWO_SIDED`: the estimate may be one code off either way (`inverse` is
-/// not used); otherwise `inverse` is pushed up by [`ESTIMATE_MARGIN`], and the estimate can only
-/// be one too far from zero.
+/// not used). Otherwise, in f32, `inverse` is the exact reciprocal of the power-of-two scale:
+/// the quotient is exact and its code the tightest. In f64, `inverse` is pushed up by
+/// [`ESTIMATE_MARGIN`], and the estimate can only be one too far from zero.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>(
@@ -510,16 +561,20 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
     inverse: C,
     top: u32,
 ) {
+    let exact = C::IS_F32 && !TWO_SIDED;
     let zero = C::from_f64(0.0);
     let scale = C::from_f64(f64::from(scale32));
     for (((code, &x), &bits), &limit) in codes.iter_mut().zip(m).zip(noise).zip(u) {
         let magnitude = x.abs();
-        let c = magnitude_toward_zero(code_quotient::<C, TWO_SIDED>(magnitude, inverse, scale32));
+        let quotient = code_quotient::<C, TWO_SIDED>(magnitude, inverse, scale32);
+        let c = magnitude_toward_zero(quotient);
         // Codes are monotonic: one toward zero if the stored magnitude came out larger than the
         // computed one; with two sides, one away from zero if that one still is not larger.
         // Without the second a block's largest `|m|` (exactly `480 * scale`) often lost a whole
         // code (7%); the margin of the one-sided estimate keeps it.
-        let c = if scaled(signed_magnitude(c), scale) > magnitude {
+        let c = if exact {
+            c
+        } else if scaled(signed_magnitude(c), scale) > magnitude {
             c.saturating_sub(1)
         } else if TWO_SIDED && scaled(signed_magnitude((c + 1).min(top)), scale) <= magnitude {
             (c + 1).min(top)
@@ -527,13 +582,21 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
             c
         };
         // Up one code with probability (|m| - below) / (above - below), unless the code above
-        // is beyond the bound. Both differences are exact (the two values are within a factor
-        // of two: Sterbenz), so only the products round.
+        // is beyond the bound.
         let c = if STOCHASTIC && c >= FIRST_NORMAL_SIGNED && c < top {
             // Both codes are normal here.
-            let below = scaled(normal_small_float_value::<3>(c), scale);
             let above = scaled(normal_small_float_value::<3>(c + 1), scale);
-            let drawn = exp_avg_fraction::<C>(bits) * (above - below) < magnitude - below;
+            let drawn = if exact {
+                // The exact quotient's bits below its code are that fraction, in 20 bits; the
+                // noise's 16 bits, shifted to match, are the fraction below which it goes up.
+                // (The same comparison as below, made exactly.)
+                ((bits >> 16) << 4) < bits_below_code::<3>(quotient)
+            } else {
+                // Both differences are exact (the two values are within a factor of two:
+                // Sterbenz), so only the products round.
+                let below = scaled(normal_small_float_value::<3>(c), scale);
+                exp_avg_fraction::<C>(bits) * (above - below) < magnitude - below
+            };
             c + u32::from(drawn & (above <= bound * limit))
         } else {
             c
@@ -558,7 +621,7 @@ const DECAY_SLACK_ULPS: u32 = 8;
 /// the block (`top * scale >= largest`) and is less than twice the tightest scale
 /// ([`block_scale`]); otherwise the tightest is. Either way each code is then rounded up, so the
 /// guarantee is the same: no stored `exp_inf` is below the computed one (unless it is then
-/// rounded stochastically, [`encode_decaying_exp_inf_stochastic`]).
+/// rounded stochastically, [`encode_exp_inf_stochastic`], which needs no decaying scale).
 #[inline(always)]
 pub fn exp_inf_scale<C: Float>(largest: C, previous: f32, beta2: C) -> f32 {
     let tight = block_scale(largest, MAX_UNSIGNED);
@@ -623,13 +686,13 @@ impl<C: Float> ExpInfRounding<'static, C> {
     }
 }
 
-/// Encodes one block's `exp_inf` values `u` into `codes` on the decaying scale, as
-/// [`encode_decaying_exp_inf`], then rounds each code stochastically in the same loop: it moves
-/// down one code with probability equal to the value's distance below its code, in units of
-/// the spacing. The stored value is then right on average, so an element that decays by 0.1% a
-/// step decays, even in a block whose largest value new gradients keep refreshing (there the
-/// scale cannot decay for it, and rounding up puts it back on its old code every step).
-/// Returns the scale.
+/// Encodes one block's `exp_inf` values `u` into `codes` on the smallest power-of-two scale
+/// that fits them ([`power_of_two_scale`]), rounding each value up and then, in the same loop,
+/// stochastically: it moves down one code with probability equal to the value's distance below
+/// its code, in units of the spacing. The stored value is then right on average, so an element
+/// that decays by 0.1% a step decays, even in a block whose largest value new gradients keep
+/// refreshing (rounding up would put it back on its old code every step). So the scale need
+/// not follow the decay ([`exp_inf_scale`]), and can be a power of two. Returns the scale.
 ///
 /// Adamax's step is bounded because `|m| <= bound * u` holds step after step (see the module's
 /// documentation). Rounding `u` down could break that, and the steps could then grow past the
@@ -638,19 +701,18 @@ impl<C: Float> ExpInfRounding<'static, C> {
 /// times the code below. Only codes whose code below is in the normal range (2^-6 times the
 /// scale or more) move, and never to 0: a positive `u` stays positive.
 #[inline(always)]
-pub fn encode_decaying_exp_inf_stochastic<C: Float>(
+pub fn encode_exp_inf_stochastic<C: Float>(
     u: &[C],
     codes: &mut [u8],
-    previous: f32,
-    beta2: C,
     rounding: ExpInfRounding<'_, C>,
 ) -> f32 {
-    let scale = exp_inf_scale(largest_magnitude(u), previous, beta2);
+    let scale = power_of_two_scale(largest_magnitude(u), MAX_UNSIGNED);
     encode_exp_inf_with_scale::<C, true>(u, codes, scale, rounding)
 }
 
 /// Encodes `u` into `codes` on `scale`, which fits every value (`top * scale >= max(u)`),
-/// rounding up, then (with `STOCHASTIC`) stochastically with `rounding`.
+/// rounding up, then (with `STOCHASTIC`, whose scale is a power of two) stochastically with
+/// `rounding`.
 #[inline(always)]
 fn encode_exp_inf_with_scale<C: Float, const STOCHASTIC: bool>(
     u: &[C],
@@ -665,10 +727,14 @@ fn encode_exp_inf_with_scale<C: Float, const STOCHASTIC: bool>(
             && rounding.noise.len() >= u.len()
             && rounding.exp_avg_codes.len() >= u.len()
     );
+    debug_assert!(!STOCHASTIC || !scale32.is_normal() || scale32.to_bits() & 0x007F_FFFF == 0);
     if one_sided_checks_suffice(scale32) {
-        // The estimate is never above the tightest code (see `ESTIMATE_MARGIN`): one check.
+        // With a power-of-two scale in f32 the quotients are exact. Otherwise the estimate is
+        // pushed down (see `ESTIMATE_MARGIN`), never above the tightest code: one check.
+        let exact = STOCHASTIC && C::IS_F32;
+        let margin = if exact { 0.0 } else { ESTIMATE_MARGIN };
         let scale = C::from_f64(f64::from(scale32));
-        let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 - ESTIMATE_MARGIN);
+        let inverse = C::from_f64(1.0) / scale * C::from_f64(1.0 - margin);
         encode_exp_inf_block::<C, false, STOCHASTIC>(u, codes, scale32, inverse, rounding);
     } else {
         // An all-zero block (scale 0) gets codes 0; a NaN one decodes to NaN whatever its codes
@@ -681,10 +747,12 @@ fn encode_exp_inf_with_scale<C: Float, const STOCHASTIC: bool>(
 
 /// The `exp_inf` loop of [`encode_exp_inf_with_scale`] over one block, estimating each code from
 /// [`code_quotient`]. `TWO_SIDED`: the estimate may be one code off either way (`inverse` is
-/// not used); otherwise `inverse` is pushed down by [`ESTIMATE_MARGIN`], and the estimate can
-/// only be one too low. `STOCHASTIC`: the code rounded up may then move down one
-/// ([`encode_decaying_exp_inf_stochastic`]); one loop, so the codes are not read back and
-/// decoded again in a second pass.
+/// not used). Otherwise, rounding stochastically in f32, `inverse` is the exact reciprocal of
+/// the power-of-two scale: the quotient is exact and its code the tightest. Otherwise still,
+/// `inverse` is pushed down by [`ESTIMATE_MARGIN`], and the estimate can only be one too low.
+/// `STOCHASTIC`: the code rounded up may then move down one
+/// ([`encode_exp_inf_stochastic`]); one loop, so the codes are not read back and decoded again
+/// in a second pass.
 #[inline(always)]
 fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool, const STOCHASTIC: bool>(
     u: &[C],
@@ -693,6 +761,8 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool, const STOCHASTIC: bool>
     inverse: C,
     rounding: ExpInfRounding<'_, C>,
 ) {
+    let exact = STOCHASTIC && C::IS_F32 && !TWO_SIDED;
+    let zero = C::from_f64(0.0);
     let scale = C::from_f64(f64::from(scale32));
     let m_scale = C::from_f64(f64::from(rounding.exp_avg_scale));
     let bound = rounding.bound;
@@ -702,8 +772,12 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool, const STOCHASTIC: bool>
         let c = unsigned_code_up(quotient.min(MAX_UNSIGNED));
         // One code up if the stored value came out below the computed one; with two sides, one
         // down if the code below is still not below it (never down to 0 for a positive `x`).
+        // An exact quotient needs neither, but may have underflowed to 0 for a positive `x`
+        // far below the block's largest: its code is 1 then.
         let down = if c > 1 { c - 1 } else { c };
-        let c = if scaled(unsigned_value(c), scale) < x {
+        let c = if exact {
+            c.max(u32::from(x > zero))
+        } else if scaled(unsigned_value(c), scale) < x {
             (c + 1).min(0xFF)
         } else if TWO_SIDED && scaled(unsigned_value(down), scale) >= x {
             down
@@ -713,12 +787,22 @@ fn encode_exp_inf_block<C: Float, const TWO_SIDED: bool, const STOCHASTIC: bool>
         let c = if STOCHASTIC {
             // Only codes above the first normal one move, so both codes are normal where it
             // matters (elsewhere the values are not used).
-            let above = scaled(normal_small_float_value::<4>(c), scale);
             let below = scaled(normal_small_float_value::<4>(c.saturating_sub(1)), scale);
-            // Down with probability (above - x) / (above - below). Both differences are exact
-            // (`below < x <= above`, within a factor of two: Sterbenz), so only the product
-            // rounds; a value on its code (`x == above`) never moves, and NaN never does.
-            let drawn = exp_inf_fraction::<C>(bits) * (above - below) < above - x;
+            // Down with probability (above - x) / (above - below).
+            let drawn = if exact {
+                // The exact quotient's bits below its code, `r` (in 19 bits), put it
+                // `1 - r / 2^19` spacings below the code it rounded up to (none when `r` is 0:
+                // it is on that code); the noise's 16 bits, shifted to match, must fall below
+                // that. (The same comparison as below, made exactly.)
+                let r = bits_below_code::<4>(quotient);
+                (r != 0) & (((bits & 0xFFFF) << 3) + r < 1 << 19)
+            } else {
+                // Both differences are exact (`below < x <= above`, within a factor of two:
+                // Sterbenz), so only the product rounds; a value on its code (`x == above`)
+                // never moves, and NaN never does.
+                let above = scaled(normal_small_float_value::<4>(c), scale);
+                exp_inf_fraction::<C>(bits) * (above - below) < above - x
+            };
             let stored_m = scaled(signed_magnitude(u32::from(m_code) & 0x7F), m_scale);
             // `&`, not `&&`: no branches, so the loop vectorises.
             let moves = (c > FIRST_NORMAL_UNSIGNED) & drawn & (stored_m <= bound * below);
@@ -882,7 +966,7 @@ pub(crate) fn quantized_run<
                 exp_avg_scale: *m_scale,
                 bound,
             };
-            encode_decaying_exp_inf_stochastic(u_out, u_codes, *u_scale, c.beta2, rounding)
+            encode_exp_inf_stochastic(u_out, u_codes, rounding)
         } else {
             encode_decaying_exp_inf(u_out, u_codes, *u_scale, c.beta2)
         };
@@ -1123,6 +1207,17 @@ mod tests {
             };
             let largest = C::from_f64(magnitude);
             let below = |x: C| if x < largest { x } else { largest };
+            let check_rounded_up = |u: &[C], codes: &[u8], scale: f32| {
+                for (&x, &c) in u.iter().zip(codes) {
+                    let what = format!("exp_inf {} / {scale}", x.to_f64());
+                    if subnormal(scale) {
+                        let stored = scaled(decode_unsigned(c), C::from_f64(f64::from(scale)));
+                        assert!(stored >= x && (c > 0) == (x.to_f64() > 0.0), "{what}");
+                    } else {
+                        assert_eq!(c, tightest_codes(x, scale).1, "{what}");
+                    }
+                }
+            };
             // A value on the stored value of a random code of `decode` with `scale`, moved by
             // -2..=2 ulps, and no larger than the block's largest.
             let mut on_a_code = |i: usize, decode: fn(u8) -> f32, codes: f64, scale: f32| {
@@ -1132,7 +1227,7 @@ mod tests {
                 );
                 below(step_ulps(value, (i % 5) as i64 - 2).abs())
             };
-            let signed_scale = block_scale(largest, MAX_SIGNED);
+            let signed_scale = power_of_two_scale(largest, MAX_SIGNED);
             let mut m = vec![largest; BLOCK];
             for (i, x) in m.iter_mut().enumerate().skip(1) {
                 *x = on_a_code(i, decode_signed, 128.0, signed_scale);
@@ -1168,16 +1263,24 @@ mod tests {
                 }
                 let scale = encode_decaying_exp_inf(&u, &mut codes, previous, beta2);
                 assert_eq!(scale, expected);
-                for (&x, &c) in u.iter().zip(&codes) {
-                    let what = format!("exp_inf {} / {scale}", x.to_f64());
-                    if subnormal(scale) {
-                        let stored = scaled(decode_unsigned(c), C::from_f64(f64::from(scale)));
-                        assert!(stored >= x && (c > 0) == (x.to_f64() > 0.0), "{what}");
-                    } else {
-                        assert_eq!(c, tightest_codes(x, scale).1, "{what}");
-                    }
-                }
+                check_rounded_up(&u, &codes, scale);
             }
+            // `exp_inf` rounded stochastically, on its power-of-two scale, where no code may
+            // move down (each stored `exp_avg` is infinite): the codes rounded up.
+            let pow2 = power_of_two_scale(largest, MAX_UNSIGNED);
+            let mut u = vec![largest; BLOCK];
+            for (i, x) in u.iter_mut().enumerate().skip(1) {
+                *x = on_a_code(i, decode_unsigned, 256.0, pow2);
+            }
+            let rounding = ExpInfRounding {
+                noise: &NO_NOISE,
+                exp_avg_codes: &[0x7F; BLOCK],
+                exp_avg_scale: f32::INFINITY,
+                bound: C::from_f64(1.0),
+            };
+            let scale = encode_exp_inf_stochastic(&u, &mut codes, rounding);
+            assert_eq!(scale, pow2);
+            check_rounded_up(&u, &codes, scale);
         }
     }
 
@@ -1299,8 +1402,17 @@ mod tests {
             exp_avg_scale,
             bound,
         };
-        let got = encode_decaying_exp_inf_stochastic(values, codes, 0.0, 0.999, rounding);
+        let got = encode_exp_inf_stochastic(values, codes, rounding);
         assert_eq!(got, scale);
+    }
+
+    /// `exp_inf` values rounded up on the scale stochastic rounding uses (the smallest power of
+    /// two that fits them), by brute force over all codes; and that scale.
+    fn rounded_up_on_a_power_of_two(values: &[f32]) -> (Vec<u8>, f32) {
+        let largest = values.iter().cloned().fold(0.0, f32::max);
+        let scale = power_of_two_scale(largest, MAX_UNSIGNED);
+        let codes = values.iter().map(|&x| tightest_codes(x, scale).1).collect();
+        (codes, scale)
     }
 
     /// Stochastic rounding of `exp_inf` picks the code rounded up or the one below, only where
@@ -1312,8 +1424,7 @@ mod tests {
         let values: Vec<f32> = (0..BLOCK)
             .map(|i| 10f32.powf(-7.0 + 7.0 * (i as f32 / 255.0)) * 1.37)
             .collect();
-        let mut up = vec![0u8; BLOCK];
-        let scale = encode_exp_inf(&values, &mut up);
+        let (up, scale) = rounded_up_on_a_power_of_two(&values);
         let no_exp_avg = vec![0u8; BLOCK];
         let draws = 4096u32;
         let mut downs = vec![0u32; BLOCK];
@@ -1361,8 +1472,7 @@ mod tests {
         // codes' values, stays up.
         let mut x = [1.37f32; BLOCK];
         x[0] = 4.0;
-        let mut one_code = vec![0u8; BLOCK];
-        let scale = encode_exp_inf(&x, &mut one_code);
+        let (one_code, scale) = rounded_up_on_a_power_of_two(&x);
         let c = one_code[1];
         let below = decode_unsigned(c - 1) * scale;
         let above = decode_unsigned(c) * scale;
@@ -1375,6 +1485,94 @@ mod tests {
         // With a bound that allows it, every one goes down (the noise is 0).
         round_exp_inf_stochastically(&x, &mut codes, scale, &noise, &top_exp_avg, m_scale, 2.0);
         assert!(codes[1..].iter().all(|&k| k == c - 1) && codes[0] == one_code[0]);
+    }
+
+    /// Where the noise's fraction equals the value's distance past its code, in spacings, the
+    /// value does not move (the comparison is strict, `f * spacing < distance`), and one step of
+    /// noise lower it does: halfway between two codes, with noise 1/2 and just under 1/2, for
+    /// `exp_avg` (up from its truncated code) and `exp_inf` (down from its code rounded up).
+    #[test]
+    fn stochastic_rounding_moves_only_below_the_distance() {
+        // A block whose largest is the top code's value: scale 1.
+        let mut m = [1.0625f32; BLOCK]; // 1 + 1/16: halfway between 1 and 1 + 1/8
+        m[0] = MAX_SIGNED;
+        let mut u = [1.031_25f32; BLOCK]; // 1 + 1/32: halfway between 1 and 1 + 1/16
+        u[0] = MAX_UNSIGNED;
+        let mut codes = [0u8; BLOCK];
+        for (noise, moves) in [(0x8000u32, false), (0x7FFF, true)] {
+            let limit = [MAX_UNSIGNED; BLOCK];
+            let scale =
+                encode_exp_avg_stochastic(&m, &limit, &[noise << 16; BLOCK], 1.0, &mut codes);
+            assert_eq!(scale, 1.0);
+            let expected = if moves { 1.125 } else { 1.0 };
+            assert_eq!(
+                decode_signed(codes[1]),
+                expected,
+                "exp_avg, noise {noise:#x}"
+            );
+            let rounding = ExpInfRounding {
+                noise: &[noise; BLOCK],
+                exp_avg_codes: &NO_CODES,
+                exp_avg_scale: 0.0,
+                bound: 1.0,
+            };
+            let scale = encode_exp_inf_stochastic(&u, &mut codes, rounding);
+            assert_eq!(scale, 1.0);
+            let expected = if moves { 1.0 } else { 1.0625 };
+            assert_eq!(
+                decode_unsigned(codes[1]),
+                expected,
+                "exp_inf, noise {noise:#x}"
+            );
+        }
+    }
+
+    /// The scale is the smallest power of two whose product with the top code reaches the
+    /// largest value, as decoding computes that product: over all of float32 scales' range in f64,
+    /// and in f32 from the subnormals (scales too) to near its largest value.
+    #[test]
+    fn power_of_two_scales_are_the_smallest_that_fit() {
+        fn check<C: Float>(largest: C, top: f32) {
+            let scale = power_of_two_scale(largest, top);
+            let fits = |s: f32| scaled(top, C::from_f64(f64::from(s))) >= largest;
+            let what = format!("{} / {top}: {scale}", largest.to_f64());
+            assert!(scale > 0.0 && scale.is_finite(), "{what}");
+            let power_of_two = if scale.is_normal() {
+                scale.to_bits() & 0x007F_FFFF == 0
+            } else {
+                scale.to_bits().count_ones() == 1
+            };
+            assert!(power_of_two, "{what}: not a power of two");
+            assert!(fits(scale), "{what}: too small");
+            assert!(
+                scale == f32::from_bits(1) || !fits(scale / 2.0),
+                "{what}: not the smallest"
+            );
+        }
+        let mut next = uniform(0x0123_4567_89AB_CDEF);
+        for _ in 0..20_000 {
+            for top in [MAX_SIGNED, MAX_UNSIGNED] {
+                check(10f64.powf(88.0 * next() - 48.0), top);
+                check(10f64.powf(75.0 * next() - 38.0) as f32, top);
+                check(f32::from_bits((next() * 1e6) as u32 + 1), top);
+            }
+        }
+        // Exactly on a power of two times the top, and an ulp to either side.
+        for k in -140..=100 {
+            let on = (f64::from(MAX_SIGNED) * 2f64.powi(k)) as f32;
+            for x in [
+                on,
+                f32::from_bits(on.to_bits() - 1),
+                f32::from_bits(on.to_bits() + 1),
+            ] {
+                check(x, MAX_SIGNED);
+                check(f64::from(x), MAX_SIGNED);
+            }
+        }
+        assert_eq!(power_of_two_scale(0.0f32, MAX_SIGNED), 0.0);
+        assert!(power_of_two_scale(f32::NAN, MAX_SIGNED).is_nan());
+        assert_eq!(power_of_two_scale(f32::INFINITY, MAX_SIGNED), f32::INFINITY);
+        assert_eq!(power_of_two_scale(1e300f64, MAX_SIGNED), f32::INFINITY);
     }
 
     #[test]

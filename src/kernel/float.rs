@@ -28,6 +28,9 @@ pub trait Float:
     /// The bits of the value folded into 32 (float64: the high half xor the low half): what
     /// stochastic rounding hashes.
     fn hash_bits(self) -> u32;
+    /// `true` when every value of the type is an `f32` (narrowing to `f32` is exact): the 8-bit
+    /// encoders then compute codes from quotients that are exact, with no check after.
+    const IS_F32: bool;
     /// An unsigned integer as wide as the type.
     type Bits: Copy + Ord + Default;
     /// The bits of `|self|`. They order as the magnitudes do, with infinity above every finite
@@ -38,8 +41,9 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty) => {
+    ($t:ty, $bits:ty, $is_f32:expr) => {
         impl Float for $t {
+            const IS_F32: bool = $is_f32;
             type Bits = $bits;
             #[inline(always)]
             fn magnitude_bits(self) -> $bits {
@@ -78,8 +82,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, u32);
-impl_float!(f64, u64);
+impl_float!(f32, u32, true);
+impl_float!(f64, u64, false);
 
 /// `max(a, b)` that returns NaN when either operand is NaN, like `numpy.maximum`.
 ///
