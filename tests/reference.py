@@ -208,7 +208,7 @@ def encode_block(
     Rounded stochastically (``noise``: 32-bit words, one per value), all in ``compute``:
 
     - exp_avg, with ``limit`` (Adamax's bound times the new exp_inf, per value): a magnitude
-      whose code ``k`` is in the normal range (8 to 126) moves up to ``k + 1`` when
+      whose code ``k`` is below the top (0 to 126) moves up to ``k + 1`` when
       ``f * (stored[k + 1] - stored[k]) < |x| - stored[k]`` and ``stored[k + 1] <= limit``,
       ``f`` being the word's high 16 bits times 2**-16;
     - exp_inf, with ``exp_avg`` (the stored exp_avg magnitudes, per value) and ``bound``
@@ -241,7 +241,7 @@ def encode_block(
     for i, x in enumerate(values):
         if signed:
             k = int(np.searchsorted(stored, abs(x), side="right")) - 1
-            if noise is not None and 8 <= k < 127:
+            if noise is not None and k < 127:
                 f = compute(int(noise[i]) >> 16) * compute(2.0**-16)
                 drawn = f * (stored[k + 1] - stored[k]) < abs(x) - stored[k]
                 if drawn and stored[k + 1] <= limit[i]:
