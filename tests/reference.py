@@ -164,15 +164,24 @@ def block_scale(largest, top, compute):
 def power_of_two_scale(largest, top, compute):
     """A block's scale: the smallest power of two (a float32, subnormal ones included) for which
     ``top * scale``, computed in ``compute``, is at least ``largest`` (NaN and infinity pass
-    through)."""
+    through); the tightest scale (``block_scale``) where that ``top * scale`` is infinite."""
     if not np.isfinite(largest):
         return np.float32(largest)
-    exponent = max(math.ceil(math.log2(float(largest)) - math.log2(top)), -149)
-    scale = np.float32(2.0**exponent)
-    while compute(top) * compute(scale) < compute(largest):
-        scale = np.float32(scale * 2)
-    while exponent > -149 and compute(top) * compute(scale / 2) >= compute(largest):
-        scale, exponent = np.float32(scale / 2), exponent - 1
+
+    def fits(exponent):
+        return compute(top) * compute(np.float32(2.0**exponent)) >= compute(largest)
+
+    with np.errstate(over="ignore"):
+        exponent = max(math.ceil(math.log2(float(largest)) - math.log2(top)), -149)
+        while exponent <= 127 and not fits(exponent):
+            exponent += 1
+        while exponent > -149 and fits(exponent - 1):
+            exponent -= 1
+        if exponent > 127:
+            return np.float32(np.inf)
+        scale = np.float32(2.0**exponent)
+        if not np.isfinite(compute(top) * compute(scale)):
+            return block_scale(largest, top, compute)
     return scale
 
 

@@ -165,6 +165,45 @@ def test_8bit_steps_are_the_reference_bit_for_bit(
             np.testing.assert_array_equal(opt.state[p]["master"], ref_master)
 
 
+def extreme_blocks(rng, n):
+    """Gradients whose blocks sit at the edges of the scales: the largest near float32's
+    largest value (the power of two above would make the top codes infinite, so the tightest
+    scale is used); a largest of 1e3 with elements down to float32's smallest subnormals (their
+    quotients by the scale underflow); a largest of 1e-37 (a scale below 2^-100: the two-sided
+    path); and ordinary heavy tails elsewhere."""
+    g = heavy_tailed(rng, n, orders=6)
+    sign = np.where(rng.uniform(size=256) < 0.5, -1.0, 1.0)
+    g[:256] = sign * 3.3e38 * rng.uniform(0.01, 1.0, 256)
+    g[256:512] = sign * np.float32(1e3) * 10.0 ** rng.uniform(-48, 0, 256)
+    g[512:768] = sign * 1e-37 * rng.uniform(0.01, 1.0, 256)
+    g[0], g[256], g[512] = 3.3e38, 1e3, 1e-37
+    return g.astype(np.float32)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["truncated", "stochastic"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.9, 0.9)])
+def test_8bit_steps_at_the_edges_of_the_scales_are_the_reference(rng, stochastic, betas):
+    hyper = {"lr": 0.01, "beta1": betas[0], "beta2": betas[1]}
+    p = Parameter(rng.standard_normal(N).astype(np.float32))
+    opt = Adamax([p], lr=0.01, betas=betas, state_dtype="8bit", stochastic_rounding=stochastic)
+    ref_p, ref_state = p.data.copy(), reference_state("8bit", N)
+    for t in range(1, 4):
+        g = extreme_blocks(rng, N)
+        p.grad = g
+        opt.step()
+        ref_p, ref_state, _ = blockwise_reference_step(
+            ref_p, g, ref_state, t, stochastic_rounding=stochastic, **hyper
+        )
+        np.testing.assert_array_equal(p.data.view(np.uint32), ref_p.view(np.uint32))
+        for key, value in ref_state.items():
+            np.testing.assert_array_equal(opt.state[p][key], value, err_msg=f"{key} step {t}")
+        # No code decodes to infinity.
+        for key, signed in (("exp_avg", True), ("exp_inf", False)):
+            scales = opt.state[p][f"{key}_scale"]
+            assert np.isfinite(decode(opt.state[p][key], scales, signed)).all(), key
+    assert np.isfinite(p.data).all()
+
+
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.6)])
 def test_stochastic_rounding_keeps_adamaxs_bound(rng, betas):
     """Same-sign gradients that shrink by beta2 each step drive |exp_avg| / exp_inf to

@@ -16,8 +16,8 @@
 //!
 //! A block's scale is the smallest power of two that fits its largest magnitude
 //! ([`power_of_two_scale`]): the codes are floating-point, so a power of two loses no precision,
-//! and it makes dividing by the scale exact, so the encoders read codes off the quotients' bits
-//! with no check after. Only `exp_inf` rounded up (without stochastic rounding) uses another
+//! and it makes dividing by the scale exact in f32, so the encoders read codes off the
+//! quotients' bits with no check after (f64 values still check once). Only `exp_inf` rounded up (without stochastic rounding) uses another
 //! scale: its previous scale decayed ([`exp_inf_scale`]), or else the tightest ([`block_scale`]).
 //! Why the rounding directions: Adamax's step is bounded because `|m| <= K u` with
 //! `K = (1 - beta1) / (1 - beta1 / beta2)` (by induction over `m = beta1 m + (1 - beta1) g`,
@@ -205,14 +205,17 @@ pub fn block_scale<C: Float>(largest: C, top: f32) -> f32 {
 /// The scale of a block whose largest magnitude is `largest`, for a code whose largest value is
 /// `top`: the smallest power of two `scale` (an f32, subnormal ones included) with
 /// `top * scale >= largest`, computed exactly as decoding computes it (in `C`). Zero for an
-/// all-zero block; NaN and infinity pass through.
+/// all-zero block; NaN and infinity pass through. Near float32's largest values, where
+/// `top * scale` would overflow `C` (the top codes would decode to infinity), the tightest
+/// scale instead ([`block_scale`]), which is not a power of two (such a block is encoded on
+/// the two-sided path, see [`one_sided_checks_suffice`]).
 ///
 /// A power of two costs no precision: the codes are floating-point, so their relative spacing
 /// is the same on any scale, and the block's largest code lands between `top / 2` and `top`
 /// instead of on `top` (one binade of the range, at the bottom, is given up). In exchange,
-/// dividing by the scale is exact, so a code read from the quotient's bits is the tightest
-/// with no check after it, and the rounding between two codes can be read off the bits too
-/// ([`encode_exp_avg_block`], [`encode_exp_inf_block`]).
+/// dividing by the scale is exact in f32, so a code read from the quotient's bits is the
+/// tightest with no check after it, and the rounding between two codes can be read off the
+/// bits too ([`encode_exp_avg_block`], [`encode_exp_inf_block`]).
 #[inline(always)]
 pub fn power_of_two_scale<C: Float>(largest: C, top: f32) -> f32 {
     // In f64, so that an f64 value beyond float32's range still gets a finite scale when one
@@ -232,6 +235,10 @@ pub fn power_of_two_scale<C: Float>(largest: C, top: f32) -> f32 {
     };
     while scale.is_finite() && scaled(top, C::from_f64(f64::from(scale))) < largest {
         scale *= 2.0;
+    }
+    let top_value = scaled(top, C::from_f64(f64::from(scale)));
+    if scale.is_finite() && !top_value.to_f64().is_finite() {
+        return block_scale(largest, top);
     }
     scale
 }
@@ -494,20 +501,22 @@ fn encode_exp_avg_rounding<C: Float, const STOCHASTIC: bool>(
 /// The relative margin by which a code's estimate is pushed to one side of the exact quotient,
 /// where that is not exact (f64 values narrowed to f32, or a scale that is not a power of two):
 /// several times the few roundings between them (the reciprocal, the margin's product, the
-/// value's product, the narrowing to f32: each under 2^-24, about 2^-22 together), far less than the spacing of codes (1/31 at least), so the
-/// estimate is the tightest code or the one next to it on the known side, and one comparison
-/// of decoded values settles which.
+/// value's product, the narrowing to f32: each under 2^-24, about 2^-22 together), far less
+/// than the spacing of codes (1/31 at least), so the estimate is the tightest code or the one
+/// next to it on the known side, and one comparison of decoded values settles which.
 const ESTIMATE_MARGIN: f64 = 1.0 / 1_048_576.0;
 
 /// Whether a block with this scale is encoded from `magnitude * (1 / scale)`: its scale is
-/// finite and at least 2^-100, so `1 / scale` is a normal f32 (exact, for a power of two), and
-/// every product of a normal code, a noise fraction and the scale is a normal f32 too, so that
-/// the decoded values the roundings compare are exact. Other blocks (scales below 2^-100,
-/// subnormal ones among them, and zero, infinite or NaN scales) are rare, and check both
-/// neighbours of an estimate computed by division ([`exact_quotient`]).
+/// at least 2^-100, so `1 / scale` is a normal f32 (exact, for a power of two), and every
+/// product of a normal code, a noise fraction and the scale is a normal f32 too, so that the
+/// decoded values the roundings compare are exact; and at most 2^100, which leaves out the
+/// scales near float32's largest that are not powers of two where powers of two are the rule
+/// ([`power_of_two_scale`]). Other blocks (scales below 2^-100, subnormal ones among them,
+/// above 2^100, and zero, infinite or NaN scales) are rare, and check both neighbours of an
+/// estimate computed by division ([`exact_quotient`]).
 #[inline(always)]
 fn one_sided_checks_suffice(scale: f32) -> bool {
-    scale.is_finite() && scale >= pow2(-100)
+    (pow2(-100)..=pow2(100)).contains(&scale)
 }
 
 /// `magnitude / scale` in f64, then to f32; `magnitude * 0` when the scale is 0 or NaN, as a
@@ -571,8 +580,9 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
         let c = magnitude_toward_zero(quotient);
         // Codes are monotonic: one toward zero if the stored magnitude came out larger than the
         // computed one; with two sides, one away from zero if that one still is not larger.
-        // Without the second a block's largest `|m|` (exactly `480 * scale`) often lost a whole
-        // code (7%); the margin of the one-sided estimate keeps it.
+        // Without the second a value exactly on a code (a block's largest, with the tightest
+        // scales there were before power-of-two ones) often lost a whole code (7%); the margin
+        // of the one-sided estimate keeps it.
         let c = if exact {
             c
         } else if scaled(signed_magnitude(c), scale) > magnitude {
@@ -586,21 +596,16 @@ fn encode_exp_avg_block<C: Float, const STOCHASTIC: bool, const TWO_SIDED: bool>
         // is beyond the bound.
         let c = if STOCHASTIC && c < top {
             let above = scaled(signed_magnitude(c + 1), scale);
-            let drawn = if exact {
-                if c >= FIRST_NORMAL_SIGNED {
-                    // The exact quotient's bits below its code are that fraction, in 20 bits;
-                    // the noise's 16 bits, shifted to match, are the fraction below which it
-                    // goes up. (The same comparison as below, made exactly.)
-                    ((bits >> 16) << 4) < bits_below_code::<3>(quotient)
-                } else {
-                    // Subnormal codes are multiples of 2^-9: the fraction is the quotient in
-                    // those units past its code (exact: a product by a power of two, and a
-                    // difference within a factor of two).
-                    exp_avg_fraction::<f32>(bits) < quotient * 512.0 - c as i32 as f32
-                }
+            let drawn = if exact && c >= FIRST_NORMAL_SIGNED {
+                // The exact quotient's bits below its code are that fraction, in 20 bits; the
+                // noise's 16 bits, shifted to match, are the fraction below which it goes up.
+                // (The same comparison as below, made exactly.)
+                ((bits >> 16) << 4) < bits_below_code::<3>(quotient)
             } else {
                 // Both differences are exact (`below <= |m| < above <= 2 below`, or `below`
-                // is 0: Sterbenz), so only the products round.
+                // is 0: Sterbenz), so only the products round (and with an exact quotient
+                // they do not: a scale of 2^-100 or more keeps them normal). Subnormal codes
+                // take this form even then: their quotient may have underflowed, `|m|` not.
                 let below = scaled(signed_magnitude(c), scale);
                 exp_avg_fraction::<C>(bits) * (above - below) < magnitude - below
             };
@@ -1210,6 +1215,8 @@ mod tests {
                 3 => 480.0 * 2f64.powf(-99.5),
                 4 => 1e38,
                 5 => 1e-33,
+                // Powers of two would make the top codes infinite: the tightest scale, in f32.
+                6 => 3.3e38,
                 _ => 10f64.powf(12.0 * next() - 6.0),
             };
             let largest = C::from_f64(magnitude);
@@ -1407,9 +1414,9 @@ mod tests {
         assert_eq!(codes, truncated);
     }
 
-    /// `codes` (`exp_inf` rounded up on the tightest scale, as `encode_exp_inf` gives them)
-    /// re-encoded from `values` with stochastic rounding, on the same scale (no previous one to
-    /// decay), with the stored `exp_avg` of `exp_avg_codes` on `exp_avg_scale`.
+    /// `values` encoded into `codes` with stochastic rounding (from `codes` rounded up, on the
+    /// power-of-two scale `scale`, as [`rounded_up_on_a_power_of_two`] gives them), with the
+    /// stored `exp_avg` of `exp_avg_codes` on `exp_avg_scale`.
     fn round_exp_inf_stochastically(
         values: &[f32],
         codes: &mut [u8],
@@ -1558,9 +1565,25 @@ mod tests {
         }
     }
 
+    /// A value whose quotient by the scale underflows to 0 (scale 2, value 2^-149) is still
+    /// rounded by its own distance from code 0, as the reference's comparison in scaled values
+    /// says: with noise 0 it goes up to code 1 (with its sign), with any other noise it stays.
+    #[test]
+    fn a_quotient_that_underflows_still_rounds_by_its_value() {
+        let tiny = -f32::from_bits(1);
+        let mut codes = [0u8; 2];
+        for (noise, expected) in [(0u32, 0x81u8), (1 << 16, 0)] {
+            let scale =
+                encode_exp_avg_stochastic(&[960.0, tiny], &[1e30; 2], &[noise; 2], 1.0, &mut codes);
+            assert_eq!(scale, 2.0);
+            assert_eq!(codes[1], expected, "noise {noise:#x}");
+        }
+    }
+
     /// The scale is the smallest power of two whose product with the top code reaches the
-    /// largest value, as decoding computes that product: over all of float32 scales' range in f64,
-    /// and in f32 from the subnormals (scales too) to near its largest value.
+    /// largest value, as decoding computes that product: over all of float32 scales' range in
+    /// f64, and in f32 from the subnormals (scales too) to its largest value, where the
+    /// tightest scale takes over if the top code would decode to infinity.
     #[test]
     fn power_of_two_scales_are_the_smallest_that_fit() {
         fn check<C: Float>(largest: C, top: f32) {
@@ -1573,7 +1596,18 @@ mod tests {
             } else {
                 scale.to_bits().count_ones() == 1
             };
-            assert!(power_of_two, "{what}: not a power of two");
+            let top_value = |s: f32| scaled(top, C::from_f64(f64::from(s))).to_f64();
+            if !power_of_two {
+                // Only where the power of two above would make the top code infinite.
+                assert_eq!(scale, block_scale(largest, top), "{what}");
+                let above = f32::from_bits((scale.to_bits() & 0xFF80_0000) + 0x0080_0000);
+                assert!(!top_value(above).is_finite(), "{what}: not a power of two");
+                return;
+            }
+            assert!(
+                top_value(scale).is_finite(),
+                "{what}: the top code is infinite"
+            );
             assert!(fits(scale), "{what}: too small");
             assert!(
                 scale == f32::from_bits(1) || !fits(scale / 2.0),
@@ -1588,6 +1622,19 @@ mod tests {
                 check(f32::from_bits((next() * 1e6) as u32 + 1), top);
             }
         }
+        // Up to float32's largest value, where the top code times the power of two above a
+        // block's largest overflows in f32 (above 480 * 2^119), not in f64.
+        for x in [1e38, 3.19e38, 3.2e38, 3.3e38, f32::MAX] {
+            for top in [MAX_SIGNED, MAX_UNSIGNED] {
+                check(x, top);
+                check(f64::from(x), top);
+            }
+        }
+        assert!(power_of_two_scale(f32::MAX, MAX_SIGNED).to_bits() & 0x007F_FFFF != 0);
+        assert_eq!(
+            power_of_two_scale(f64::from(f32::MAX), MAX_SIGNED),
+            2f32.powi(120)
+        );
         // Exactly on a power of two times the top, and an ulp to either side.
         for k in -140..=100 {
             let on = (f64::from(MAX_SIGNED) * 2f64.powi(k)) as f32;
