@@ -10,6 +10,7 @@ as it was, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -97,6 +98,7 @@ def bad_constructor_arguments():
         "duplicates across groups": ([{"params": [p]}, {"params": [p]}], {}),
         "duplicates in a group": ([p, p], {}),
         "a group without params": ([{"lr": 0.1}], {}),
+        "a set of parameters in a group": ([{"params": {p}}], {}),
     }
 
 
@@ -106,6 +108,21 @@ def test_bad_constructor_arguments_give_torchs_exceptions(case):
     ours = outcome(lambda: Adamax(params, **kwargs))
     theirs = outcome(lambda: torch.optim.Adamax(params, **kwargs))
     assert theirs is not None
+    assert ours == theirs
+
+
+def test_a_group_added_as_a_set_gives_torchs_exception():
+    # torch refuses a set: its order, and so the state dict's, changes from run to run.
+    def add_a_set(kind):
+        def run():
+            opt = kind([nn.Parameter(torch.randn(2))])
+            opt.add_param_group({"params": {nn.Parameter(torch.randn(3))}})
+
+        return run
+
+    ours = outcome(add_a_set(Adamax))
+    theirs = outcome(add_a_set(torch.optim.Adamax))
+    assert theirs is not None and theirs[0] is TypeError
     assert ours == theirs
 
 
@@ -488,6 +505,83 @@ def test_lazy_views_put_in_the_state_are_refused(key):
     with pytest.raises(ValueError, match=f"group 0, parameter 0: {key} .*negative bit"):
         opt.step()
     assert_unchanged(before, opt)
+
+
+def test_a_negated_step_count_is_refused():
+    # Its memory holds minus the count: read as it is, the step would count from the wrong sign.
+    p = nn.Parameter(torch.randn(4))
+    p.grad = torch.randn(4)
+    opt = Adamax([p], lr=0.1)
+    opt.step()
+    opt.state[p]["step"] = opt.state[p]["step"]._neg_view()
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="group 0, parameter 0: its state's 'step' .*negative bit"):
+        opt.step()
+    assert_unchanged(before, opt)
+
+
+@pytest.mark.parametrize("through", ["a tensor subclass", "a torch function mode"])
+def test_python_code_cannot_move_memory_the_step_has_read(through):
+    # The step reads each tensor's memory, then asks it for its lazy bits (torch's is_neg). Were
+    # torch function on, that question would run Python code (a subclass's __torch_function__, a
+    # mode's) after the first parameter's memory was read. The code here, run by is_neg asked of
+    # the second parameter's tensors, moves the first's exp_avg to new memory (keeping the old
+    # alive, so that nothing crashes): the step would then update the old memory while the state
+    # holds the new. The step must instead update the state the optimizer holds at the end, as
+    # torch.optim.Adamax does.
+    from torch.overrides import TorchFunctionMode
+
+    moved: list[torch.Tensor] = []
+    armed = [False]
+
+    def move_first_exp_avg(func, args):
+        # Asked of the second parameter or its state: the first's memory has been read.
+        asked = args[0] if args else None
+        seconds = (second, *opt.state[second].values())
+        if armed[0] and func.__name__ == "is_neg" and any(asked is t for t in seconds):
+            armed[0] = False
+            exp_avg = opt.state[first]["exp_avg"]
+            moved.append(exp_avg.detach().clone())  # the old memory stays alive in `old`
+            old.append(torch.empty(0).set_(exp_avg.untyped_storage()))
+            exp_avg.set_(moved[-1])
+
+    class Hook(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            move_first_exp_avg(func, args)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            move_first_exp_avg(func, args)
+            return func(*args, **(kwargs or {}))
+
+    old: list[torch.Tensor] = []
+    torch.manual_seed(0)
+    first, second = nn.Parameter(torch.randn(64)), nn.Parameter(torch.randn(16))
+    reference_params = [first.detach().clone(), second.detach().clone()]
+    reference_params = [nn.Parameter(t) for t in reference_params]
+    opt = Adamax([first, second], lr=0.1)
+    reference = torch.optim.Adamax(reference_params, lr=0.1, foreach=False)
+    for step in range(3):
+        grads = [torch.randn(64), torch.randn(16)]
+        for p, q, g in zip([first, second], reference_params, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        if step == 2:
+            if through == "a tensor subclass":
+                opt.state[second]["exp_inf"] = opt.state[second]["exp_inf"].as_subclass(Hook)
+            armed[0] = True
+            with Mode() if through == "a torch function mode" else contextlib.nullcontext():
+                opt.step()
+            armed[0] = False
+        else:
+            opt.step()
+        reference.step()
+    for p, q in zip([first, second], reference_params):
+        assert_same_bits(p.detach(), q.detach(), "parameter")
+        for key in ("exp_avg", "exp_inf", "step"):
+            ours = opt.state[p][key].as_subclass(torch.Tensor)
+            assert_same_bits(ours, reference.state[q][key], key)
 
 
 @pytest.mark.parametrize("hook", ["grad property", "__hash__"])

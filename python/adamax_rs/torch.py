@@ -257,7 +257,9 @@ class Adamax(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group, refusing parameters this optimizer cannot update."""
         params = param_group.get("params") if isinstance(param_group, Mapping) else None
-        if isinstance(params, Iterable) and not isinstance(params, torch.Tensor):
+        # A set is left to torch, which refuses it: its order, and so the state dict's, would
+        # change from run to run.
+        if isinstance(params, Iterable) and not isinstance(params, (torch.Tensor, set)):
             params = list(params)
             param_group = {**param_group, "params": params}
             for index, param in enumerate(params):

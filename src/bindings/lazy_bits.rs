@@ -12,8 +12,8 @@
 //! rest is torch's own function, which releases and retakes the GIL). Where the table cannot be
 //! read (Python 3.9 cannot read a static type's slots) the base type's methods are called through
 //! Python. Either way it is the base type's method, so a subclass that overrides `is_neg` or
-//! `is_conj` cannot hide a bit from the step. (torch's function still honours
-//! `__torch_function__` and torch function modes, as every torch method does.)
+//! `is_conj` cannot hide a bit from the step. The torch step asks with torch function off (see
+//! `torch_function`), so neither can a `__torch_function__` override nor a torch function mode.
 
 use std::ffi::CStr;
 

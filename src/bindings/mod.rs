@@ -21,6 +21,8 @@ mod reentry;
 mod run;
 mod state;
 mod state_cursor;
+mod state_entry;
+mod torch_function;
 mod torch_plan;
 
 use pyo3::exceptions::PyValueError;

@@ -7,6 +7,11 @@
 //! is described through DLPack (see `dlpack`) and checked by the same engine as numpy arrays; the
 //! check of a parameter and its state is kept while their descriptions are unchanged.
 //!
+//! The step first gathers every object it needs (gradients, state entries, resolved lazy
+//! gradients), which may run Python code, and only then reads memory, with torch function off
+//! (see `torch_function`): from the first address read to the kernel's last write, no Python code
+//! runs that could free or move memory already read.
+//!
 //! A step never creates state: it returns the parameters that have a gradient but no state yet,
 //! having changed nothing, and the Python front end creates their state and steps again. The step
 //! counts are written into the `step` tensors right after the update, with no Python code in
@@ -15,7 +20,7 @@
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
 use crate::engine::memory::{Element, RawArray};
@@ -33,6 +38,8 @@ use super::policy::{state_kind, StatePolicy};
 use super::reentry::one_step_at_a_time;
 use super::run::run_step;
 use super::state_cursor::StateCursor;
+use super::state_entry::StateEntry;
+use super::torch_function::TorchFunctionOff;
 
 /// What the plan remembers of one parameter position.
 #[derive(Default)]
@@ -41,18 +48,32 @@ struct TorchCache {
     state: Option<TensorState>,
 }
 
-/// One tensor of this step: the objects (held for the step) and what was read from them.
-struct TorchTensor<'py> {
+/// The objects of one parameter's update, gathered (and held for the step) before any memory is
+/// read.
+struct TorchObjects<'py> {
     place: Place,
     param: Bound<'py, PyAny>,
-    _grad: Bound<'py, PyAny>,
-    _exp_avg: Bound<'py, PyAny>,
-    _exp_inf: Bound<'py, PyAny>,
-    _step_tensor: Bound<'py, PyAny>,
-    _scales: Option<[Bound<'py, PyAny>; 2]>,
+    grad: Bound<'py, PyAny>,
+    exp_avg: Bound<'py, PyAny>,
+    exp_inf: Bound<'py, PyAny>,
+    step_tensor: Bound<'py, PyAny>,
+    scales: Option<[Bound<'py, PyAny>; 2]>,
+}
+
+/// What was read from one parameter's objects.
+struct TorchRead {
     step_at: StepCounter,
-    grad: RawArray,
+    grad: GradLayout,
     step: u64,
+}
+
+/// Where the step reads a gradient from.
+enum GradLayout {
+    /// Laid out exactly like its parameter (element type, shape, strides), at this address: the
+    /// common case, kept small because a step holds one record per tensor.
+    LikeParam(usize),
+    /// Any other layout.
+    Other(Box<RawArray>),
 }
 
 /// A parameter found with a gradient and a state: its place, the tensor, its gradient and its
@@ -212,6 +233,16 @@ fn step_counter(
     {
         return Err(bad());
     }
+    // A negated view's memory holds minus its value: refused, as any lazy state tensor is.
+    if let Some(bit) = lazy_bit(obj, raw.element)? {
+        return Err(place.value_error(format_args!(
+            "its state's 'step' has torch's {} bit set (a lazy view whose memory holds the \
+             values before the {}); resolve it first, for example \
+             state['step'] = state['step'].resolve_neg()",
+            bit.name(),
+            bit.operation()
+        )));
+    }
     let counter = StepCounter {
         address: raw.address,
         element: raw.element,
@@ -224,92 +255,106 @@ fn step_counter(
     Ok((counter, value as u64 + 1))
 }
 
+/// A parameter's state tensors, read from its entry of `optimizer.state`: Python code may run
+/// here (a mapping's `__getitem__`), so nothing reads memory yet.
+fn gather<'py>(
+    place: Place,
+    param: Bound<'py, PyAny>,
+    grad: Bound<'py, PyAny>,
+    entry: &Bound<'py, PyAny>,
+) -> PyResult<TorchObjects<'py>> {
+    let read = StateEntry::read(entry)?;
+    let required = |value: Option<Bound<'py, PyAny>>, name: &str| {
+        value.ok_or_else(|| {
+            let keys = entry
+                .call_method0("keys")
+                .and_then(|k| k.repr())
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            place.value_error(format_args!("its state has no '{name}' (it has {keys})"))
+        })
+    };
+    let exp_avg = required(read.exp_avg, "exp_avg")?;
+    let exp_inf = required(read.exp_inf, "exp_inf")?;
+    let step_tensor = required(read.step, "step")?;
+    // The block scales of 8-bit state, when the state has them.
+    let scales = match (read.exp_avg_scale, read.exp_inf_scale) {
+        (Some(a), Some(b)) => Some([a, b]),
+        (None, None) => None,
+        _ => {
+            return Err(place.value_error(
+                "its state has one of exp_avg_scale and exp_inf_scale but not the other",
+            ))
+        }
+    };
+    Ok(TorchObjects {
+        place,
+        param,
+        grad,
+        exp_avg,
+        exp_inf,
+        step_tensor,
+        scales,
+    })
+}
+
 impl TorchStepPlan {
-    #[allow(clippy::too_many_arguments)]
-    fn read_tensor<'py>(
+    /// Reads and checks the memory of one parameter's tensors, keeping the check of its state
+    /// while the descriptions are unchanged. Runs no Python code while torch function is off,
+    /// except in raising an error. `Ok(None)`: the gradient is a lazily negated or conjugated
+    /// view, to be resolved by the caller (only when `lazy_grad_allowed`; else it is an error).
+    fn read_objects(
         &mut self,
         reader: &TensorReader,
-        place: Place,
-        param: Bound<'py, PyAny>,
-        grad: Bound<'py, PyAny>,
-        entry: &Bound<'py, PyAny>,
-    ) -> PyResult<TorchTensor<'py>> {
-        let py = param.py();
-        let key = |name: &Bound<'py, PyString>| -> PyResult<Bound<'py, PyAny>> {
-            let value = match entry.cast::<PyDict>() {
-                Ok(dict) => dict.get_item(name)?,
-                Err(_) => entry.get_item(name).ok(),
-            };
-            value.ok_or_else(|| {
-                let keys = entry
-                    .call_method0("keys")
-                    .and_then(|k| k.repr())
-                    .map(|r| r.to_string())
-                    .unwrap_or_default();
-                place.value_error(format_args!("its state has no '{name}' (it has {keys})"))
-            })
-        };
-        let exp_avg = key(pyo3::intern!(py, "exp_avg"))?;
-        let exp_inf = key(pyo3::intern!(py, "exp_inf"))?;
-        let step_tensor = key(pyo3::intern!(py, "step"))?;
-        // The block scales of 8-bit state, when the state has them.
-        let optional = |name: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
-            match entry.cast::<PyDict>() {
-                Ok(dict) => dict.get_item(name),
-                Err(_) => Ok(entry.get_item(name).ok()),
+        o: &TorchObjects<'_>,
+        lazy_grad_allowed: bool,
+    ) -> PyResult<Option<TorchRead>> {
+        let place = o.place;
+        let param_raw = describe(reader, &o.param, place, Role::Param)?;
+        refuse_lazy(&o.param, &param_raw, place, Role::Param)?;
+        let grad_raw = reader.describe(&o.grad).map_err(|problem| match problem {
+            TensorProblem::Layout(error)
+                if o.grad
+                    .getattr("is_sparse")
+                    .and_then(|s| s.is_truthy())
+                    .unwrap_or(false) =>
+            {
+                let _ = error;
+                PyRuntimeError::new_err("Adamax does not support sparse gradients")
             }
-        };
-        let scales = match (
-            optional(pyo3::intern!(py, "exp_avg_scale"))?,
-            optional(pyo3::intern!(py, "exp_inf_scale"))?,
-        ) {
-            (Some(a), Some(b)) => Some([a, b]),
-            (None, None) => None,
-            _ => {
-                return Err(place.value_error(
-                    "its state has one of exp_avg_scale and exp_inf_scale but not the other",
-                ))
+            other => problem_error(place, Role::Grad, other),
+        })?;
+        // A lazily conjugated or negated gradient (autograd makes them) is only read: the caller
+        // resolves its values into a new tensor, held for the step, and reads everything again.
+        if let Some(bit) = lazy_bit(&o.grad, grad_raw.element)? {
+            if lazy_grad_allowed {
+                return Ok(None);
             }
-        };
-        let param_raw = describe(reader, &param, place, Role::Param)?;
-        refuse_lazy(&param, &param_raw, place, Role::Param)?;
-        let read_grad = |grad: &Bound<'py, PyAny>| {
-            reader.describe(grad).map_err(|problem| match problem {
-                TensorProblem::Layout(error)
-                    if grad
-                        .getattr("is_sparse")
-                        .and_then(|s| s.is_truthy())
-                        .unwrap_or(false) =>
-                {
-                    let _ = error;
-                    PyRuntimeError::new_err("Adamax does not support sparse gradients")
-                }
-                other => problem_error(place, Role::Grad, other),
-            })
-        };
-        let mut grad_raw = read_grad(&grad)?;
-        // A lazily conjugated or negated gradient (autograd makes them) is only read: the step
-        // uses its values, resolved into a new tensor that `TorchTensor` holds for the step.
-        let grad = if lazy_bit(&grad, grad_raw.element)?.is_some() {
-            let resolved = grad
-                .call_method0(pyo3::intern!(py, "resolve_conj"))?
-                .call_method0(pyo3::intern!(py, "resolve_neg"))?;
-            grad_raw = read_grad(&resolved)?;
-            resolved
-        } else {
-            grad
-        };
+            return Err(place.value_error(format_args!(
+                "its gradient has torch's {} bit set again after it was resolved (Python code \
+                 run by the step changed it)",
+                bit.name()
+            )));
+        }
         check_gradient(&param_raw, &grad_raw).map_err(|e| place.tensor_error(e))?;
-        let exp_avg_raw = describe(reader, &exp_avg, place, Role::ExpAvg)?;
-        let exp_inf_raw = describe(reader, &exp_inf, place, Role::ExpInf)?;
-        let scales_raw = match &scales {
+        let grad_layout = if grad_raw.element == param_raw.element
+            && grad_raw.shape == param_raw.shape
+            && grad_raw.strides == param_raw.strides
+        {
+            GradLayout::LikeParam(grad_raw.address)
+        } else {
+            GradLayout::Other(Box::new(grad_raw))
+        };
+        let exp_avg_raw = describe(reader, &o.exp_avg, place, Role::ExpAvg)?;
+        let exp_inf_raw = describe(reader, &o.exp_inf, place, Role::ExpInf)?;
+        let scales_raw = match &o.scales {
             Some([a, b]) => Some([
                 describe(reader, a, place, Role::ExpAvgScale)?,
                 describe(reader, b, place, Role::ExpInfScale)?,
             ]),
             None => None,
         };
-        let (step_at, step) = step_counter(reader, &step_tensor, place)?;
+        let (step_at, step) = step_counter(reader, &o.step_tensor, place)?;
         let cache = &mut self.groups[place.group][place.index];
         let unchanged = cache.state.as_ref().is_some_and(|s| {
             s.param() == &param_raw
@@ -319,9 +364,9 @@ impl TorchStepPlan {
         });
         // Every step: a lazy view has the description of the tensor it views, so an unchanged
         // description does not mean an unchanged bit.
-        refuse_lazy(&exp_avg, &exp_avg_raw, place, Role::ExpAvg)?;
-        refuse_lazy(&exp_inf, &exp_inf_raw, place, Role::ExpInf)?;
-        if let (Some([a, b]), Some([a_raw, b_raw])) = (&scales, &scales_raw) {
+        refuse_lazy(&o.exp_avg, &exp_avg_raw, place, Role::ExpAvg)?;
+        refuse_lazy(&o.exp_inf, &exp_inf_raw, place, Role::ExpInf)?;
+        if let (Some([a, b]), Some([a_raw, b_raw])) = (&o.scales, &scales_raw) {
             refuse_lazy(a, a_raw, place, Role::ExpAvgScale)?;
             refuse_lazy(b, b_raw, place, Role::ExpInfScale)?;
         }
@@ -345,18 +390,11 @@ impl TorchStepPlan {
             }
             cache.state = Some(state);
         }
-        Ok(TorchTensor {
-            place,
-            param,
-            _grad: grad,
-            _exp_avg: exp_avg,
-            _exp_inf: exp_inf,
-            _step_tensor: step_tensor,
-            _scales: scales,
+        Ok(Some(TorchRead {
             step_at,
-            grad: grad_raw,
+            grad: grad_layout,
             step,
-        })
+        }))
     }
 }
 
@@ -512,35 +550,63 @@ impl TorchStepPlan {
             return Ok(Some(missing));
         }
 
-        // 2. Describe and check every tensor.
-        let mut tensors: Vec<TorchTensor<'py>> = Vec::with_capacity(found.len());
+        // 2. Each parameter's state tensors. Python code may still run here, before any memory
+        //    is read.
+        let mut objects = Vec::with_capacity(found.len());
         for (place, param, grad, entry) in found {
-            tensors.push(self.read_tensor(reader, place, param, grad, &entry)?);
+            objects.push(gather(place, param, grad, &entry)?);
         }
+
+        // 3. Read and check every tensor's memory. From the first address read to the end of the
+        //    step, no Python code runs that could free or move memory already read: torch
+        //    function is off (see `torch_function`), so torch's methods run their C code only.
+        //    A lazily negated or conjugated gradient is resolved into a new tensor, which runs
+        //    torch (and so possibly Python code), and then everything is read again.
+        let mut resolved = false;
+        let (_torch_function_off, reads) = loop {
+            let off = TorchFunctionOff::enter(py)?;
+            let mut reads = Vec::with_capacity(objects.len());
+            let mut lazy = Vec::new();
+            for (i, o) in objects.iter().enumerate() {
+                match self.read_objects(reader, o, !resolved)? {
+                    Some(read) => reads.push(read),
+                    None => lazy.push(i),
+                }
+            }
+            if lazy.is_empty() {
+                break (off, reads);
+            }
+            drop(off);
+            for i in lazy {
+                let o = &mut objects[i];
+                o.grad = o
+                    .grad
+                    .call_method0(pyo3::intern!(py, "resolve_conj"))?
+                    .call_method0(pyo3::intern!(py, "resolve_neg"))?;
+            }
+            resolved = true;
+        };
         let mut checked = self.buffers.tensors();
-        for t in &tensors {
-            let state = self.groups[t.place.group][t.place.index]
+        for (o, read) in objects.iter().zip(&reads) {
+            let state = self.groups[o.place.group][o.place.index]
                 .state
                 .as_ref()
                 .ok_or_else(|| super::errors::internal("a tensor without its checked state"))?;
-            let grad = if t.grad.element == state.param().element
-                && t.grad.shape == state.param().shape
-                && t.grad.strides == state.param().strides
-            {
-                GradArray::LikeParam {
-                    address: t.grad.address,
-                }
-            } else {
-                GradArray::Other(&t.grad)
+            // `LikeParam` was decided against the parameter's description read in this call,
+            // which `state` holds.
+            let grad = match &read.grad {
+                GradLayout::LikeParam(address) => GradArray::LikeParam { address: *address },
+                GradLayout::Other(raw) => GradArray::Other(raw),
             };
             // SAFETY: `state` was compared with the descriptions read in this call from the
-            // parameter and state tensors that `tensors` holds, and `grad` read from the gradient
-            // it holds; they stay alive until the end of this function, after the step has run.
-            // (Like any torch kernel, the step assumes no other thread resizes them meanwhile.)
-            let one = unsafe { CheckedTensor::new(state, grad, t.place.group, t.step) };
-            checked.push(one.map_err(|e| t.place.tensor_error(e))?);
+            // parameter and state tensors that `objects` holds, and `grad` read from the gradient
+            // it holds, with no Python code run since (torch function is off); they stay alive
+            // until the end of this function, after the step has run. (Like any torch kernel, the
+            // step assumes no other thread resizes them meanwhile.)
+            let one = unsafe { CheckedTensor::new(state, grad, o.place.group, read.step) };
+            checked.push(one.map_err(|e| o.place.tensor_error(e))?);
         }
-        let places: Vec<Place> = tensors.iter().map(|t| t.place).collect();
+        let places: Vec<Place> = objects.iter().map(|o| o.place).collect();
         let step = StepMemory::new(checked, &hyperparameters, &mut self.buffers)
             .map_err(|c| conflict_error(&places, c))?;
 
@@ -550,14 +616,14 @@ impl TorchStepPlan {
         ran?;
 
         // 4. Commit the step counts, without running any Python code.
-        for t in &tensors {
+        for read in &reads {
             // SAFETY: `step_at` is the one aligned float element of the `step` tensor that
-            // `tensors` holds, checked by `step_counter`; the GIL is held.
-            unsafe { t.step_at.write(t.step as f64) };
+            // `objects` holds, checked by `step_counter`; the GIL is held.
+            unsafe { read.step_at.write(read.step as f64) };
         }
         // Then tell autograd the parameters changed in place, as torch's own in-place updates do.
-        if !tensors.is_empty() {
-            let params: Vec<&Bound<'_, PyAny>> = tensors.iter().map(|t| &t.param).collect();
+        if !objects.is_empty() {
+            let params: Vec<&Bound<'_, PyAny>> = objects.iter().map(|o| &o.param).collect();
             tell_autograd(py, &params)?;
         }
         Ok(None)
