@@ -278,6 +278,11 @@ def test_float_state_loads_into_bfloat16_rounded_to_nearest_even(rng):
         (lambda s: s.update(exp_inf_scale=-s["exp_inf_scale"]), "negative"),
         (lambda s: s.pop("exp_inf_scale"), "8-bit state has uint8"),
         (lambda s: s.update(exp_avg=s["exp_avg"].reshape(-1)), "'exp_avg' has shape"),
+        (
+            # The same codes, laid out column-major (as some writers would make them).
+            lambda s: s.update(exp_inf=s["exp_inf"].t().contiguous().t()),
+            "'exp_inf' .*another memory layout",
+        ),
     ],
 )
 def test_bad_8bit_state_dict_is_refused_before_anything_changes(rng, corrupt, message):
@@ -289,3 +294,55 @@ def test_bad_8bit_state_dict_is_refused_before_anything_changes(rng, corrupt, me
         opt.load_state_dict(saved)
     for key, value in before.items():
         assert torch.equal(opt.state[ps[0]][key], value)
+
+
+def column_major(tensor):
+    return tensor.t().contiguous().t()
+
+
+@pytest.mark.parametrize("into", ["8bit", None, torch.bfloat16])
+def test_8bit_state_loaded_into_another_memory_layout_is_refused(rng, into):
+    # A block of 256 holds the elements that follow each other in the memory of the parameter
+    # the state was made for. Loaded into a parameter laid out otherwise (here column-major
+    # instead of row-major), the codes and scales would fall out of step, or the conversion to
+    # float state would read the wrong scale for most elements.
+    ps, opt = trained(rng, "8bit")
+    twins = [
+        torch.nn.Parameter(column_major(p.detach()) if p.dim() == 2 else p.detach().clone())
+        for p in ps
+    ]
+    target = Adamax(twins, lr=0.01, state_dtype=into)
+    with pytest.raises(ValueError, match="state of parameter 0: 'exp_avg' .*another memory layout"):
+        target.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert len(target.state) == 0
+
+
+def test_8bit_state_of_a_column_major_parameter_round_trips(rng):
+    # Laid out alike, the codes load as they are and the step continues bit for bit, into 8-bit
+    # state; into float32 state, the values are decoded in that parameter's memory order.
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    p = torch.nn.Parameter(column_major(torch.randn(70, 90)))
+    opt = Adamax([p], lr=0.01, state_dtype="8bit")
+    for _ in range(3):
+        p.grad = column_major(torch.from_numpy(heavy_tailed(rng, p.numel()).reshape(p.shape)))
+        opt.step()
+    twin = torch.nn.Parameter(column_major(p.detach()))
+    resumed = Adamax([twin], lr=0.01, state_dtype="8bit")
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    as_float = Adamax([torch.nn.Parameter(column_major(p.detach()))], lr=0.01)
+    as_float.load_state_dict(copy.deepcopy(opt.state_dict()))
+    state = opt.state[p]
+    # In memory order (column-major: the transpose's rows), block by block.
+    for key, exact in (("exp_avg", True), ("exp_inf", False)):
+        codes = state[key].t().numpy().reshape(-1)
+        decoded = decode(codes, state[key + "_scale"].numpy(), exact)
+        loaded = next(iter(as_float.state.values()))[key]
+        np.testing.assert_array_equal(loaded.t().numpy().reshape(-1), decoded)
+    for _ in range(3):
+        g = column_major(torch.from_numpy(heavy_tailed(rng, p.numel()).reshape(p.shape)))
+        p.grad, twin.grad = g, g.clone()
+        opt.step()
+        resumed.step()
+    assert torch.equal(p, twin)
+    for key, value in opt.state[p].items():
+        assert torch.equal(resumed.state[twin][key], value), key

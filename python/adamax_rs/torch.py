@@ -77,6 +77,13 @@ def _core_name(state_dtype: torch.dtype | str | None) -> str | None:
     return str(state_dtype).replace("torch.", "")
 
 
+def _axis_order(tensor: torch.Tensor) -> tuple[int, ...]:
+    """The axes of ``tensor`` longer than 1, from the slowest to the fastest in memory."""
+    strides = tensor.stride()
+    axes = sorted(range(tensor.dim()), key=lambda axis: -strides[axis])
+    return tuple(axis for axis in axes if tensor.shape[axis] > 1)
+
+
 def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A CPU tensor's values as a numpy array laid out as the tensor (bfloat16 as float32)."""
     tensor = tensor.detach().cpu()
@@ -392,6 +399,21 @@ class Adamax(Optimizer):
         like = torch.empty_like(param, dtype=torch.uint8, memory_format=torch.preserve_format)
         form = self._state_dtype_for(param)
         if codes:
+            # The blocks follow the memory order of the parameter the state was made for, and
+            # the codes were laid out like it. Codes laid out otherwise than this parameter mean
+            # either that the parameter's layout changed since (model.to(memory_format=...)) or
+            # that the codes were re-laid out (made contiguous to be written somewhere): the
+            # blocks could follow either order, and the wrong one scrambles the state silently.
+            for key in ("exp_avg", "exp_inf"):
+                if _axis_order(saved[key]) != _axis_order(like):
+                    raise ValueError(
+                        f"{key!r} (8-bit codes) has another memory layout (strides "
+                        f"{tuple(saved[key].stride())}) than the parameter (strides "
+                        f"{tuple(like.stride())}), so which elements each block of "
+                        f"{_compressed.BLOCK} holds is ambiguous: load it into a parameter "
+                        "laid out as the one it was saved from, and keep the codes laid out "
+                        "as saved (torch.save does)"
+                    )
             blocks = _compressed.block_count(param.numel())
             for key in _compressed.SCALE_KEYS:
                 scale = saved[key]
