@@ -279,6 +279,11 @@ def test_float_state_loads_into_bfloat16_rounded_to_nearest_even(rng):
         (lambda s: s.pop("exp_inf_scale"), "8-bit state has uint8"),
         (lambda s: s.update(exp_avg=s["exp_avg"].reshape(-1)), "'exp_avg' has shape"),
         (
+            lambda s: s.update(exp_avg_scale=s["exp_avg_scale"].to("meta")),
+            "'exp_avg_scale' is on the meta device",
+        ),
+        (lambda s: s.update(exp_inf=s["exp_inf"].to("meta")), "'exp_inf' is on the meta device"),
+        (
             # The same codes, laid out column-major (as some writers would make them).
             lambda s: s.update(exp_inf=s["exp_inf"].t().contiguous().t()),
             "'exp_inf' .*another memory layout",
@@ -287,13 +292,42 @@ def test_float_state_loads_into_bfloat16_rounded_to_nearest_even(rng):
 )
 def test_bad_8bit_state_dict_is_refused_before_anything_changes(rng, corrupt, message):
     ps, opt = trained(rng, "8bit")
-    saved = opt.state_dict()
+    saved = copy.deepcopy(opt.state_dict())  # torch's shares the state's own dicts
     corrupt(saved["state"][0])
     before = {k: v.clone() for k, v in opt.state[ps[0]].items()}
     with pytest.raises(ValueError, match=message):
         opt.load_state_dict(saved)
     for key, value in before.items():
         assert torch.equal(opt.state[ps[0]][key], value)
+
+
+@pytest.mark.parametrize(
+    "corrupt, error, message",
+    [
+        (
+            lambda s: s.update(exp_avg=s["exp_avg"].to("meta")),
+            ValueError,
+            "'exp_avg' is on the meta device",
+        ),
+        (
+            lambda s: s.update(exp_inf=s["exp_inf"].to(torch.complex64)),
+            TypeError,
+            "'exp_inf' is complex",
+        ),
+    ],
+)
+@pytest.mark.parametrize("into", ["8bit", torch.bfloat16, None])
+def test_bad_float_state_dict_is_refused_before_anything_changes(
+    rng, corrupt, error, message, into
+):
+    ps, saved_from = trained(rng, None)
+    saved = copy.deepcopy(saved_from.state_dict())
+    corrupt(saved["state"][0])
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    target = Adamax(twins, lr=0.01, state_dtype=into)
+    with pytest.raises(error, match=f"state of parameter 0: {message}"):
+        target.load_state_dict(saved)
+    assert len(target.state) == 0
 
 
 def column_major(tensor):

@@ -375,13 +375,19 @@ class Adamax(Optimizer):
             try:
                 converted[param] = self._state_in_my_form(param, tensors)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"state of parameter {index}: {error}") from None
+                kind = TypeError if isinstance(error, TypeError) else ValueError
+                raise kind(f"state of parameter {index}: {error}") from None
         return converted
 
     def _state_in_my_form(
         self, param: torch.Tensor, saved: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """A parameter's saved ``exp_avg``, ``exp_inf`` (and scales) in this optimizer's form."""
+        for key, value in saved.items():
+            if value.is_meta:
+                raise ValueError(f"{key!r} is on the meta device, which holds no values")
+            if value.is_complex() and not param.is_complex():
+                raise TypeError(f"{key!r} is complex ({value.dtype}), the parameter is real")
         for key in ("exp_avg", "exp_inf"):
             if saved[key].shape != param.shape:
                 raise ValueError(

@@ -144,7 +144,7 @@ fn problem_error(place: Place, role: Role, problem: TensorProblem) -> PyErr {
         )),
         TensorProblem::Dtype(d) => place.type_error(format_args!(
             "{} has dtype {d}, which is not supported (float16, bfloat16, float32, float64, \
-             complex64 or complex128)",
+             complex64 or complex128, and uint8 for the codes of 8-bit state)",
             role.describe()
         )),
         TensorProblem::Layout(error) => error,
