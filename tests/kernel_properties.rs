@@ -132,7 +132,7 @@ fn hyperparameters() -> impl Strategy<Value = Hyperparameters> {
                     eps_inside_max,
                     decoupled_weight_decay: decoupled,
                     stochastic_rounding: sr,
-                    step_size_in_float32: false,
+                    step_size_type: Default::default(),
                 }
             },
         )

@@ -1007,3 +1007,16 @@ def test_fuzz(name):
 if __name__ == "__main__":
     PROPERTIES[sys.argv[1]]()
     print(dict(OUTCOMES))
+
+
+def test_step_size_dtype_names_a_float_type():
+    base = {"lr": 0.25, "beta1": 0.5, "beta2": 0.75, "eps": 1e-8}
+    for name in ("float64", "float32", "float16", "bfloat16"):
+        made = _core.Hyperparameters(**base, step_size_dtype=name)
+        assert made.step_size_dtype == name
+        assert f"step_size_dtype='{name}'" in repr(made)
+    assert _core.Hyperparameters(**base).step_size_dtype == "float64"
+    with pytest.raises(ValueError, match="step_size_dtype must be 'float64'.* got 'int8'"):
+        _core.Hyperparameters(**base, step_size_dtype="int8")
+    with pytest.raises(TypeError, match="step_size_dtype must be a str, got bool"):
+        _core.Hyperparameters(**base, step_size_dtype=True)

@@ -80,14 +80,18 @@ def test_mlp_training_matches_torch_bit_for_bit(case, foreach):
         (torch.float32, True),
         (torch.float64, False),
         (torch.float64, True),
+        (torch.float16, None),
+        (torch.float16, True),
+        (torch.bfloat16, None),
+        (torch.bfloat16, True),
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tensor_lr_matches_torch(dtype, lr_dtype, foreach):
     """A 1-element tensor lr, read at every step (a schedule may change it in place). torch's
-    for-loop (its default on the CPU, foreach None) divides a float32 lr by the bias correction
-    in float32 and its foreach path in float64; each group follows the path its ``foreach``
-    names, as torch does."""
+    for-loop (its default on the CPU, foreach None) divides a tensor lr by the bias correction
+    in the lr's type (float16 and bfloat16 through float32) and its foreach path in float64;
+    each group follows the path its ``foreach`` names, as torch does."""
     lr = torch.tensor([0.01], dtype=lr_dtype)
     ours_opt, ref_opt = train_side_by_side(
         make_mlp(dtype),

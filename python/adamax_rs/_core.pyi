@@ -1,7 +1,7 @@
 """Type stubs for the Rust extension module ``adamax_rs._core``."""
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from typing_extensions import Self
@@ -94,7 +94,7 @@ class Hyperparameters:
         maximize: bool = False,
         eps_inside_max: bool = False,
         decoupled_weight_decay: bool = False,
-        step_size_in_float32: bool = False,
+        step_size_dtype: Literal["float64", "float32", "float16", "bfloat16"] = "float64",
     ) -> None: ...
     @property
     def lr(self) -> float: ...
@@ -113,7 +113,7 @@ class Hyperparameters:
     @property
     def decoupled_weight_decay(self) -> bool: ...
     @property
-    def step_size_in_float32(self) -> bool: ...
+    def step_size_dtype(self) -> Literal["float64", "float32", "float16", "bfloat16"]: ...
 
 class StepPlan:
     """The cached step of a numpy optimizer."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -75,6 +75,15 @@ def _core_name(state_dtype: torch.dtype | str | None) -> str | None:
     if state_dtype is None or isinstance(state_dtype, str):
         return state_dtype
     return str(state_dtype).replace("torch.", "")
+
+
+_StepSizeDtype = Literal["float64", "float32", "float16", "bfloat16"]
+#: The type torch's for-loop divides a tensor lr of each dtype by the bias correction in.
+_STEP_SIZE_DTYPES: dict[torch.dtype, _StepSizeDtype] = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
 
 
 def _axis_order(tensor: torch.Tensor) -> tuple[int, ...]:
@@ -492,13 +501,15 @@ class Adamax(Optimizer):
         lr = group["lr"]
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError(f"{where}Tensor lr must be 1-element")
-        # torch's for-loop (its default on the CPU) divides a float32 tensor lr by the bias
-        # correction in float32; its foreach path (taken when foreach is truthy) reads
-        # lr.item() and divides in float64.
-        float32_lr = isinstance(lr, torch.Tensor) and lr.dtype == torch.float32
+        # torch's for-loop (its default on the CPU) divides a tensor lr by the bias correction
+        # in the tensor's type (float16 and bfloat16 through float32); its foreach path (taken
+        # when foreach is truthy) reads lr.item() and divides in float64.
+        step_size_dtype: _StepSizeDtype = "float64"
+        if isinstance(lr, torch.Tensor) and not group.get("foreach"):
+            step_size_dtype = _STEP_SIZE_DTYPES.get(lr.dtype, "float64")
         try:
             return _core.Hyperparameters(
-                step_size_in_float32=float32_lr and not group.get("foreach"),
+                step_size_dtype=step_size_dtype,
                 lr=_scalar(lr),
                 beta1=_scalar(betas[0]),
                 beta2=_scalar(betas[1]),

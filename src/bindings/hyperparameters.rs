@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
 
-use crate::kernel::Hyperparameters;
+use crate::kernel::{Hyperparameters, StepSizeType};
 
 /// The names of the numeric hyperparameters, in the order of [`Hyperparameters`]' fields.
 pub const NUMBERS: [&str; 5] = ["lr", "beta1", "beta2", "eps", "weight_decay"];
@@ -104,7 +104,7 @@ fn assemble(numbers: [f64; 5], flags: [bool; 3]) -> Hyperparameters {
         decoupled_weight_decay,
         // An option of the optimizer, not of a group: the step plan sets it.
         stochastic_rounding: false,
-        step_size_in_float32: false,
+        step_size_type: Default::default(),
     }
 }
 
@@ -237,13 +237,14 @@ pub struct PyHyperparameters(pub Hyperparameters);
 #[pymethods]
 impl PyHyperparameters {
     /// Hyperparameters(*, lr, beta1, beta2, eps, weight_decay=0.0, maximize=False,
-    /// eps_inside_max=False, decoupled_weight_decay=False, step_size_in_float32=False)
+    /// eps_inside_max=False, decoupled_weight_decay=False, step_size_dtype="float64")
     ///
-    /// ``step_size_in_float32``: compute ``lr / (1 - beta1**t)`` in float32, as torch's
-    /// for-loop Adamax does for a float32 tensor ``lr`` (the torch front end sets it).
+    /// ``step_size_dtype``: the type ``lr / (1 - beta1**t)`` is computed in ("float64",
+    /// "float32", "float16" or "bfloat16"): that of a tensor ``lr`` in torch's for-loop Adamax
+    /// (the torch front end sets it).
     /// Raises TypeError for a value of the wrong type, ValueError for one out of range.
     #[new]
-    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = Keyword::LeftOut, maximize = Keyword::LeftOut, eps_inside_max = Keyword::LeftOut, decoupled_weight_decay = Keyword::LeftOut, step_size_in_float32 = Keyword::LeftOut))]
+    #[pyo3(signature = (*, lr, beta1, beta2, eps, weight_decay = Keyword::LeftOut, maximize = Keyword::LeftOut, eps_inside_max = Keyword::LeftOut, decoupled_weight_decay = Keyword::LeftOut, step_size_dtype = Keyword::LeftOut))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         lr: &Bound<'_, PyAny>,
@@ -254,7 +255,7 @@ impl PyHyperparameters {
         maximize: Keyword<'_>,
         eps_inside_max: Keyword<'_>,
         decoupled_weight_decay: Keyword<'_>,
-        step_size_in_float32: Keyword<'_>,
+        step_size_dtype: Keyword<'_>,
     ) -> PyResult<Self> {
         super::errors::guarded(|| {
             let number = |v: &Keyword<'_>, name: &str| v.or(0.0, |v| real_number(v, name, ""));
@@ -273,8 +274,23 @@ impl PyHyperparameters {
                     option(&decoupled_weight_decay, "decoupled_weight_decay")?,
                 ],
             );
+            let step_size_type = step_size_dtype.or(StepSizeType::Float64, |v| {
+                let name: String = v.extract().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "step_size_dtype must be a str, got {}",
+                        super::ndarray::type_name(v)
+                    ))
+                })?;
+                StepSizeType::from_name(&name).ok_or_else(|| {
+                    let shown = v.repr().map(|r| r.to_string()).unwrap_or(name);
+                    PyValueError::new_err(format!(
+                        "step_size_dtype must be 'float64', 'float32', 'float16' or 'bfloat16', \
+                         got {shown}"
+                    ))
+                })
+            })?;
             let h = Hyperparameters {
-                step_size_in_float32: option(&step_size_in_float32, "step_size_in_float32")?,
+                step_size_type,
                 ..h
             };
             Ok(PyHyperparameters(validated(h, "")?))
@@ -314,8 +330,8 @@ impl PyHyperparameters {
         self.0.decoupled_weight_decay
     }
     #[getter]
-    fn step_size_in_float32(&self) -> bool {
-        self.0.step_size_in_float32
+    fn step_size_dtype(&self) -> &'static str {
+        self.0.step_size_type.name()
     }
 
     fn __repr__(&self) -> String {
@@ -323,7 +339,7 @@ impl PyHyperparameters {
         let py_bool = |b: bool| if b { "True" } else { "False" };
         format!(
             "Hyperparameters(lr={}, beta1={}, beta2={}, eps={}, weight_decay={}, maximize={}, \
-             eps_inside_max={}, decoupled_weight_decay={}, step_size_in_float32={})",
+             eps_inside_max={}, decoupled_weight_decay={}, step_size_dtype='{}')",
             crate::kernel::PyFloat(h.lr),
             crate::kernel::PyFloat(h.beta1),
             crate::kernel::PyFloat(h.beta2),
@@ -332,7 +348,7 @@ impl PyHyperparameters {
             py_bool(h.maximize),
             py_bool(h.eps_inside_max),
             py_bool(h.decoupled_weight_decay),
-            py_bool(h.step_size_in_float32)
+            h.step_size_type.name()
         )
     }
 }

@@ -32,9 +32,59 @@ pub struct Hyperparameters {
     /// Round bfloat16 state stochastically (see [`super::stochastic`]) instead of to nearest,
     /// and 8-bit `exp_avg` instead of truncating it; float32 and float64 state are unaffected.
     pub stochastic_rounding: bool,
-    /// Compute the step size `lr / (1 - beta1^t)` in float32 (both rounded to float32, then
-    /// divided), as torch's for-loop Adamax does for a float32 tensor `lr`; in float64 otherwise.
-    pub step_size_in_float32: bool,
+    /// The type the step size `lr / (1 - beta1^t)` is computed in: that of a tensor `lr` in
+    /// torch's for-loop Adamax; float64 otherwise.
+    pub step_size_type: StepSizeType,
+}
+
+/// The floating type torch's for-loop Adamax computes the step size `lr / (1 - beta1^t)` in:
+/// that of a tensor `lr` (`lr / bias_correction`, a tensor divided by a Python float).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepSizeType {
+    /// Divided in float64: a Python float `lr`, a float64 tensor, or torch's foreach path.
+    #[default]
+    Float64,
+    /// Both rounded to float32, then divided.
+    Float32,
+    /// As float32, then rounded to float16 (torch divides a half tensor by a scalar in float32).
+    Float16,
+    /// As float32, then rounded to bfloat16.
+    BFloat16,
+}
+
+impl StepSizeType {
+    /// Its name, as torch's dtype names it without the prefix ("float32").
+    pub fn name(self) -> &'static str {
+        match self {
+            StepSizeType::Float64 => "float64",
+            StepSizeType::Float32 => "float32",
+            StepSizeType::Float16 => "float16",
+            StepSizeType::BFloat16 => "bfloat16",
+        }
+    }
+
+    /// The type of that name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            StepSizeType::Float64,
+            StepSizeType::Float32,
+            StepSizeType::Float16,
+            StepSizeType::BFloat16,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+    }
+
+    /// `lr / bias_correction` computed in this type.
+    fn divide(self, lr: f64, bias_correction: f64) -> f64 {
+        let in_float32 = || lr as f32 / bias_correction as f32;
+        match self {
+            StepSizeType::Float64 => lr / bias_correction,
+            StepSizeType::Float32 => f64::from(in_float32()),
+            StepSizeType::Float16 => half::f16::from_f32(in_float32()).to_f64(),
+            StepSizeType::BFloat16 => half::bf16::from_f32(in_float32()).to_f64(),
+        }
+    }
 }
 
 /// Why a set of hyperparameters was refused.
@@ -113,7 +163,7 @@ impl Default for Hyperparameters {
             eps_inside_max: false,
             decoupled_weight_decay: false,
             stochastic_rounding: false,
-            step_size_in_float32: false,
+            step_size_type: StepSizeType::Float64,
         }
     }
 }
@@ -145,13 +195,9 @@ impl Hyperparameters {
     /// what Python's `beta1 ** t` calls; `powi` would differ in the last bit for some `t`.
     pub fn coefficients<T: Float>(&self, step: u64) -> Coefficients<T> {
         let bias_correction = 1.0 - self.beta1.powf(step as f64);
-        let step_size = if self.step_size_in_float32 {
-            // torch's `lr / bias_correction` with `lr` a float32 tensor: the Python float is
-            // rounded to float32 and the division done there.
-            f64::from(self.lr as f32 / bias_correction as f32)
-        } else {
-            self.lr / bias_correction
-        };
+        // torch's `lr / bias_correction`: with `lr` a tensor, the Python float is rounded to
+        // float32 and the division done there, then rounded to the tensor's type.
+        let step_size = self.step_size_type.divide(self.lr, bias_correction);
         let coupled = self.weight_decay != 0.0 && !self.decoupled_weight_decay;
         let decoupled = self.weight_decay != 0.0 && self.decoupled_weight_decay;
         // torch's `exp_avg.lerp_(grad, 1 - beta1)`: the weight is rounded to the tensor's

@@ -22,7 +22,9 @@ mod update;
 pub use float::{max_propagate_nan, Float};
 #[cfg(feature = "python")]
 pub(crate) use hyperparameters::PyFloat;
-pub use hyperparameters::{Coefficients, Flags, HyperparameterError, Hyperparameters, MAX_STEP};
+pub use hyperparameters::{
+    Coefficients, Flags, HyperparameterError, Hyperparameters, StepSizeType, MAX_STEP,
+};
 pub use precision::Storage;
 pub use strided::{StridedArray, StridedTensor};
 pub(crate) use update::for_each_element;
