@@ -24,11 +24,10 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
 use crate::engine::memory::{Element, RawArray};
-use crate::engine::step::{
-    check_gradient, CheckedTensor, GradArray, Role, StepMemory, TensorState,
-};
+use crate::engine::step::{check_gradient, CheckedTensor, Role, StepMemory, TensorState};
 use crate::kernel::{Adamax, Hyperparameters, MAX_STEP};
 
+use super::arrays::GradRead;
 use super::dlpack::{reader, TensorProblem, TensorReader};
 use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::PyHyperparameters;
@@ -63,17 +62,8 @@ struct TorchObjects<'py> {
 /// What was read from one parameter's objects.
 struct TorchRead {
     step_at: StepCounter,
-    grad: GradLayout,
+    grad: GradRead,
     step: u64,
-}
-
-/// Where the step reads a gradient from.
-enum GradLayout {
-    /// Laid out exactly like its parameter (element type, shape, strides), at this address: the
-    /// common case, kept small because a step holds one record per tensor.
-    LikeParam(usize),
-    /// Any other layout.
-    Other(Box<RawArray>),
 }
 
 /// A parameter found with a gradient and a state: its place, the tensor, its gradient and its
@@ -341,9 +331,9 @@ impl TorchStepPlan {
             && grad_raw.shape == param_raw.shape
             && grad_raw.strides == param_raw.strides
         {
-            GradLayout::LikeParam(grad_raw.address)
+            GradRead::LikeParam(grad_raw.address)
         } else {
-            GradLayout::Other(Box::new(grad_raw))
+            GradRead::Other(Box::new(grad_raw))
         };
         let exp_avg_raw = describe(reader, &o.exp_avg, place, Role::ExpAvg)?;
         let exp_inf_raw = describe(reader, &o.exp_inf, place, Role::ExpInf)?;
@@ -594,10 +584,7 @@ impl TorchStepPlan {
                 .ok_or_else(|| super::errors::internal("a tensor without its checked state"))?;
             // `LikeParam` was decided against the parameter's description read in this call,
             // which `state` holds.
-            let grad = match &read.grad {
-                GradLayout::LikeParam(address) => GradArray::LikeParam { address: *address },
-                GradLayout::Other(raw) => GradArray::Other(raw),
-            };
+            let grad = read.grad.as_array();
             // SAFETY: `state` was compared with the descriptions read in this call from the
             // parameter and state tensors that `objects` holds, and `grad` read from the gradient
             // it holds, with no Python code run since (torch function is off); they stay alive
