@@ -126,6 +126,56 @@ def test_python_code_inside_a_step_cannot_make_it_use_unchecked_arrays():
     assert not outcome["failures"]
 
 
+@pytest.mark.parametrize("moved", ["data", "exp_avg"])
+def test_python_code_that_moves_a_checked_buffer_is_caught_before_the_update(moved):
+    # Found by review: the step read each parameter's arrays, then ran Python code for later
+    # parameters (here a getter) before the update, which used the addresses read first. The
+    # getter moves the first parameter's buffer with ndarray.__setstate__ (no reference check,
+    # unlike resize). The old buffer is a view's base, kept alive here so that a wrong write is
+    # seen instead of corrupting the heap: the step must refuse, writing nowhere.
+    n = 4096
+    base = np.full(n, 0.5, np.float32)  # the memory the first array viewed
+    first = Parameter(np.ones(n, np.float32))
+    first.grad = np.ones(n, np.float32)
+    armed = [False]
+
+    def move():
+        opt.state[first]  # the entry exists after the first step
+        target = first.data if moved == "data" else opt.state[first]["exp_avg"]
+        target.__setstate__((1, (n,), np.dtype(np.float32), False, bytes(4 * n)))
+
+    class Moves(Parameter):
+        @property
+        def grad(self):
+            if armed[0]:
+                armed[0] = False
+                move()
+            return np.ones(n, np.float32)
+
+    second = Moves(np.ones(n, np.float32))
+    opt = Adamax([first, second], lr=0.1)
+    opt.step()
+    # The first parameter's array becomes a view of `base`, which stays alive.
+    if moved == "data":
+        first.data = base[:]
+    else:
+        opt.state[first]["exp_avg"] = base[:]
+    opt.step()
+    base_before = base.copy()
+    second_before = second.data.copy()
+    second_state = {k: np.copy(v) for k, v in opt.state[second].items()}
+    steps = (opt.state[first]["step"], opt.state[second]["step"])
+    armed[0] = True
+    with pytest.raises(ValueError, match="group 0, parameter 0: its arrays' memory was moved"):
+        opt.step()
+    np.testing.assert_array_equal(base, base_before)  # the old memory was not written
+    # Nothing else changed either (the moved array itself holds what the getter put there).
+    np.testing.assert_array_equal(second.data, second_before)
+    for key, value in second_state.items():
+        np.testing.assert_array_equal(opt.state[second][key], value)
+    assert (opt.state[first]["step"], opt.state[second]["step"]) == steps
+
+
 def test_the_commit_never_finalizes_an_object_twice():
     # Found by this file: the commit of a first step assigns the new state arrays into the
     # entry while holding it, dropping whatever the entry held there in place; an array put

@@ -126,11 +126,15 @@ fn immutable(value: &Bound<'_, PyAny>) -> bool {
 /// message naming the group for a missing key, a wrong type or a value out of range. A torch-style
 /// `"betas"` key is refused: these groups keep `beta1` and `beta2`, and a `betas` key set after
 /// construction (by hand, or by a scheduler written for torch) must not be silently ignored.
+///
+/// The flag says whether the values were read again (which may run Python code: a number's
+/// `__float__`, a replaced value's finalizer); `false` when they are the very objects read last
+/// time, which runs none.
 pub fn from_group(
     group: &Bound<'_, PyAny>,
     g: usize,
     cache: &mut GroupValues,
-) -> PyResult<Hyperparameters> {
+) -> PyResult<(Hyperparameters, bool)> {
     let py = group.py();
     let where_ = || format!("group {g}: ");
     let Ok(dict) = group.cast::<PyDict>() else {
@@ -178,7 +182,7 @@ pub fn from_group(
             .zip(&values)
             .all(|(old, new)| old.is(new) && immutable(new));
     if let (true, Some(parsed)) = (same, cache.parsed) {
-        return Ok(parsed);
+        return Ok((parsed, false));
     }
     let mut numbers = [0.0; 5];
     for (i, name) in NUMBERS.iter().enumerate() {
@@ -191,7 +195,7 @@ pub fn from_group(
     let h = validated(assemble(numbers, flags), &where_())?;
     cache.values = values.into_iter().map(Bound::unbind).collect();
     cache.parsed = Some(h);
-    Ok(h)
+    Ok((h, true))
 }
 
 /// An optional keyword argument: given (any object, `None` included, which is then checked like

@@ -2,10 +2,12 @@
 //!
 //! It reads the optimizer's `param_groups` and `state` itself, by name, and keeps per tensor what
 //! it checked last time: the parameter object, its state entry, and the checked descriptions of
-//! its parameter and state arrays. A step compares those with the arrays' live headers (a few
-//! loads each) and reads only the gradient in full, so a step over many small tensors costs little
-//! per tensor. Anything that changed (a rebound `p.data`, a new group, a replaced state entry, an
-//! array reshaped in place) is simply read and checked again.
+//! its parameter and state arrays. A step compares the parameter array's live header with its
+//! description (a few loads), relies on the state's version for the state arrays, and reads only
+//! the gradient in full, so a step over many small tensors costs little per tensor. Anything that
+//! changed (a rebound `p.data`, a new group, a replaced state entry, an array reshaped in place)
+//! is simply read and checked again. A step that ran Python code after its first read (a getter,
+//! a finalizer) compares every array again before the update (see `step_with`).
 //!
 //! The step is all or nothing, interrupts included: everything is checked and every new state
 //! array allocated before any memory is written, and the step counts and new entries are
@@ -70,8 +72,7 @@ struct GroupCache {
 /// A tensor of this step.
 struct Stepped {
     place: Place,
-    /// Holds the gradient for the step (the cache holds everything else); never read.
-    #[allow(dead_code)]
+    /// Holds the gradient for the step (the cache holds everything else).
     grad: Py<PyAny>,
     step: u64,
     /// State made by this step for a parameter stepped for the first time: its arrays, and the
@@ -286,15 +287,21 @@ struct StepContext<'a> {
 /// One parameter position: `None` when it has no gradient this step; otherwise its gradient's
 /// description (pushed to `grads`) after bringing the cache up to date with its parameter and
 /// state. Makes the state of a parameter stepped for the first time (not yet stored anywhere).
+///
+/// Sets `python_may_have_run` unless it took the fast path, which runs no Python code and
+/// allocates no Python object.
 fn prepare<'py>(
     cache: &mut ParamCache,
     context: &StepContext<'_>,
     place: Place,
     param: Bound<'py, PyAny>,
     grads: &mut Vec<GradRead>,
+    python_may_have_run: &mut bool,
 ) -> PyResult<Option<Stepped>> {
     let py = param.py();
     if !cache.param.as_ref().is_some_and(|p| p.is(&param)) {
+        // Dropping what the cache held may run finalizers.
+        *python_may_have_run = true;
         *cache = ParamCache {
             param: Some(param.clone().unbind()),
             ..ParamCache::default()
@@ -320,6 +327,8 @@ fn prepare<'py>(
             }
         }
     }
+    // The slow path: getters, entry reads, new state (allocations, so the garbage collector).
+    *python_may_have_run = true;
     let (data, grad) = data_and_grad(&param).map_err(|e| {
         if e.is_instance_of::<PyAttributeError>(py) {
             place.type_error(format_args!(
@@ -541,20 +550,66 @@ impl StepPlan {
         grads: &mut Vec<GradRead>,
     ) -> PyResult<()> {
         let state_ref = context.state;
+        // Whether Python code may have run since the first array was read (see 1b).
+        let mut python_may_have_run = false;
         for (g, group) in groups.iter().enumerate() {
             let cache = &mut self.groups[g];
-            let h = from_group(&group, g, &mut cache.values)?;
+            let (h, read_again) = from_group(&group, g, &mut cache.values)?;
             hyperparameters.push(context.policy.apply(h));
+            // A dict subclass's `__getitem__` runs for `group["params"]`.
+            python_may_have_run |= read_again || !group.is_exact_instance_of::<PyDict>();
             let params = params_of(&group, g)?;
+            // Caches dropped here may hold the last references to Python objects.
+            python_may_have_run |= cache.params.len() > params.len();
             cache.params.resize_with(params.len(), ParamCache::default);
             cache.params.truncate(params.len());
             for (index, (param, slot)) in
                 params.into_iter().zip(cache.params.iter_mut()).enumerate()
             {
-                if let Some(s) = prepare(slot, context, Place { group: g, index }, param, grads)? {
+                let place = Place { group: g, index };
+                let prepared =
+                    prepare(slot, context, place, param, grads, &mut python_may_have_run);
+                if let Some(s) = prepared? {
                     stepped.push(s);
                 }
             }
+        }
+
+        // 1b. Python code may have run after a tensor's arrays were read: a later parameter's
+        //     `data` or `grad` getter, a hyperparameter's `__float__`, a finalizer run by the
+        //     garbage collector when new state was allocated. Such code could have moved an array's
+        //     buffer (`resize(refcheck=False)`, `ndarray.__setstate__`). Then every tensor's arrays
+        //     are compared with their checked descriptions once more, and its gradient read
+        //     again, in a pass that runs no Python code and allocates no Python object, right
+        //     before the update. A step that took only the fast path ran no Python code after
+        //     its first read (the usual training step: this pass would cost about 40% more
+        //     bookkeeping for small tensors).
+        let recheck = if python_may_have_run {
+            stepped.len()
+        } else {
+            0
+        };
+        for (s, grad) in stepped.iter().zip(grads.iter_mut()).take(recheck) {
+            let cache = &self.groups[s.place.group].params[s.place.index];
+            let held = match &s.created {
+                Some(created) => Some(&created.0),
+                None => cache.held.as_ref(),
+            };
+            let (Some(state), Some(data), Some(held)) = (&cache.state, &cache.data, held) else {
+                return Err(super::errors::internal(
+                    "a tensor without its checked arrays",
+                ));
+            };
+            let data = data.bind(py);
+            let objects = held_objects(py, s.place, data, s.grad.bind(py), held);
+            if !still_describes(state, &objects) {
+                return Err(s.place.value_error(
+                    "its arrays' memory was moved after the step checked them (by \
+                     resize(refcheck=False) or ndarray.__setstate__, for example from a getter \
+                     or a finalizer that the step ran); nothing was changed",
+                ));
+            }
+            *grad = read_grad(s.place, data, s.grad.bind(py), state.param())?;
         }
 
         // 2. The step's memory: every tensor, checked against its gradient; the claims.
@@ -566,10 +621,13 @@ impl StepPlan {
                 .ok_or_else(|| super::errors::internal("a tensor without its checked state"))?;
             // SAFETY: `state` describes the arrays the cache holds for this tensor (its data array
             // and held or new state arrays), compared with their live headers during this call or
-            // read from them when they were first held; holding them keeps that memory alive and
-            // in place (numpy never moves an array's buffer while a reference is held, except
-            // `resize(refcheck=False)`, numpy's documented unsafe escape). `grad` was read from
-            // the gradient that `stepped` holds. Both outlive the step, which ends in this call.
+            // read from them when they were first held, and compared again (1b) after the last
+            // Python code the step ran, if it ran any after the first read; holding them keeps
+            // that memory alive. `grad` was read from the gradient that `stepped` holds, again
+            // in 1b when it ran. Both outlive the step, which ends in this call. (Like any numpy
+            // C function that releases the GIL, the update assumes no other thread moves a buffer
+            // meanwhile; and a buffer moved between steps with numpy's unsafe
+            // `resize(refcheck=False)` is outside what a step that runs no Python code can see.)
             let checked =
                 unsafe { CheckedTensor::new(state, grad.as_array(), s.place.group, s.step) };
             tensors.push(checked.map_err(|e| s.place.tensor_error(e))?);
