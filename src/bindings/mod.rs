@@ -21,9 +21,9 @@ mod reentry;
 mod run;
 mod state;
 mod state_cursor;
-mod state_entry;
 mod torch_function;
 mod torch_plan;
+mod torch_state_entry;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

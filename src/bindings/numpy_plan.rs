@@ -626,8 +626,9 @@ impl StepPlan {
             // that memory alive. `grad` was read from the gradient that `stepped` holds, again
             // in 1b when it ran. Both outlive the step, which ends in this call. (Like any numpy
             // C function that releases the GIL, the update assumes no other thread moves a buffer
-            // meanwhile; and a buffer moved between steps with numpy's unsafe
-            // `resize(refcheck=False)` is outside what a step that runs no Python code can see.)
+            // meanwhile; and a state buffer moved between steps with numpy's unsafe
+            // `resize(refcheck=False)` or `ndarray.__setstate__` is outside what a step that runs
+            // no Python code can see.)
             let checked =
                 unsafe { CheckedTensor::new(state, grad.as_array(), s.place.group, s.step) };
             tensors.push(checked.map_err(|e| s.place.tensor_error(e))?);

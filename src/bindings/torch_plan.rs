@@ -37,8 +37,8 @@ use super::policy::{state_kind, StatePolicy};
 use super::reentry::one_step_at_a_time;
 use super::run::run_step;
 use super::state_cursor::StateCursor;
-use super::state_entry::StateEntry;
 use super::torch_function::TorchFunctionOff;
+use super::torch_state_entry::TorchStateTensors;
 
 /// What the plan remembers of one parameter position.
 #[derive(Default)]
@@ -253,7 +253,7 @@ fn gather<'py>(
     grad: Bound<'py, PyAny>,
     entry: &Bound<'py, PyAny>,
 ) -> PyResult<TorchObjects<'py>> {
-    let read = StateEntry::read(entry)?;
+    let read = TorchStateTensors::read(entry)?;
     let required = |value: Option<Bound<'py, PyAny>>, name: &str| {
         value.ok_or_else(|| {
             let keys = entry
@@ -587,9 +587,11 @@ impl TorchStepPlan {
             let grad = read.grad.as_array();
             // SAFETY: `state` was compared with the descriptions read in this call from the
             // parameter and state tensors that `objects` holds, and `grad` read from the gradient
-            // it holds, with no Python code run since (torch function is off); they stay alive
-            // until the end of this function, after the step has run. (Like any torch kernel, the
-            // step assumes no other thread resizes them meanwhile.)
+            // it holds, with no Python code run since on this thread (torch function is off); they
+            // stay alive until the end of this function, after the step has run. The GIL is let go
+            // while they are read (torch's `is_neg` releases it) and while the update runs: like
+            // any torch kernel, the step assumes no other thread resizes or re-points them
+            // meanwhile.
             let one = unsafe { CheckedTensor::new(state, grad, o.place.group, read.step) };
             checked.push(one.map_err(|e| o.place.tensor_error(e))?);
         }

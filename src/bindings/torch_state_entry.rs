@@ -1,5 +1,6 @@
-//! Reads the tensors of one parameter's entry of `optimizer.state`: `{"step", "exp_avg",
-//! "exp_inf"}`, and for 8-bit state `"exp_avg_scale"` and `"exp_inf_scale"`.
+//! Reads the tensors of one parameter's entry of a torch optimizer's `state` (a plain dict, not
+//! the numpy optimizer's `state::StateEntry`): `{"step", "exp_avg", "exp_inf"}`, and for 8-bit
+//! state `"exp_avg_scale"` and `"exp_inf_scale"`.
 //!
 //! Five lookups (three found, two not) cost about a twentieth of the torch step's bookkeeping for
 //! small tensors. An entry made by the optimizer has exactly these keys, and its keys are the
@@ -13,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 /// The tensors (or whatever objects the entry holds) under the state's keys.
-pub struct StateEntry<'py> {
+pub struct TorchStateTensors<'py> {
     pub exp_avg: Option<Bound<'py, PyAny>>,
     pub exp_inf: Option<Bound<'py, PyAny>>,
     pub step: Option<Bound<'py, PyAny>>,
@@ -21,7 +22,7 @@ pub struct StateEntry<'py> {
     pub exp_inf_scale: Option<Bound<'py, PyAny>>,
 }
 
-impl<'py> StateEntry<'py> {
+impl<'py> TorchStateTensors<'py> {
     /// Reads `entry`, a dict (or any mapping, read by `entry[key]`).
     pub fn read(entry: &Bound<'py, PyAny>) -> PyResult<Self> {
         let py = entry.py();
@@ -46,7 +47,7 @@ impl<'py> StateEntry<'py> {
             Err(_) => names.map(|name| entry.get_item(name).ok()),
         };
         let [exp_avg, exp_inf, step, exp_avg_scale, exp_inf_scale] = values;
-        Ok(StateEntry {
+        Ok(TorchStateTensors {
             exp_avg,
             exp_inf,
             step,
