@@ -19,9 +19,9 @@ This script emulates both roundings with float32 state: after each step of
 ``adamax_rs.Adamax`` it rounds the state arrays, in place, to bfloat16 values. That is exactly
 bfloat16 state, because the kernel reads the stored values, computes in float32 and rounds
 only what it stores, so the emulation with rounding to nearest must reproduce a real
-``state_dtype="bfloat16", stochastic_rounding=False`` run bit for bit; the script checks that first, then compares the
-final losses of float32 state, bfloat16 rounded to nearest, and bfloat16 rounded
-stochastically (numpy's PCG64 stream, seeded).
+``state_dtype="bfloat16", stochastic_rounding=False`` run bit for bit; the script checks
+that first, then compares the final losses of float32 state, bfloat16 rounded to nearest,
+and bfloat16 rounded stochastically (numpy's PCG64 stream, seeded).
 """
 
 from __future__ import annotations

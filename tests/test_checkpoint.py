@@ -19,7 +19,7 @@ import pytest
 from safetensors_layout import read, rewrite
 
 import adamax_rs.checkpoint
-from adamax_rs import Adamax, Optimizer, Parameter, load_checkpoint, save_checkpoint
+from adamax_rs import Adamax, Optimizer, Parameter, _safetensors, load_checkpoint, save_checkpoint
 from checkpoint_writer import SHAPES, gradients, initial
 from conftest import assert_unchanged, snapshot
 from reference import ReferenceAdamax
@@ -484,3 +484,93 @@ def test_loading_never_runs_code_from_the_file(tmp_path, trained):
     assert not marker.exists()
     np.load(path, allow_pickle=True)["metadata"]  # what unpickling it does
     assert marker.exists()
+
+
+# -- what saves must load --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", [33, 64])
+def test_parameters_of_up_to_64_dimensions_round_trip(tmp_path, rng, ndim):
+    # numpy 2 allows 64 dimensions; the reader allowed 32, so such a checkpoint saved and
+    # then never loaded.
+    shape = (1,) * (ndim - 2) + (3, 2)
+    p = Parameter(rng.standard_normal(shape).astype(np.float32))
+    opt = Adamax([p])
+    p.grad = rng.standard_normal(shape).astype(np.float32)
+    opt.step()
+    path = tmp_path / "deep.safetensors"
+    save_checkpoint(opt, path)
+    saved = opt.state_dict()["state"][0]
+    again = Adamax([Parameter(np.zeros(shape, np.float32))])
+    load_checkpoint(again, path)
+    loaded = again.state_dict()["state"][0]
+    assert loaded["step"] == 1
+    for key in ("exp_avg", "exp_inf"):
+        np.testing.assert_array_equal(loaded[key], saved[key])
+
+
+def test_a_file_name_as_long_as_the_file_system_allows_saves(tmp_path, trained):
+    # The temporary file beside it has a longer name; it must not be what fails.
+    opt = trained[0]
+    path = tmp_path / ("c" * 240 + ".safetensors")
+    save_checkpoint(opt, path)
+    load_checkpoint(opt, path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_integer_parameter_values_in_a_file_are_refused(tmp_path):
+    # uint8 converts safely to float32 by numpy's rules, but parameter values in a
+    # checkpoint are floats: bytes there are another array's (8-bit codes, say).
+    from adamax_rs import load_training_checkpoint, save_training_checkpoint
+
+    p = Parameter(np.full(4, 0.5, np.float32))
+    opt = Adamax([p])
+    path = tmp_path / "run.safetensors"
+    save_training_checkpoint(opt, path)
+    metadata, _ = read(path)
+    metadata = {k: v for k, v in metadata.items() if k != _safetensors.CHECKSUMS}
+    with open(path, "wb") as file:  # the package's own writer: a well-formed, sealed file
+        _safetensors.write(file, {"param/0": np.array([200, 201, 202, 203], np.uint8)}, metadata)
+    before = snapshot(opt, [p])
+    with pytest.raises(ValueError, match="parameter 0 has dtype uint8"):
+        load_training_checkpoint(opt, path)
+    assert_unchanged(before, opt, [p])
+
+
+def test_parameter_values_go_into_the_arrays_that_were_checked(tmp_path):
+    # Another thread may bind another array to ``.data`` while a load runs. The values must
+    # go where the checks looked (here, a read-only array bound after the checks would have
+    # failed the write after the optimizer had already loaded, leaving half a load).
+    from adamax_rs import load_training_checkpoint, save_training_checkpoint
+
+    class Rebound(Parameter):
+        late = None
+
+        @property
+        def data(self):
+            return self.late if self.late is not None else super().data
+
+    p = Rebound(np.arange(4, dtype=np.float32))
+    opt = Adamax([p])
+    p.grad = np.ones(4, np.float32)
+    opt.step()
+    path = tmp_path / "run.safetensors"
+    save_training_checkpoint(opt, path)
+    saved = p.data.copy()
+    checked = Parameter.data.__get__(p)
+    checked[...] = 0
+    late = np.zeros(4, np.float32)
+    late.flags.writeable = False
+    load_state_dict = opt.load_state_dict
+
+    def rebinding_load(state_dict):
+        Rebound.late = late  # bound between the checks and the writes
+        load_state_dict(state_dict)
+
+    opt.load_state_dict = rebinding_load
+    try:
+        load_training_checkpoint(opt, path)
+    finally:
+        Rebound.late = None
+    np.testing.assert_array_equal(checked, saved)
+    assert opt.state_dict()["state"][0]["step"] == 1

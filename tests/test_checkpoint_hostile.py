@@ -829,3 +829,60 @@ def test_hostile_files_fit_in_a_capped_address_space(memory_files):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("refused") == len(paths), result.stdout + result.stderr[-2000:]
+
+
+# -- limits that saving and loading must share, and text that must not take long ------------
+
+
+def test_an_unterminated_string_is_skipped_in_one_match():
+    # Counting the nesting depth first removes strings. A header of many escaped quotes and
+    # no closing one made each quote start a match that scanned to the end and failed
+    # (quadratic: minutes for the 256 KiB every optimizer allows). Each attempt must now
+    # match to where it stops, so one match covers the rest of the text.
+    from adamax_rs._json_values import _STRING, loads
+
+    for tail in ("", "\\"):
+        text = '{"' + '\\"' * 5000 + tail
+        match = _STRING.search(text)
+        assert match is not None and match.span() == (1, len(text))
+        with pytest.raises(ValueError, match="not valid JSON"):
+            loads(text, "the header")
+
+
+def test_a_header_of_escaped_quotes_is_a_value_error(victim, good):
+    text = b'{"' + b'\\"' * 20000
+    path = good.with_name("quotes.safetensors")
+    path.write_bytes(struct.pack("<Q", len(text)) + text)
+    assert "not valid JSON" in assert_refused(victim, path)
+
+
+def nested(levels):
+    value = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_what_saving_accepts_loading_reads_back(tmp_path):
+    # ``extra`` holds one object around the value: 32 levels of brackets in all load back,
+    # and saving refuses 33 (it used to write them, and loading refused its own file).
+    from adamax_rs import load_training_checkpoint, save_training_checkpoint
+
+    p = Parameter(np.ones(3, np.float32))
+    opt = Adamax([p])
+    path = tmp_path / "run.safetensors"
+    save_training_checkpoint(opt, path, extra={"a": nested(31)})
+    assert load_training_checkpoint(opt, path)["a"] == nested(31)
+    with pytest.raises(ValueError, match="nested more than 32"):
+        save_training_checkpoint(opt, path, extra={"a": nested(32)})
+    # A group value sits inside the optimizer's document, three levels down.
+    for levels, saves in ((29, True), (30, False)):
+        q = Parameter(np.ones(3, np.float32))
+        opt = Adamax([{"params": [q], "tag": nested(levels)}])
+        if saves:
+            save_checkpoint(opt, path)
+            load_checkpoint(opt, path)
+            assert opt.param_groups[0]["tag"] == nested(levels)
+        else:
+            with pytest.raises(ValueError, match="nested more than 32"):
+                save_checkpoint(opt, path)

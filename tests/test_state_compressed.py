@@ -692,7 +692,10 @@ def exact_bfloat16(x):
     return float((low + up) * ulp)
 
 
-def test_float64_state_loads_into_bfloat16_rounded_once(rng):
+@pytest.mark.parametrize(
+    "wide", ["<f8", ">f8", np.longdouble], ids=["f8", "big-endian f8", "longdouble"]
+)
+def test_float64_state_loads_into_bfloat16_rounded_once(rng, wide):
     # 1 + 2**-8 + 2**-30: float32 first would make it a tie and round it down to 1.
     values = np.concatenate(
         [
@@ -705,8 +708,9 @@ def test_float64_state_loads_into_bfloat16_rounded_once(rng):
     p64.grad = np.ones(1000)
     opt64.step()
     saved = opt64.state_dict()
-    saved["state"][0]["exp_avg"] = values.copy()
-    saved["state"][0]["exp_inf"] = np.abs(values)
+    # Big-endian float64 is what a file may hold; each wide dtype must round once too.
+    saved["state"][0]["exp_avg"] = values.astype(wide)
+    saved["state"][0]["exp_inf"] = np.abs(values).astype(wide)
     p = Parameter(np.ones(1000, np.float32))
     bf = Adamax([p], state_dtype="bfloat16")
     bf.load_state_dict(saved)
@@ -824,3 +828,87 @@ def test_reference_step_is_the_plain_formula_on_decoded_state(rng):
     np.testing.assert_array_equal(
         decode(new_state_["exp_inf"], new_state_["exp_inf_scale"], False), u
     )
+
+
+# -- 8-bit state and memory layouts ------------------------------------------------------------
+
+
+def trained_8bit(rng, order):
+    """An 8-bit optimizer stepped twice over a (300, 40) float32 parameter in ``order``."""
+    p = Parameter(np.array(rng.standard_normal((300, 40)), np.float32, order=order))
+    opt = Adamax([p], state_dtype="8bit")
+    for _ in range(2):
+        p.grad = np.array(rng.standard_normal((300, 40)), np.float32, order=order)
+        opt.step()
+    return p, opt
+
+
+@pytest.mark.parametrize("saved_order, loaded_order", [("C", "F"), ("F", "C")])
+@pytest.mark.parametrize("state_dtype", ["8bit", "float32"])
+def test_8bit_state_loaded_into_another_memory_layout_is_refused(
+    rng, saved_order, loaded_order, state_dtype
+):
+    # A block holds 256 elements that follow each other in the memory of the parameter the
+    # state was made for: copied by position into another layout, the codes kept their
+    # places but changed blocks, and exp_inf came back off by up to x5e5.
+    _, opt = trained_8bit(rng, saved_order)
+    q = Parameter(np.zeros((300, 40), np.float32, order=loaded_order))
+    target = Adamax([q], state_dtype=state_dtype)
+    before = snapshot(target, [q])
+    with pytest.raises(ValueError, match="another memory layout"):
+        target.load_state_dict(opt.state_dict())
+    assert_unchanged(before, target, [q])
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_8bit_state_checkpoints_load_only_into_the_same_layout(tmp_path, rng, order):
+    p, opt = trained_8bit(rng, order)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(opt, path)
+    saved = opt.state_dict()["state"][0]
+    for loaded_order in ("C", "F"):
+        q = Parameter(np.zeros((300, 40), np.float32, order=loaded_order))
+        target = Adamax([q], state_dtype="8bit")
+        if loaded_order == order:
+            load_checkpoint(target, path)
+            loaded = target.state_dict()["state"][0]
+            for key in saved:
+                np.testing.assert_array_equal(loaded[key], saved[key])
+            continue
+        before = snapshot(target, [q])
+        with pytest.raises(ValueError, match="laid out otherwise"):
+            load_checkpoint(target, path)
+        assert_unchanged(before, target, [q])
+
+
+def test_a_state_mapping_is_read_once(rng):
+    # A Mapping that gives another value at each read: what is checked must be what is kept
+    # (a second read gave an AttributeError from deep inside the load).
+    from collections.abc import Mapping
+
+    class Changing(Mapping):
+        def __init__(self, items):
+            self.items_, self.reads = items, 0
+
+        def __getitem__(self, key):
+            if key == "exp_avg":
+                self.reads += 1
+                if self.reads > 1:
+                    return [0.0, 0.0, 0.0]
+            return self.items_[key]
+
+        def __iter__(self):
+            return iter(self.items_)
+
+        def __len__(self):
+            return len(self.items_)
+
+    p = Parameter(np.ones(3, np.float32))
+    opt = Adamax([p])
+    exp_avg = np.array([0.5, -0.25, 0.125], np.float32)
+    entry = Changing({"step": 1, "exp_avg": exp_avg, "exp_inf": np.ones(3, np.float32)})
+    opt.load_state_dict(
+        {"state": {0: entry}, "param_groups": [{**opt.param_groups[0], "params": [0]}]}
+    )
+    np.testing.assert_array_equal(opt.state[p]["exp_avg"], exp_avg)
+    assert entry.reads == 1

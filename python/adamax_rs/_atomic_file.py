@@ -25,7 +25,10 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
     for _ in range(100):
-        temporary = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        # The name is cut so that the temporary one fits where the file's own does (255 bytes
+        # on most file systems): a long but valid name must still save.
+        short = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
+        temporary = folder / f".{short}.{secrets.token_hex(4)}.tmp"
         try:
             # 0o666 as open() uses: the umask (and a default ACL) decide the mode, as they
             # would for any file the user creates.

@@ -37,6 +37,24 @@ def block_count(size: int) -> int:
     return -(-size // BLOCK)
 
 
+def axis_order(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes longer than 1, from the slowest to the fastest in memory.
+
+    A block of 8-bit state holds elements that follow each other in memory, so codes can be
+    read into a parameter only if both have the same axis order. An array whose strides are
+    all 0 (one value broadcast) has every order.
+    """
+    if not any(strides):
+        return ()
+    axes = sorted(range(len(shape)), key=lambda axis: -strides[axis])
+    return tuple(axis for axis in axes if shape[axis] > 1)
+
+
+def same_axis_order(codes: tuple[int, ...], param: tuple[int, ...]) -> bool:
+    """Whether codes of axis order ``codes`` (:func:`axis_order`) fit a parameter's."""
+    return codes == () or codes == param
+
+
 def memory_order(array: np.ndarray) -> np.ndarray:
     """A flat view of a dense array with positive strides (as ``np.empty_like`` makes), its
     elements in the order they sit in memory."""
@@ -50,18 +68,23 @@ def memory_order(array: np.ndarray) -> np.ndarray:
 def to_bfloat16(values: np.ndarray) -> np.ndarray:
     """``values`` (any float dtype) rounded once to bfloat16, to nearest, ties to even.
 
-    float64 goes through float32 rounded to odd (toward zero, then the last bit set when
-    inexact), which keeps the final rounding to bfloat16 correct: a plain float64 ->
-    float32 -> bfloat16 cast rounds twice and can break ties the wrong way.
+    float64 (and any wider float, in either byte order) goes through float32 rounded to odd
+    (toward zero, then the last bit set when inexact), which keeps the final rounding to
+    bfloat16 correct: a plain float64 -> float32 -> bfloat16 cast rounds twice and can break
+    ties the wrong way.
     """
     bfloat16 = bfloat16_dtype()
-    if values.dtype != np.float64:
+    if values.dtype.itemsize <= 4:
+        # float16, bfloat16 and float32 values are all float32 values: one rounding.
         once: np.ndarray = values.astype(np.float32).astype(bfloat16)
         return once
+    # Wider floats in any byte order (``>f8`` from a file, long double): compared in their own
+    # dtype, so that no value is rounded on its way to the comparison.
+    wide = values.dtype
     narrow = values.astype(np.float32)
-    inexact = np.isfinite(narrow) & (narrow.astype(np.float64) != values)
+    inexact = np.isfinite(narrow) & (narrow.astype(wide) != values)
     # Toward zero: step back where rounding to nearest went outward.
-    outward = inexact & (np.abs(narrow.astype(np.float64)) > np.abs(values))
+    outward = inexact & (np.abs(narrow.astype(wide)) > np.abs(values))
     narrow = np.where(outward, np.nextafter(narrow, np.float32(0)), narrow)
     bits = narrow.view(np.uint32) | inexact.astype(np.uint32)
     rounded: np.ndarray = bits.view(np.float32).astype(bfloat16)

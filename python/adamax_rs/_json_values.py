@@ -31,7 +31,11 @@ MAX_DEPTH = 32
 #: The most digits an integer may have: a 128-bit random seed has 39.
 MAX_INT_DIGITS = 48
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, or an unterminated one up to the end of the text (with a lone backslash at the
+# end): every match attempt from a quote then succeeds where it stops, so removing strings
+# takes one pass. Requiring the closing quote made a header of many escaped quotes and no
+# closing one take quadratic time (minutes for a 256 KiB header), before json.loads refused it.
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 
 
 def to_json_value(value: Any, where: str, depth: int = 0) -> Any:
@@ -45,7 +49,9 @@ def to_json_value(value: Any, where: str, depth: int = 0) -> Any:
         If a number in it is NaN, infinite, too large for a float64 or an integer of more
         than :data:`MAX_INT_DIGITS` digits, or it is nested more than :data:`MAX_DEPTH` deep.
     """
-    if depth > MAX_DEPTH:
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        # ``depth`` containers enclose this one: it is level ``depth + 1`` of brackets, the
+        # count :func:`loads` limits.
         raise ValueError(f"{where} is nested more than {MAX_DEPTH} levels deep")
     if value is None or isinstance(value, str):
         return value
@@ -86,8 +92,19 @@ def to_json_value(value: Any, where: str, depth: int = 0) -> Any:
 
 
 def dumps(value: Any, where: str) -> str:
-    """Compact JSON text of ``value`` (see :func:`to_json_value` for what it accepts)."""
-    return json.dumps(to_json_value(value, where), allow_nan=False, separators=(",", ":"))
+    """Compact JSON text of ``value`` (see :func:`to_json_value` for what it accepts).
+
+    Raises
+    ------
+    ValueError
+        Also if the text nests more than :data:`MAX_DEPTH` levels deep, where :func:`loads`
+        would refuse it (values already converted by :func:`to_json_value` and placed inside
+        another document can reach it).
+    """
+    text = json.dumps(to_json_value(value, where), allow_nan=False, separators=(",", ":"))
+    if _depth(text) > MAX_DEPTH:
+        raise ValueError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+    return text
 
 
 def _depth(text: str) -> int:

@@ -67,7 +67,8 @@ def _dtype_of(code: Any, name: str) -> np.dtype:
 CHECKSUMS = "crc32"
 
 _CRC = re.compile(r"[0-9a-f]{8}")
-_MAX_DIMENSIONS = 32
+# numpy 2 allows 64 dimensions (numpy 1, 32): whatever can be saved must read back.
+_MAX_DIMENSIONS = 64
 _CHUNK_BYTES = 16 << 20  # the most copied at once when an array must be converted to write it
 
 
@@ -85,7 +86,9 @@ def _count(shape: Sequence[int]) -> int:
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > _MAX_DIMENSIONS:
-        raise ValueError(f"tensor {name!r}: 'shape' must be a list of at most 32 sizes")
+        raise ValueError(
+            f"tensor {name!r}: 'shape' must be a list of at most {_MAX_DIMENSIONS} sizes"
+        )
     for size in value:
         # No real array has 2**48 elements along one axis; refusing larger sizes keeps
         # every later computation with them within numpy's index type.

@@ -269,6 +269,9 @@ class Adamax(Optimizer):
         return ordered
 
     def _check_state(self, param: Any, state: Mapping[str, Any], where: str) -> dict[str, Any]:
+        # Each value read once: what is checked below is what is kept (a Mapping may give
+        # another value at each read).
+        state = dict(state)
         data = param.data
         master = self.master_weights and is_half(data.dtype)
         blockwise = self._keeps_blockwise(data)
@@ -339,6 +342,17 @@ class Adamax(Optimizer):
                 raise ValueError(
                     f"{where}: {key!r} has shape {value.shape}, "
                     f"the parameter has shape {data.shape}"
+                )
+            if not _compressed.same_axis_order(
+                _compressed.axis_order(value.shape, value.strides),
+                _compressed.axis_order(data.shape, data.strides),
+            ):
+                raise ValueError(
+                    f"{where}: {key!r} (8-bit codes) has another memory layout (strides "
+                    f"{value.strides}) than the parameter (strides {data.strides}), so which "
+                    f"elements each block of {_compressed.BLOCK} holds is ambiguous: load it "
+                    "into a parameter laid out as the one it was saved from, and keep the codes "
+                    "laid out as saved"
                 )
             copy = np.empty_like(data, dtype=np.uint8)
             copy[...] = value

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _json_values, _npz_v1, _safetensors
+from . import _compressed, _json_values, _npz_v1, _safetensors
 from ._atomic_file import PathLike, replace_file
 from ._file_arrays import Declared, read_into
 from .optimizer import Optimizer
@@ -82,6 +82,7 @@ _V2_KEYS = {
     "parameters",
     "scheduler",
     "extra",
+    "code_layouts",
     _safetensors.CHECKSUMS,
 }
 
@@ -146,7 +147,14 @@ def _file_contents(
             stored_as_pairs.append(name)
 
     state_values: dict[str, dict[str, Any]] = {}
+    # The file holds codes in C order, by element: which elements each block of 8-bit state
+    # held (the parameter's memory order) is recorded beside them, so that a load into a
+    # parameter laid out otherwise is refused instead of regrouping the blocks.
+    code_layouts: dict[str, list[int]] = {}
     for index, entry in state_dict["state"].items():
+        codes = entry.get("exp_avg")
+        if isinstance(codes, np.ndarray) and codes.dtype == np.uint8:
+            code_layouts[str(index)] = list(_compressed.axis_order(codes.shape, codes.strides))
         plain: dict[str, Any] = {}
         for key, value in entry.items():
             if not isinstance(key, str):
@@ -170,6 +178,8 @@ def _file_contents(
     }
     if stored_as_pairs:
         metadata["complex"] = _json_values.dumps(sorted(stored_as_pairs), "names")
+    if code_layouts:
+        metadata["code_layouts"] = _json_values.dumps(code_layouts, "code_layouts")
     if with_parameters:
         metadata["parameters"] = str(len(values))
     if scheduler_json is not None:
@@ -278,6 +288,9 @@ class _Contents:
     parameters: dict[int, Declared] | None = None
     scheduler: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
+    #: Per parameter with 8-bit state, its codes' axis order (``_compressed.axis_order``), or
+    #: ``None`` for a file written before it was recorded.
+    code_layouts: dict[int, tuple[int, ...]] | None = None
 
 
 def _index(text: str, what: str) -> int:
@@ -365,6 +378,20 @@ def _from_v2(header: _safetensors.Header) -> _Contents:
         ):
             raise ValueError("the scheduler entry must be {class: name, state: object}")
         contents.scheduler = scheduler
+    if "code_layouts" in metadata:
+        layouts = _json_values.loads(metadata["code_layouts"], "the code_layouts entry")
+        if not isinstance(layouts, dict):
+            raise ValueError("the code_layouts entry is not an object")
+        contents.code_layouts = {}
+        for key, axes in layouts.items():
+            if (
+                not isinstance(axes, list)
+                or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+                or sorted(axes) != sorted(set(axes))
+                or any(not 0 <= a < 64 for a in axes)
+            ):
+                raise ValueError(f"the code_layouts entry of {key!r} is not a list of axes")
+            contents.code_layouts[_index(key, "code_layouts key")] = tuple(axes)
     if "extra" in metadata:
         extra = _json_values.loads(metadata["extra"], "the extra entry")
         if not isinstance(extra, dict):
@@ -449,6 +476,26 @@ def _match_groups(groups: list[Any], optimizer: Optimizer) -> dict[int, Any]:
     return by_index
 
 
+def _check_code_layout(
+    contents: _Contents, index: int, declared: dict[str, Declared], data: np.ndarray
+) -> None:
+    """Refuse 8-bit state saved from a parameter laid out otherwise than ``data``."""
+    codes = declared.get("exp_avg")
+    if contents.code_layouts is None or codes is None or codes.dtype != np.uint8:
+        return  # no codes, or a file from before layouts were recorded
+    saved = contents.code_layouts.get(index)
+    if saved is None:
+        raise ValueError(f"parameter {index} has 8-bit state but no entry in code_layouts")
+    if saved != _compressed.axis_order(data.shape, data.strides):
+        raise ValueError(
+            f"parameter {index}: its 8-bit state was saved from a parameter with axes "
+            f"{list(saved)} from slowest to fastest in memory, and this one (strides "
+            f"{data.strides}) is laid out otherwise, so the blocks of "
+            f"{_compressed.BLOCK} would hold other elements: load it into a parameter laid "
+            "out as the one it was saved from (np.empty_like of it, or the same order=)"
+        )
+
+
 def _stand_in(declared: Declared) -> np.ndarray:
     """An array of the declared dtype and shape that takes no memory (every element 0)."""
     return np.broadcast_to(np.zeros((), dtype=declared.dtype), declared.shape)
@@ -498,6 +545,7 @@ def _plan_states(
             raise ValueError(f"parameter {index}: step {step!r} is not an int in [0, 2**53]")
         entry = {**values, **{key: _stand_in(d) for key, d in declared.items()}}
         kept = optimizer._check_state(param, entry, f"state of parameter {index}")
+        _check_code_layout(contents, index, declared, param.data)
         kept_arrays = {key for key, value in kept.items() if isinstance(value, np.ndarray)}
 
         if kept_arrays != set(declared) or not all(
@@ -517,8 +565,12 @@ def _plan_states(
 
 def _plan_parameters(
     declared: dict[int, Declared], by_index: dict[int, Any]
-) -> tuple[list[tuple[Any, np.ndarray]], _Reads]:
-    """Buffers for the parameters' saved values, each checked against its parameter."""
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], _Reads]:
+    """Buffers for the parameters' saved values, each checked against its parameter's array.
+
+    Returns ``(data, buffer)`` pairs: the values are later written into the very ``data``
+    arrays checked here, never into a ``param.data`` read again (another thread may have
+    bound another array to it meanwhile)."""
     if sorted(declared) != sorted(by_index):
         raise ValueError(f"it holds {len(declared)} parameters, the optimizer has {len(by_index)}")
     values = []
@@ -530,6 +582,11 @@ def _plan_parameters(
             raise ValueError(
                 f"parameter {index} has shape {d.shape} in the file, {data.shape} in the optimizer"
             )
+        if d.dtype.kind in "biu":
+            raise ValueError(
+                f"parameter {index} has dtype {d.dtype} in the file; parameter values are "
+                "floating-point or complex"
+            )
         if not np.can_cast(d.dtype, data.dtype, "safe"):
             raise ValueError(
                 f"parameter {index} has dtype {d.dtype} in the file, which does not convert "
@@ -538,7 +595,7 @@ def _plan_parameters(
         if not data.flags.writeable:
             raise ValueError(f"parameter {index}: .data is read-only")
         out = np.empty_like(data)
-        values.append((param, out))
+        values.append((data, out))
         reads.append((d, out))
     return values, reads
 
@@ -623,7 +680,7 @@ def _load(
             # before any array's data is read.
             by_index = _match_groups(contents.param_groups, optimizer)
             states, reads = _plan_states(contents, optimizer, by_index)
-            values: list[tuple[Any, np.ndarray]] = []
+            values: list[tuple[np.ndarray, np.ndarray]] = []
             if with_parameters:
                 values, more = _plan_parameters(contents.parameters or {}, by_index)
                 reads += more
@@ -636,6 +693,11 @@ def _load(
     with optimizer._lock:
         before = scheduler.state_dict() if scheduler is not None else None
         try:
+            for index, (data, _) in enumerate(values):
+                # Checked again under the lock, before anything changes: the writes below
+                # must not fail once the optimizer has loaded.
+                if not data.flags.writeable:
+                    raise ValueError(f"parameter {index}: .data is read-only")
             if scheduler is not None and contents.scheduler is not None:
                 scheduler.load_state_dict(copy.deepcopy(contents.scheduler["state"]))
             optimizer.load_state_dict(state_dict)
@@ -643,8 +705,8 @@ def _load(
             if scheduler is not None:
                 scheduler.load_state_dict(before)
             raise ValueError(f"{name}: {error}") from None
-        for param, value in values:
-            param.data[...] = value
+        for data, value in values:
+            data[...] = value
     return contents
 
 
