@@ -25,6 +25,7 @@ from adamax_rs.distributed import (
     ShardedAdamax,
     allreduce_gradients,
     broadcast_parameters,
+    save_checkpoint,
 )
 
 COMM = MPI.COMM_WORLD
@@ -135,7 +136,7 @@ def attempt(record: list, case: str, call, opt=None, params=None, undo=None) -> 
     entry = {"case": case, "raised": None}
     try:
         call()
-    except Exception as error:
+    except BaseException as error:  # KeyboardInterrupt included: the cases raise it on purpose
         entry.update(
             raised=type(error).__name__,
             message=str(error),
@@ -231,6 +232,45 @@ def refused(outdir: Path) -> None:
 
     attempt(record, "closure", lambda: opt.step(closure), opt, params)
 
+    def interrupted_closure():
+        if RANK == culprit:
+            raise KeyboardInterrupt("pressed Ctrl-C")
+        return 1.0
+
+    attempt(record, "closure_interrupted", lambda: opt.step(interrupted_closure), opt, params)
+
+    def different_operations():
+        # Two threads calling collectives in different orders look like this: the ranks
+        # must not pair one operation's messages with another's.
+        if RANK == 0:
+            opt.state_dict()
+        else:
+            set_grads()
+            opt.step()
+
+    attempt(record, "different_operations", different_operations, opt, params)
+
+    def out_of_memory_gathering():
+        if RANK == culprit:
+
+            def no_memory(root):
+                raise MemoryError("no memory for the state")
+
+            opt._gather_plan = no_memory
+        try:
+            opt.state_dict()
+        finally:
+            opt.__dict__.pop("_gather_plan", None)
+
+    attempt(record, "state_dict_out_of_memory", out_of_memory_gathering, opt, params)
+    attempt(
+        record,
+        "save_roots_differ",
+        lambda: opt.save_checkpoint(outdir / "roots.npz", root=RANK),
+        opt,
+        params,
+    )
+
     good = opt.state_dict()
 
     def corrupted():
@@ -248,6 +288,15 @@ def refused(outdir: Path) -> None:
         opt.load_state_dict(sd)
 
     attempt(record, "different_state_dicts", stepped_elsewhere, opt, params)
+
+    def other_values_elsewhere():
+        # Same step counts, other numbers: a stale copy of a file on one rank's disk.
+        sd = opt.state_dict()
+        if RANK == 0:
+            sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"] * 2
+        opt.load_state_dict(sd)
+
+    attempt(record, "different_state_values", other_values_elsewhere, opt, params)
     attempt(
         record,
         "missing_checkpoint",
@@ -270,9 +319,27 @@ def refused(outdir: Path) -> None:
     def bad_option():
         ShardedAdamax([adamax_rs.Parameter(np.zeros(3, np.float32))], lr=-1 if RANK == 0 else 1)
 
+    deep = [(1,) * 8 + (2, 3), (1,) * 8 + (3, 2)]
+
+    def other_shapes_past_8_axes():
+        ShardedAdamax([adamax_rs.Parameter(np.zeros(deep[RANK == 0], np.float32))])
+
+    def other_state_dtypes():
+        ShardedAdamax(
+            [adamax_rs.Parameter(np.zeros(3, np.float32))],
+            state_dtype="bfloat16" if RANK == 0 else "float32",
+        )
+
     attempt(record, "strided_parameter", strided)
     attempt(record, "different_parameters", other_shapes)
+    attempt(record, "different_shapes_past_8_axes", other_shapes_past_8_axes)
+    attempt(record, "different_state_dtypes", other_state_dtypes)
     attempt(record, "bad_option", bad_option)
+
+    # Checkpoints of an optimizer that is not sharded: a root that is not a rank is refused
+    # everywhere (no rank wrote, and each returned as if the file were complete).
+    plain = adamax_rs.Adamax([adamax_rs.Parameter(np.zeros(3, np.float32))])
+    attempt(record, "save_root_not_a_rank", lambda: save_checkpoint(plain, outdir / "x", root=SIZE))
 
     # allreduce_gradients: a missing gradient on one rank, a wrong dtype on one rank.
     def allreduce_missing():
@@ -289,6 +356,24 @@ def refused(outdir: Path) -> None:
 
     attempt(record, "allreduce_missing", allreduce_missing)
     attempt(record, "allreduce_dtype", allreduce_dtype)
+
+    def allreduce_average_differs():
+        set_grads()
+        allreduce_gradients(params, average=RANK == 0)
+
+    def allreduce_average_not_bool():
+        set_grads()
+        allreduce_gradients(params, average="no" if RANK == culprit else True)
+
+    def allreduce_shapes_past_8_axes():
+        deep_param = adamax_rs.Parameter(np.zeros(deep[RANK == 0], np.float32))
+        deep_param.grad = np.zeros_like(deep_param.data)
+        allreduce_gradients([deep_param])
+
+    attempt(record, "allreduce_average_differs", allreduce_average_differs)
+    attempt(record, "allreduce_average_not_bool", allreduce_average_not_bool)
+    attempt(record, "allreduce_shapes_past_8_axes", allreduce_shapes_past_8_axes)
+    attempt(record, "broadcast_roots_differ", lambda: broadcast_parameters(params, root=RANK))
     grads_after = [None if p.grad is None else p.grad.copy() for p in params]
 
     # Good steps after all that, for the test to compare with one process.

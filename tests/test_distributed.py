@@ -307,6 +307,9 @@ STEP_ERRORS = {
         r"group 1, parameter 2: .data was replaced by an array of shape \[2\]",
     ),
     "closure": ("last", RuntimeError, "the data loader failed"),
+    "closure_interrupted": ("last", KeyboardInterrupt, "pressed Ctrl-C"),
+    "state_dict_out_of_memory": ("last", MemoryError, "no memory for the state"),
+    "allreduce_average_not_bool": ("last", TypeError, "average must be a bool, got str"),
     "bad_state_dict": ("last", ValueError, "state of parameter 0: 'exp_avg' has shape"),
     "missing_checkpoint": ("last", FileNotFoundError, "missing.npz"),
     "strided_parameter": ("last", ValueError, "neither C- nor F-contiguous"),
@@ -317,6 +320,35 @@ STEP_ERRORS = {
     "different_state_dicts": (None, ValueError, "the ranks loaded different state dicts"),
     "different_parameters": (None, ValueError, "group 0, parameter 0 differs between ranks"),
     "allreduce_missing": (None, ValueError, "parameter 1 has a gradient on ranks"),
+    "different_operations": (
+        None,
+        ValueError,
+        r"different collective operations \(rank 0: state_dict, rank 1: step",
+    ),
+    "save_roots_differ": (None, ValueError, r"root differs between ranks \(rank 0: 0, rank 1: 1"),
+    "different_state_values": (None, ValueError, "the ranks loaded different state dicts"),
+    "different_shapes_past_8_axes": (
+        None,
+        ValueError,
+        "group 0, parameter 0 differs between ranks",
+    ),
+    "different_state_dtypes": (None, ValueError, "state_dtype differs between ranks"),
+    "save_root_not_a_rank": (None, ValueError, r"root must be a rank in \[0, \d\), got \d"),
+    "allreduce_average_differs": (
+        None,
+        ValueError,
+        r"average differs between ranks \(rank 0: 1, rank 1: 0",
+    ),
+    "allreduce_shapes_past_8_axes": (
+        None,
+        ValueError,
+        "parameter 0 has a different shape or dtype",
+    ),
+    "broadcast_roots_differ": (
+        None,
+        ValueError,
+        r"root differs between ranks \(rank 0: 0, rank 1: 1",
+    ),
 }
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from os import PathLike
 from typing import Any, Union
 
+import numpy as np
+
 from ..checkpoint import load_checkpoint as _load_checkpoint
 from ..checkpoint import save_checkpoint as _save_checkpoint
 from ..optimizer import Optimizer
 from ._mpi import communicator
-from .agreement import agree
+from .agreement import agree, checked_root, describe_root
 from .sharded_adamax import ShardedAdamax
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
@@ -42,6 +44,9 @@ def save_checkpoint(
 
     Raises
     ------
+    TypeError, ValueError
+        On every rank, if ``root`` is not an int, not a rank of ``comm``, or not the same on
+        every rank; nothing is written.
     Exception
         Whatever ``adamax_rs.save_checkpoint`` raises on ``root``; the other ranks raise an
         :class:`OtherRankError` subclass. When this returns, the file is complete.
@@ -50,13 +55,25 @@ def save_checkpoint(
         optimizer.save_checkpoint(path, root=root)
         return
     comm = communicator(comm)
-    error: Exception | None = None
+    error: BaseException | None = None
+    try:
+        root = checked_root(root, comm)
+    except BaseException as caught:
+        error = caught
+    agree(
+        comm,
+        error,
+        np.array([root if error is None else -1], np.int64),
+        describe_root,
+        operation="save_checkpoint",
+    )
     try:
         if comm.Get_rank() == root:
             _save_checkpoint(optimizer, path)
-    except Exception as caught:
+    except BaseException as caught:  # interrupts too: the other ranks must hear of it
         error = caught
-    agree(comm, error)
+    # Also a barrier: when this returns on any rank, the file is complete.
+    agree(comm, error, operation="save_checkpoint (writing)")
 
 
 def load_checkpoint(optimizer: Optimizer, path: PathLikeStr, comm: Any = None) -> None:
@@ -80,15 +97,15 @@ def load_checkpoint(optimizer: Optimizer, path: PathLikeStr, comm: Any = None) -
         optimizer.load_checkpoint(path)
         return
     comm = communicator(comm)
-    error: Exception | None = None
+    error: BaseException | None = None
     backup = optimizer.state_dict()
     try:
         _load_checkpoint(optimizer, path)
-    except Exception as caught:
+    except BaseException as caught:  # interrupts too: the other ranks must hear of it
         error = caught
     try:
-        agree(comm, error)
-    except Exception:
+        agree(comm, error, operation="load_checkpoint")
+    except BaseException:
         if error is None:
             optimizer.load_state_dict(backup)  # another rank failed: undo this rank's load
         raise

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..adamax import Adamax
+from .agreement import digest
 from .layout import ShardLayout, Slot
 from .shard import FLAG_KEYS, HYPERPARAMETER_KEYS, NUMERIC_KEYS
 
@@ -36,18 +37,46 @@ def step_row(hyper: list[dict[str, Any]], grads: list[np.ndarray | None]) -> np.
     return np.array(row, np.int64)
 
 
-def layout_row(layout: ShardLayout) -> np.ndarray:
-    """The layout's description: group sizes, then (size, dtype, order, shape) per parameter."""
-    row: list[int] = [len(layout.group_sizes), *layout.group_sizes]
+#: The optimizer-wide options every rank must share, in the order :func:`layout_row` lists them.
+OPTION_KEYS = ("state_dtype", "master_weights", "stochastic_rounding")
+
+
+def _text_code(text: str) -> int:
+    return int.from_bytes(text.encode()[:7].ljust(7, b"\0"), "little")
+
+
+def _option_code(value: Any) -> int:
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return {None: -1, False: 0, True: 1}[None if value is None else bool(value)]
+    return digest(np.frombuffer(str(value).encode(), np.uint8))
+
+
+def layout_row(layout: ShardLayout, options: dict[str, Any]) -> np.ndarray:
+    """The layout's description: the options (:data:`OPTION_KEYS`), group sizes, then (size,
+    dtype, order, number of axes, a digest of the whole shape, the first 7 sizes) per
+    parameter."""
+    row: list[int] = [_option_code(options[key]) for key in OPTION_KEYS]
+    row += [len(layout.group_sizes), *layout.group_sizes]
     for slot in layout.slots:
-        code = int.from_bytes(slot.dtype.str.encode()[:7].ljust(7, b"\0"), "little")
-        shape = list(slot.shape)[:8] + [-1] * (8 - min(8, len(slot.shape)))
-        row.extend([slot.size, code, ord(slot.order), len(slot.shape), *shape])
+        code = _text_code(slot.dtype.str)
+        whole = digest(np.array(slot.shape, np.int64))
+        shape = list(slot.shape)[:7] + [-1] * (7 - min(7, len(slot.shape)))
+        row.extend([slot.size, code, ord(slot.order), len(slot.shape), whole, *shape])
     return np.array(row, np.int64)
 
 
 def describe_layouts(rows: list[np.ndarray]) -> str:
     """The first difference between the ranks' layout rows (see :func:`layout_row`)."""
+    options = len(OPTION_KEYS)
+    for k, key in enumerate(OPTION_KEYS):
+        values = [int(row[k]) for row in rows]
+        if len(set(values)) > 1:
+            differ = [r for r, v in enumerate(values) if v != values[0]]
+            return (
+                f"{key} differs between ranks (rank 0 and rank {differ[0]} differ); every rank "
+                "must build the optimizer with the same options"
+            )
+    rows = [row[options:] for row in rows]
     first = [int(v) for v in rows[0][: int(rows[0][0]) + 1]]
     for r, row in enumerate(rows[1:], 1):
         groups = [int(v) for v in row[: int(row[0]) + 1]]
@@ -72,12 +101,19 @@ def describe_layouts(rows: list[np.ndarray]) -> str:
 
 
 def loaded_row(scratch: Adamax) -> np.ndarray:
-    """Step counts and hyperparameters of a loaded state: the same on every rank."""
+    """Step counts, a digest of every state array and the hyperparameters of a loaded state:
+    the same on every rank (a stale copy of a file on one rank's disk would otherwise mix
+    two states, a shard from each)."""
     params = [p for g in scratch.param_groups for p in g["params"]]
     steps = []
     for p in params:
         entry = scratch.state.get(p)
         steps.append(int(entry["step"]) if entry is not None and "step" in entry else -1)
+        if entry is not None:
+            for key in sorted(entry):
+                value = entry[key]
+                if isinstance(value, np.ndarray):
+                    steps.append(digest(value))
     values: list[float] = []
     for g in scratch.param_groups:
         values.extend(float(g[k]) for k in HYPERPARAMETER_KEYS)
@@ -87,8 +123,8 @@ def loaded_row(scratch: Adamax) -> np.ndarray:
 def describe_loaded(rows: list[np.ndarray]) -> str:
     """The message for state dicts that differ between ranks (see :func:`loaded_row`)."""
     return (
-        "the ranks loaded different state dicts (their step counts or hyperparameters "
-        "differ); every rank must load the same one"
+        "the ranks loaded different state dicts (their step counts, state arrays or "
+        "hyperparameters differ); every rank must load the same one"
     )
 
 

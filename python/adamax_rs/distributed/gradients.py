@@ -12,7 +12,7 @@ import numpy as np
 from .._gradient_check import check_gradient_fits
 from ..dtypes import describe_supported, is_supported
 from ._mpi import communicator
-from .agreement import agree
+from .agreement import agree, digest
 from .layout import real_dtype, transport_dtype
 from .mean import mean_in_place
 
@@ -91,18 +91,27 @@ def _checked_grad(index: int, param: Any) -> np.ndarray | None:
     return grad
 
 
-def _signature(arrays: Sequence[np.ndarray | None], datas: list[np.ndarray]) -> np.ndarray:
-    """Per parameter: has a gradient, dtype, size, and the shape itself (padded)."""
+def _signature(
+    setting: int, arrays: Sequence[np.ndarray | None], datas: list[np.ndarray]
+) -> np.ndarray:
+    """``setting`` (the call's own argument: ``average``, ``root``), then per parameter: has a
+    gradient, dtype, size, a digest of the whole shape, and its first 7 sizes (padded)."""
     rows = []
     for array, data in zip(arrays, datas):
         name = data.dtype.name
         kind = _DTYPE_NAMES.index(name) if name in _DTYPE_NAMES else -1
-        shape = list(data.shape)[:8] + [-1] * (8 - min(8, data.ndim))
-        rows.append([int(array is not None), kind, data.ndim, int(data.size), *shape])
-    return np.array(rows, np.int64).reshape(-1)
+        whole = digest(np.array(data.shape, np.int64))
+        shape = list(data.shape)[:7] + [-1] * (7 - min(7, data.ndim))
+        rows.append([int(array is not None), kind, data.ndim, int(data.size), whole, *shape])
+    return np.concatenate([[setting], np.array(rows, np.int64).reshape(-1)]).astype(np.int64)
 
 
-def _describe(labels: list[str], rows: list[np.ndarray], what: str) -> str:
+def _describe(labels: list[str], rows: list[np.ndarray], what: str, setting: str) -> str:
+    settings = [int(row[0]) for row in rows]
+    if len(set(settings)) > 1:
+        listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(settings))
+        return f"{setting} differs between ranks ({listed}); pass the same on every rank"
+    rows = [row[1:] for row in rows]
     width = 12
     counts = [row.size // width for row in rows]
     if len(set(counts)) > 1:
@@ -187,7 +196,7 @@ def allreduce_gradients(params: Any, comm: Any = None, *, average: bool = True) 
     """
     comm = communicator(comm)
     with _buffers_lock:
-        error: Exception | None = None
+        error: BaseException | None = None
         grads: list[np.ndarray | None] = []
         datas: list[np.ndarray] = []
         labels: list[str] = []
@@ -197,10 +206,18 @@ def allreduce_gradients(params: Any, comm: Any = None, *, average: bool = True) 
             labels = [_label(i, p) for i, p in enumerate(items)]
             grads = [_checked_grad(i, p) for i, p in enumerate(items)]
             datas = [p.data for p in items]
-            shared = _signature(grads, datas)
-        except Exception as caught:
+            if not isinstance(average, (bool, np.bool_)):
+                raise TypeError(f"average must be a bool, got {type(average).__name__}")
+            shared = _signature(int(average), grads, datas)
+        except BaseException as caught:  # interrupts too: the other ranks must hear of it
             error = caught
-        agree(comm, error, shared, lambda rows: _describe(labels, rows, "gradient"))
+        agree(
+            comm,
+            error,
+            shared,
+            lambda rows: _describe(labels, rows, "gradient", "average"),
+            operation="allreduce_gradients",
+        )
         from mpi4py import MPI
 
         ranks = comm.Get_size()
@@ -248,7 +265,7 @@ def broadcast_parameters(params: Any, comm: Any = None, *, root: int = 0) -> Non
     """
     comm = communicator(comm)
     with _buffers_lock:
-        error: Exception | None = None
+        error: BaseException | None = None
         datas: list[np.ndarray] = []
         labels: list[str] = []
         shared = None
@@ -263,10 +280,16 @@ def broadcast_parameters(params: Any, comm: Any = None, *, root: int = 0) -> Non
             for label, data in zip(labels, datas):
                 if not data.flags.writeable:
                     raise ValueError(f"{label}: .data is read-only (not writeable)")
-            shared = _signature(datas, datas)
-        except Exception as caught:
+            shared = _signature(root, datas, datas)
+        except BaseException as caught:  # interrupts too: the other ranks must hear of it
             error = caught
-        agree(comm, error, shared, lambda rows: _describe(labels, rows, "value"))
+        agree(
+            comm,
+            error,
+            shared,
+            lambda rows: _describe(labels, rows, "value", "root"),
+            operation="broadcast_parameters",
+        )
         mine = comm.Get_rank() == root
         for dtype, indices in _buckets(datas, list(range(len(datas)))).items():
             bits = np.dtype(f"u{dtype.itemsize}")

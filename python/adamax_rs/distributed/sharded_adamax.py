@@ -7,6 +7,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Callable, Union
 
@@ -19,7 +20,7 @@ from ..checkpoint import load_checkpoint as _load_checkpoint
 from ..checkpoint import save_checkpoint as _save_checkpoint
 from ..dtypes import BLOCKWISE, is_half, state_dtype_for
 from ._mpi import communicator
-from .agreement import agree
+from .agreement import agree, checked_root, describe_root
 from .consistency import (
     describe_layouts,
     describe_loaded,
@@ -148,8 +149,8 @@ class ShardedAdamax(Adamax):
         self.comm = communicator(comm)
         self._collective_lock = threading.RLock()
         self._phase_seconds: dict[str, float] = {}
-        error: Exception | None = None
-        layout = None
+        error: BaseException | None = None
+        shared = None
         try:
             super().__init__(params, **adamax_kwargs)
             if self.state_dtype == BLOCKWISE:
@@ -161,14 +162,16 @@ class ShardedAdamax(Adamax):
                     "memory, or adamax_rs.Adamax"
                 )
             layout = ShardLayout.of([g["params"] for g in self.param_groups], self.comm.Get_size())
-        except Exception as caught:
+            shared = layout_row(layout, self._options())
+            # Built before the agreement (its buffers are the largest allocation here): a rank
+            # that cannot build its shard fails with the others, instead of leaving them to
+            # wait for it in the next collective call.
+            self._shard = self._new_shard(
+                layout, [p.data for g in self.param_groups for p in g["params"]]
+            )
+        except BaseException as caught:  # interrupts too: the other ranks must hear of it
             error = caught
-        shared = layout_row(layout) if layout is not None else None
-        agree(self.comm, error, shared, describe_layouts)
-        assert layout is not None
-        self._shard = self._new_shard(
-            layout, [p.data for g in self.param_groups for p in g["params"]]
-        )
+        agree(self.comm, error, shared, describe_layouts, operation="ShardedAdamax()")
 
     # -- what every method checks -------------------------------------------------------------
 
@@ -330,7 +333,7 @@ class ShardedAdamax(Adamax):
         """
         with self._collective_lock:
             loss = None
-            error: Exception | None = None
+            error: BaseException | None = None
             grads: list[np.ndarray | None] = []
             replaced: dict[int, np.ndarray] = {}
             hyper: list[dict[str, Any]] = []
@@ -343,9 +346,9 @@ class ShardedAdamax(Adamax):
                 replaced = self._replaced_arrays()
                 grads = self._checked_gradients()
                 shared = step_row(hyper, grads)
-            except Exception as caught:
+            except BaseException as caught:  # interrupts too: the other ranks must hear of it
                 error = caught
-            agree(self.comm, error, shared, self._describe_step)
+            agree(self.comm, error, shared, self._describe_step, operation="step")
             self._rebind(replaced)
             if any(g is not None for g in grads):
                 try:
@@ -453,12 +456,12 @@ class ShardedAdamax(Adamax):
         copy of the gradients (float32 for 16-bit ones) and this rank's range of the mean."""
         return self._shard.nbytes()
 
-    def _full_state(self, root: int | None) -> dict[int, dict[str, Any]] | None:
-        """The state of every parameter, numbered as in ``Adamax.state_dict``, on every rank
-        (``root=None``) or only on ``root`` (``None`` elsewhere). Collective."""
-        from mpi4py import MPI
-
-        shard, comm = self._shard, self.comm
+    def _gather_plan(self, root: int | None) -> _GatherPlan:
+        """Every buffer that gathering the state (:meth:`_gather_state`) needs, allocated and
+        filled with this rank's part. Not collective: it runs before the ranks agree, so that
+        a rank that runs out of memory here fails with the others instead of leaving them
+        waiting in the exchange."""
+        shard = self._shard
         slots = shard.layout.slots
         steps = np.full(len(slots), -1, np.int64)
         entries = []
@@ -467,16 +470,14 @@ class ShardedAdamax(Adamax):
             entries.append(entry or None)
             if entry:
                 steps[piece.slot.number] = entry["step"]
-        comm.Allreduce(MPI.IN_PLACE, steps, op=MPI.MAX)
-        mine = root is None or comm.Get_rank() == root
-        full_arrays: list[dict[str, np.ndarray]] = []
+        mine = root is None or self.comm.Get_rank() == root
+        buckets: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
         for b, bucket in enumerate(shard.buckets):
             state_dtype = state_dtype_for(bucket.dtype, self.state_dtype)
             keys = ["exp_avg", "exp_inf"]
             if self.master_weights and is_half(bucket.dtype):
                 keys.append("master")
-            arrays: dict[str, np.ndarray] = {}
-            bits = np.dtype(f"u{state_dtype.itemsize}")
+            per_key = []
             for key in keys:
                 local = np.zeros(bucket.hi - bucket.lo, state_dtype)
                 for piece, entry in zip(shard.pieces, entries):
@@ -484,6 +485,30 @@ class ShardedAdamax(Adamax):
                         start = piece.slot.offset + piece.start - bucket.lo
                         local[start : start + piece.size] = entry[key]
                 full = np.empty(sum(bucket.counts), state_dtype) if mine else None
+                per_key.append((key, local, full))
+            buckets.append(per_key)
+        return _GatherPlan(root, steps, buckets)
+
+    def _gather_state(self, plan: _GatherPlan) -> dict[int, dict[str, Any]] | None:
+        """The state of every parameter, numbered as in ``Adamax.state_dict``, on every rank
+        (``plan.root is None``) or only on ``plan.root`` (``None`` elsewhere). Collective; a
+        failure here (an interrupt) aborts the job, since the ranks are mid-exchange."""
+        try:
+            return self._exchange_state(plan)
+        except BaseException as failure:
+            _abort(self.comm, failure)
+            raise  # pragma: no cover (Abort does not return)
+
+    def _exchange_state(self, plan: _GatherPlan) -> dict[int, dict[str, Any]] | None:
+        from mpi4py import MPI
+
+        shard, comm, root = self._shard, self.comm, plan.root
+        comm.Allreduce(MPI.IN_PLACE, plan.steps, op=MPI.MAX)
+        full_arrays: list[dict[str, np.ndarray]] = []
+        for bucket, per_key in zip(shard.buckets, plan.buckets):
+            arrays: dict[str, np.ndarray] = {}
+            for key, local, full in per_key:
+                bits = np.dtype(f"u{local.dtype.itemsize}")
                 spec = (
                     None
                     if full is None
@@ -496,13 +521,13 @@ class ShardedAdamax(Adamax):
                 if full is not None:
                     arrays[key] = full
             full_arrays.append(arrays)
-        if not mine:
+        if not (root is None or comm.Get_rank() == root):
             return None
         state: dict[int, dict[str, Any]] = {}
-        for slot in slots:
-            if steps[slot.number] < 0:
+        for slot in shard.layout.slots:
+            if plan.steps[slot.number] < 0:
                 continue
-            entry_out: dict[str, Any] = {"step": int(steps[slot.number])}
+            entry_out: dict[str, Any] = {"step": int(plan.steps[slot.number])}
             for key, full in full_arrays[slot.bucket].items():
                 entry_out[key] = slot.shaped(full)
             state[slot.number] = entry_out
@@ -523,15 +548,18 @@ class ShardedAdamax(Adamax):
             have their parameter's shape and memory order.
         """
         with self._collective_lock:
-            error: Exception | None = None
+            error: BaseException | None = None
+            plan = None
             try:
                 self._check_structure()
-            except Exception as caught:
+                plan = self._gather_plan(None)
+                groups = super().state_dict()["param_groups"]  # ``self.state`` is empty
+            except BaseException as caught:  # interrupts too: the other ranks must hear of it
                 error = caught
-            agree(self.comm, error)
-            state = self._full_state(None)
+            agree(self.comm, error, operation="state_dict")
+            assert plan is not None
+            state = self._gather_state(plan)
             assert state is not None
-            groups = super().state_dict()["param_groups"]  # ``self.state`` is empty
             return {"state": state, "param_groups": groups}
 
     def _scratch(self) -> Adamax:
@@ -540,10 +568,12 @@ class ShardedAdamax(Adamax):
         groups = [{"params": g["params"]} for g in self.param_groups]
         return Adamax(groups, **self._options())
 
-    def _install_from(self, scratch: Adamax, load: Callable[[Adamax], None]) -> None:
+    def _install_from(
+        self, scratch: Adamax, load: Callable[[Adamax], None], operation: str
+    ) -> None:
         """Load into ``scratch`` with ``load``, then (once every rank succeeded) keep this
         rank's slices of its state and its groups. Collective."""
-        error: Exception | None = None
+        error: BaseException | None = None
         shard = None
         shared = None
         try:
@@ -553,9 +583,9 @@ class ShardedAdamax(Adamax):
             shard = self._new_shard(self._shard.layout, arrays, scratch.param_groups)
             shard.load(scratch.state)
             shared = loaded_row(scratch)
-        except Exception as caught:
+        except BaseException as caught:  # interrupts too: the other ranks must hear of it
             error = caught
-        agree(self.comm, error, shared, describe_loaded)
+        agree(self.comm, error, shared, describe_loaded, operation=operation)
         assert shard is not None
         self._shard = shard
         self.param_groups = [
@@ -578,7 +608,11 @@ class ShardedAdamax(Adamax):
             ``OtherRankError`` subclass on the others; nothing changes on any rank.
         """
         with self._collective_lock:
-            self._install_from(self._scratch(), lambda scratch: scratch.load_state_dict(state_dict))
+            self._install_from(
+                self._scratch(),
+                lambda scratch: scratch.load_state_dict(state_dict),
+                "load_state_dict",
+            )
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a parameter group, as ``Adamax.add_param_group``. Collective.
@@ -590,32 +624,41 @@ class ShardedAdamax(Adamax):
             super().add_param_group(param_group)
             return
         with self._collective_lock:
-            error: Exception | None = None
+            error: BaseException | None = None
             layout = None
+            shared = None
+            plan = None
+            shard = None
             replaced: dict[int, np.ndarray] = {}
             before = len(self.param_groups)
             try:
                 self._check_structure()
                 replaced = self._replaced_arrays()
+                plan = self._gather_plan(None)
                 super().add_param_group(param_group)
                 layout = ShardLayout.of(
                     [g["params"] for g in self.param_groups], self.comm.Get_size()
                 )
-            except Exception as caught:
+                shared = layout_row(layout, self._options())
+                added = [p.data for p in self.param_groups[-1]["params"]]
+                arrays = self._current_arrays(replaced) + added
+                shard = self._new_shard(layout, arrays)
+            except BaseException as caught:  # interrupts too: the other ranks must hear of it
                 error = caught
             try:
-                agree(self.comm, error, layout_row(layout) if layout else None, describe_layouts)
-            except Exception:
+                agree(self.comm, error, shared, describe_layouts, operation="add_param_group")
+            except BaseException:
                 del self.param_groups[before:]
                 raise
-            assert layout is not None
+            assert plan is not None and shard is not None
             self._rebind(replaced)
-            full = self._full_state(None)
+            full = self._gather_state(plan)
             assert full is not None
-            added = [p.data for p in self.param_groups[-1]["params"]]
-            shard = self._new_shard(layout, self._shard.arrays + added)
-            by_param = {id(self._shard.params[n]): entry for n, entry in full.items()}
-            shard.load(_ById(by_param))
+            try:
+                by_param = {id(self._shard.params[n]): entry for n, entry in full.items()}
+                shard.load(_ById(by_param))
+            except BaseException as failure:  # the state moved: the ranks must not diverge
+                _abort(self.comm, failure)
             self._shard = shard
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -631,17 +674,24 @@ class ShardedAdamax(Adamax):
         writing. If the write fails, every rank raises.
         """
         with self._collective_lock:
-            error: Exception | None = None
+            error: BaseException | None = None
+            plan = None
             try:
                 self._check_structure()
-                if isinstance(root, bool) or not isinstance(root, int):
-                    raise TypeError(f"root must be an int, got {type(root).__name__}")
-                if not 0 <= root < self.comm.Get_size():
-                    raise ValueError(f"root must be a rank in [0, {self.comm.Get_size()})")
-            except Exception as caught:
+                root = checked_root(root, self.comm)
+                plan = self._gather_plan(root)
+            except BaseException as caught:  # interrupts too: the other ranks must hear of it
                 error = caught
-            agree(self.comm, error)
-            state = self._full_state(root)
+            agree(
+                self.comm,
+                error,
+                np.array([root if error is None else -1], np.int64),
+                describe_root,
+                operation="save_checkpoint",
+            )
+            assert plan is not None
+            state = self._gather_state(plan)
+            del plan
             error = None
             if state is not None:
                 try:
@@ -650,17 +700,29 @@ class ShardedAdamax(Adamax):
                     scratch.load_state_dict({"state": state, "param_groups": groups})
                     del state
                     _save_checkpoint(scratch, path)
-                except Exception as caught:
+                except BaseException as caught:  # interrupts too: the others must hear of it
                     error = caught
             # Also a barrier: when this returns on any rank, the file is complete.
-            agree(self.comm, error)
+            agree(self.comm, error, operation="save_checkpoint (writing)")
 
     def load_checkpoint(self, path: PathLikeStr) -> None:
         """Read a checkpoint written by ``adamax_rs.save_checkpoint`` for an ``Adamax`` (or
         by :meth:`save_checkpoint`) and keep this rank's shard. Collective: every rank reads
         the file, so it must be visible to all of them (a shared file system)."""
         with self._collective_lock:
-            self._install_from(self._scratch(), lambda scratch: _load_checkpoint(scratch, path))
+            self._install_from(
+                self._scratch(), lambda scratch: _load_checkpoint(scratch, path), "load_checkpoint"
+            )
+
+
+@dataclass
+class _GatherPlan:
+    """The buffers of one gathering of the state, allocated before the ranks agree."""
+
+    root: int | None
+    steps: np.ndarray
+    #: Per bucket, per state key: (key, this rank's range filled, the whole or ``None``).
+    buckets: list[list[tuple[str, np.ndarray, np.ndarray | None]]]
 
 
 class _ById(Mapping[Any, Mapping[str, Any]]):
