@@ -1025,9 +1025,51 @@ def interrupted_functional_steps(seed: int) -> None:
     result(trials=trials, interrupted=interrupted, late=interrupter.late, steps=count[0])
 
 
+def first_bfloat16_array_runs_no_python_code(seed: int) -> None:
+    """The first bfloat16 array a process steps goes through the functional form, beside a
+    float32 one. Recognising its dtype ran Python code (numpy's ``dtype.__str__``) after the
+    float32 arrays' headers were read; a profiler hook there moved the float32 parameter's
+    buffer, and the update went to freed memory. A hook records every Python function called
+    inside the step, and moves the buffer if one is."""
+    import ml_dtypes
+
+    from adamax_rs import _core
+
+    rng = np.random.default_rng(seed)
+    n = 4096
+    init = rng.standard_normal(n).astype(np.float32)
+    grad = rng.standard_normal(n).astype(np.float32)
+    p0, m0, u0 = init.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    p1 = np.zeros(8, ml_dtypes.bfloat16)
+    g1 = np.ones(8, ml_dtypes.bfloat16)
+    m1, u1 = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    hyper = _core.Hyperparameters(**HYPER)
+    # A float32 step first: the core's one-time set-up (numpy's C API, its version check) runs
+    # Python code before any header is read, and is not what this checks.
+    warm = [np.zeros(4, np.float32) for _ in range(4)]
+    _core.adamax_arrays(warm[:1], warm[1:2], warm[2:3], warm[3:], [1], hyperparameters=hyper)
+    called: list[str] = []
+
+    def hook(frame, event, arg):
+        if event == "call":
+            called.append(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+            if len(called) == 1:
+                p0.__setstate__((1, (n,), np.dtype(np.float32), False, init.tobytes()))
+
+    sys.setprofile(hook)
+    try:
+        _core.adamax_arrays([p0, p1], [grad, g1], [m0, m1], [u0, u1], [1, 1], hyperparameters=hyper)
+    finally:
+        sys.setprofile(None)
+    expected = reference_after([init], [grad], 1)
+    assert_bits(p0, expected.params[0], "the float32 parameter")
+    result(called=called)
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (
+        first_bfloat16_array_runs_no_python_code,
         header_race,
         shared_memory_race,
         chaos_race,

@@ -25,6 +25,7 @@ from adamax_rs.distributed import (
     ShardedAdamax,
     allreduce_gradients,
     broadcast_parameters,
+    load_checkpoint,
     save_checkpoint,
 )
 
@@ -297,6 +298,20 @@ def refused(outdir: Path) -> None:
         opt.load_state_dict(sd)
 
     attempt(record, "different_state_values", other_values_elsewhere, opt, params)
+
+    def load_into_changed_groups():
+        # The culprit's groups no longer match the optimizer's: found while building the
+        # scratch optimizer the state is checked in, which ran before the checks did.
+        group = opt.param_groups[0]["params"]
+        if RANK == culprit:
+            group.append(group[0])
+        try:
+            opt.load_state_dict(good)
+        finally:
+            if RANK == culprit:
+                group.pop()
+
+    attempt(record, "load_into_changed_groups", load_into_changed_groups, opt, params)
     attempt(
         record,
         "missing_checkpoint",
@@ -340,6 +355,22 @@ def refused(outdir: Path) -> None:
     # everywhere (no rank wrote, and each returned as if the file were complete).
     plain = adamax_rs.Adamax([adamax_rs.Parameter(np.zeros(3, np.float32))])
     attempt(record, "save_root_not_a_rank", lambda: save_checkpoint(plain, outdir / "x", root=SIZE))
+    save_checkpoint(plain, outdir / "plain.safetensors")
+
+    def no_memory_for_the_backup():
+        # Loading keeps a copy of the state, to undo the load if another rank fails.
+        if RANK == culprit:
+
+            def no_memory():
+                raise MemoryError("no memory for the backup")
+
+            plain.state_dict = no_memory
+        try:
+            load_checkpoint(plain, outdir / "plain.safetensors")
+        finally:
+            plain.__dict__.pop("state_dict", None)
+
+    attempt(record, "load_without_memory_for_a_backup", no_memory_for_the_backup)
 
     # allreduce_gradients: a missing gradient on one rank, a wrong dtype on one rank.
     def allreduce_missing():

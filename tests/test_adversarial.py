@@ -119,6 +119,13 @@ def test_anything_done_from_other_threads_during_steps_is_a_clean_error():
     run_scenario("chaos_race", 3)
 
 
+def test_the_first_bfloat16_array_of_a_process_runs_no_python_code_inside_a_step():
+    # A fresh process: the functional form reads a float32 parameter's header, then meets
+    # its first bfloat16 array. Python code run there could move the float32 buffer.
+    outcome = run_scenario("first_bfloat16_array_runs_no_python_code")
+    assert outcome["called"] == []
+
+
 def test_python_code_inside_a_step_cannot_make_it_use_unchecked_arrays():
     # A later parameter's getter changes an earlier, already checked parameter's arrays in
     # place (dtype, shape), rebinds them, edits or deletes its state, or resizes its buffer.

@@ -308,6 +308,8 @@ STEP_ERRORS = {
     ),
     "closure": ("last", RuntimeError, "the data loader failed"),
     "closure_interrupted": ("last", KeyboardInterrupt, "pressed Ctrl-C"),
+    "load_into_changed_groups": ("last", ValueError, "group 0: its parameter list changed"),
+    "load_without_memory_for_a_backup": ("last", MemoryError, "no memory for the backup"),
     "state_dict_out_of_memory": ("last", MemoryError, "no memory for the state"),
     "allreduce_average_not_bool": ("last", TypeError, "average must be a bool, got str"),
     "bad_state_dict": ("last", ValueError, "state of parameter 0: 'exp_avg' has shape"),
@@ -337,7 +339,7 @@ STEP_ERRORS = {
     "allreduce_average_differs": (
         None,
         ValueError,
-        r"average differs between ranks \(rank 0: 1, rank 1: 0",
+        r"average differs between ranks \(rank 0: True, rank 1: False",
     ),
     "allreduce_shapes_past_8_axes": (
         None,

@@ -881,6 +881,37 @@ def test_8bit_state_checkpoints_load_only_into_the_same_layout(tmp_path, rng, or
         assert_unchanged(before, target, [q])
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+def test_8bit_checkpoints_convert_into_float_state_of_the_same_layout(
+    tmp_path, rng, order, state_dtype
+):
+    # The file holds codes by element; converting them must read them in the parameter's
+    # layout, as a state dict does (a C-order buffer made them look re-laid out).
+    _, opt = trained_8bit(rng, order)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(opt, path)
+    loaded, converted = (
+        Adamax([Parameter(np.zeros((300, 40), np.float32, order=order))], state_dtype=state_dtype)
+        for _ in range(2)
+    )
+    load_checkpoint(loaded, path)
+    converted.load_state_dict(opt.state_dict())
+    got, expected = (o.state_dict()["state"][0] for o in (loaded, converted))
+    for key in ("exp_avg", "exp_inf"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    # And the values are the codes' (decoded by the reference, block by block in memory).
+    saved = opt.state_dict()["state"][0]
+    for key, signed in (("exp_avg", True), ("exp_inf", False)):
+        values = np.empty_like(saved[key], dtype=np.float32)
+        values.ravel(order="K")[...] = decode(
+            saved[key].ravel(order="K"), saved[f"{key}_scale"], signed
+        )
+        wanted = values if state_dtype == "float32" else values.astype(BF16)
+        assert got[key].dtype == wanted.dtype
+        np.testing.assert_array_equal(got[key], wanted)
+
+
 def test_a_state_mapping_is_read_once(rng):
     # A Mapping that gives another value at each read: what is checked must be what is kept
     # (a second read gave an AttributeError from deep inside the load).

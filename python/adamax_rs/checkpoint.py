@@ -496,6 +496,15 @@ def _check_code_layout(
         )
 
 
+def _buffer_for(declared: Declared, data: np.ndarray) -> np.ndarray:
+    """Where a declared array is read when the optimizer converts it. 8-bit codes are laid out
+    like the parameter (``_check_code_layout`` has tied the file's layout to it): the file
+    holds them by element, and a C-order buffer would make them look re-laid out."""
+    if declared.dtype == np.uint8 and declared.shape == data.shape:
+        return np.empty_like(data, dtype=np.uint8)
+    return np.empty(declared.shape, dtype=declared.dtype)
+
+
 def _stand_in(declared: Declared) -> np.ndarray:
     """An array of the declared dtype and shape that takes no memory (every element 0)."""
     return np.broadcast_to(np.zeros((), dtype=declared.dtype), declared.shape)
@@ -555,7 +564,7 @@ def _plan_states(
             # arrays as declared (sizes it accepted) and let load_state_dict convert them.
             kept = {
                 **values,
-                **{key: np.empty(d.shape, dtype=d.dtype) for key, d in declared.items()},
+                **{key: _buffer_for(d, param.data) for key, d in declared.items()},
             }
         for key, d in declared.items():
             reads.append((d, kept[key]))

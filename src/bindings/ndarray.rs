@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use numpy::npyffi::{PyArrayObject, PyArray_Descr, NPY_ARRAY_WRITEABLE, NPY_TYPES, PY_ARRAY_API};
 use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
@@ -52,16 +53,36 @@ pub fn element_of(dtype: &Bound<'_, PyArrayDescr>) -> Option<Element> {
     (dtype.itemsize() == element.size()).then_some(element)
 }
 
+/// Whether the user-defined type `num` of `dtype` is ml_dtypes' bfloat16.
+///
+/// This runs no Python code: it is called between reads of a step's array headers, and code run
+/// there (a profiler hook, or another thread given the GIL) could move memory already read. The
+/// dtype's name (`dtype.str`) is computed in Python, so the dtype's scalar type is compared
+/// instead with `bfloat16` from the dictionary of the `ml_dtypes` module, which must already be
+/// imported for such an array to exist; both lookups are C dictionary reads.
 fn is_bfloat16(dtype: &Bound<'_, PyArrayDescr>, num: i32) -> bool {
     let known = BFLOAT16_TYPE_NUM.load(Ordering::Relaxed);
     if known >= 0 {
         return num == known;
     }
-    let named = dtype.str().is_ok_and(|s| s == "bfloat16");
-    if named {
+    // SAFETY: the GIL is held (`dtype` is bound to it). `PyImport_GetModuleDict` and
+    // `PyModule_GetDict` return borrowed references to dictionaries that outlive this call,
+    // `PyDict_GetItemString` a borrowed reference (or null, with no exception set) compared here
+    // only by address, and `as_dtype_ptr` the live descriptor, whose `typeobj` numpy sets for
+    // every dtype.
+    let found = unsafe {
+        let modules = ffi::PyImport_GetModuleDict();
+        let module = ffi::PyDict_GetItemString(modules, c"ml_dtypes".as_ptr());
+        if module.is_null() || ffi::PyModule_Check(module) == 0 {
+            return false;
+        }
+        let scalar = ffi::PyDict_GetItemString(ffi::PyModule_GetDict(module), c"bfloat16".as_ptr());
+        !scalar.is_null() && scalar == (*dtype.as_dtype_ptr()).typeobj.cast::<ffi::PyObject>()
+    };
+    if found {
         BFLOAT16_TYPE_NUM.store(num, Ordering::Relaxed);
     }
-    named
+    found
 }
 
 /// The name of `obj`'s type, for messages.

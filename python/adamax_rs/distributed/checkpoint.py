@@ -98,14 +98,15 @@ def load_checkpoint(optimizer: Optimizer, path: PathLikeStr, comm: Any = None) -
         return
     comm = communicator(comm)
     error: BaseException | None = None
-    backup = optimizer.state_dict()
+    backup = None
     try:
+        backup = optimizer.state_dict()  # a full copy: it may run out of memory
         _load_checkpoint(optimizer, path)
     except BaseException as caught:  # interrupts too: the other ranks must hear of it
         error = caught
     try:
         agree(comm, error, operation="load_checkpoint")
     except BaseException:
-        if error is None:
+        if error is None and backup is not None:
             optimizer.load_state_dict(backup)  # another rank failed: undo this rank's load
         raise

@@ -109,7 +109,8 @@ def _signature(
 def _describe(labels: list[str], rows: list[np.ndarray], what: str, setting: str) -> str:
     settings = [int(row[0]) for row in rows]
     if len(set(settings)) > 1:
-        listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(settings))
+        shown = [bool(v) if setting == "average" else v for v in settings]
+        listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(shown))
         return f"{setting} differs between ranks ({listed}); pass the same on every rank"
     rows = [row[1:] for row in rows]
     width = 12

@@ -568,16 +568,15 @@ class ShardedAdamax(Adamax):
         groups = [{"params": g["params"]} for g in self.param_groups]
         return Adamax(groups, **self._options())
 
-    def _install_from(
-        self, scratch: Adamax, load: Callable[[Adamax], None], operation: str
-    ) -> None:
-        """Load into ``scratch`` with ``load``, then (once every rank succeeded) keep this
-        rank's slices of its state and its groups. Collective."""
+    def _install_from(self, load: Callable[[Adamax], None], operation: str) -> None:
+        """Load into a scratch optimizer (:meth:`_scratch`) with ``load``, then (once every
+        rank succeeded) keep this rank's slices of its state and its groups. Collective."""
         error: BaseException | None = None
         shard = None
         shared = None
         try:
             self._check_structure()
+            scratch = self._scratch()
             arrays = self._current_arrays(self._replaced_arrays())
             load(scratch)
             shard = self._new_shard(self._shard.layout, arrays, scratch.param_groups)
@@ -609,9 +608,7 @@ class ShardedAdamax(Adamax):
         """
         with self._collective_lock:
             self._install_from(
-                self._scratch(),
-                lambda scratch: scratch.load_state_dict(state_dict),
-                "load_state_dict",
+                lambda scratch: scratch.load_state_dict(state_dict), "load_state_dict"
             )
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
@@ -710,9 +707,7 @@ class ShardedAdamax(Adamax):
         by :meth:`save_checkpoint`) and keep this rank's shard. Collective: every rank reads
         the file, so it must be visible to all of them (a shared file system)."""
         with self._collective_lock:
-            self._install_from(
-                self._scratch(), lambda scratch: _load_checkpoint(scratch, path), "load_checkpoint"
-            )
+            self._install_from(lambda scratch: _load_checkpoint(scratch, path), "load_checkpoint")
 
 
 @dataclass
