@@ -356,3 +356,32 @@ def test_an_attribute_that_is_not_a_json_value_is_named():
 
     with pytest.raises(TypeError, match=r"Custom\.hook: object .* _not_saved"):
         Custom(make_optimizer()).state_dict()
+
+
+@pytest.mark.parametrize(
+    "build, key, value, error, message",
+    [
+        (lambda o: S.StepLR(o, 3), "last_epoch", 5.5, TypeError, "last_epoch must be an int"),
+        (lambda o: S.StepLR(o, 3), "last_epoch", True, TypeError, "got a bool"),
+        (lambda o: S.ReduceLROnPlateau(o), "mode", "foo", ValueError, "mode foo is unknown"),
+        (lambda o: S.ReduceLROnPlateau(o), "threshold_mode", "x", ValueError, "threshold mode"),
+        (lambda o: S.ReduceLROnPlateau(o), "factor", 2.0, ValueError, "Factor should be"),
+        (lambda o: S.ConstantLR(o), "factor", 7, ValueError, "between 0 and 1"),
+        (lambda o: S.LinearLR(o), "start_factor", 0.0, ValueError, "Starting multiplicative"),
+        (lambda o: S.LinearLR(o), "end_factor", -1.0, ValueError, "Ending multiplicative"),
+        (lambda o: S.CosineAnnealingWarmRestarts(o, 4), "T_i", 0, ValueError, "T_i must be"),
+        (lambda o: S.CosineAnnealingWarmRestarts(o, 4), "T_0", 0, ValueError, "positive integer"),
+        (lambda o: S.CosineAnnealingWarmRestarts(o, 4), "T_mult", 0, ValueError, "T_mult >= 1"),
+    ],
+)
+def test_load_refuses_what_the_constructor_refuses(build, key, value, error, message):
+    # Only the kind of each value was checked, so these loaded and the schedule went wrong
+    # later: frozen, a rate of 7x, a "max" mode, or a ZeroDivisionError at the next step.
+    scheduler = build(make_optimizer())
+    saved = scheduler.state_dict()
+    assert key in saved
+    saved[key] = value
+    before = repr(scheduler.state_dict())
+    with pytest.raises(error, match=message):
+        scheduler.load_state_dict(saved)
+    assert repr(scheduler.state_dict()) == before

@@ -943,3 +943,31 @@ def test_a_state_mapping_is_read_once(rng):
     )
     np.testing.assert_array_equal(opt.state[p]["exp_avg"], exp_avg)
     assert entry.reads == 1
+
+
+@pytest.mark.parametrize(
+    "param, kwargs, message",
+    [
+        (np.ones(3, np.int32), {}, "param has dtype int32, which is not supported"),
+        (np.ones(3, ">f4"), {}, r"param has dtype >f4, which is not supported"),
+        (np.ones(3, np.float16), {"master_weights": "no"}, "master_weights must be a bool"),
+    ],
+)
+def test_new_state_refuses_what_a_step_would_refuse(param, kwargs, message):
+    # It made state for any array and took any truthy master_weights, so that the failure
+    # came only at the step (or never: "no" made a master copy).
+    with pytest.raises(TypeError, match=message):
+        new_state(param, **kwargs)
+
+
+def test_a_short_scale_array_is_described_by_its_blocks(rng):
+    # 8192 elements are 32 blocks of 256: the message said "the parameter has shape (32,)".
+    p = np.zeros(8192, np.float32)
+    state = new_state(p, state_dtype="8bit")
+    state["exp_avg_scale"] = np.zeros(31, np.float32)
+    with pytest.raises(ValueError, match=r"one scale per block of 256 elements.*shape \(32,\)"):
+        adamax(
+            [p], [np.ones_like(p)], [state["exp_avg"]], [state["exp_inf"]], [1],
+            exp_avg_scales=[state["exp_avg_scale"]], exp_inf_scales=[state["exp_inf_scale"]],
+            lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8,
+        )  # fmt: skip

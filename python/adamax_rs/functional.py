@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 
 from . import _compressed, _core
-from .dtypes import BLOCKWISE, check_optional_flag, check_state_dtype, is_half, state_dtype_for
+from .dtypes import (
+    BLOCKWISE,
+    check_flag,
+    check_optional_flag,
+    check_state_dtype,
+    describe_supported,
+    is_half,
+    is_supported,
+    state_dtype_for,
+)
 
 __all__ = ["adamax", "new_state"]
 
@@ -41,12 +50,18 @@ def new_state(
     Raises
     ------
     TypeError
-        If ``param`` is not a numpy array, or ``state_dtype`` is not a dtype or a string.
+        If ``param`` is not a numpy array of a supported dtype (native byte order),
+        ``master_weights`` is not a bool, or ``state_dtype`` is not a dtype or a string.
     ValueError
         If ``state_dtype`` names an unsupported type.
     """
     if not isinstance(param, np.ndarray):
         raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
+    if not is_supported(param.dtype):
+        raise TypeError(
+            f"param has dtype {param.dtype}, which is not supported ({describe_supported()})"
+        )
+    master_weights = check_flag(master_weights, "master_weights")
     requested = check_state_dtype(state_dtype)
     state: dict[str, np.ndarray] = {}
     if requested == BLOCKWISE and _core.blockwise_fits(param):

@@ -318,7 +318,19 @@ class LRScheduler:
         for key, current in mine.items():
             where = f"{name} state_dict[{key!r}]"
             restored[key] = _restored_like(_from_json(state_dict[key], where), current, where)
+        try:
+            self._check_restored(restored)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name} state_dict: {error}") from None
         return [(self, restored)]
+
+    def _check_restored(self, values: dict[str, Any]) -> None:
+        """Refuse restored attributes the constructor would have refused (a kind check alone
+        lets ``last_epoch=5.5`` or ``mode="foo"`` through, and the schedule goes wrong later,
+        silently or with a ZeroDivisionError). Subclasses add their own arguments' checks."""
+        epoch = values.get("last_epoch")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+            raise TypeError(f"last_epoch must be an int, got {epoch!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(last_epoch={self.last_epoch}, last_lr={self._last_lr})"
@@ -443,6 +455,11 @@ class MultiStepLR(LRScheduler):
         return [base * self.gamma**passed for base in self.base_lrs]
 
 
+def _check_constant_factor(factor: float) -> None:
+    if not 0 <= factor <= 1.0:
+        raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
+
+
 class ConstantLR(LRScheduler):
     """Scale the rate by ``factor`` until epoch ``total_iters``, then restore it.
 
@@ -465,10 +482,13 @@ class ConstantLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        if factor > 1.0 or factor < 0:
-            raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
+        _check_constant_factor(factor)
         self.factor, self.total_iters = factor, total_iters
         super().__init__(optimizer, last_epoch)
+
+    def _check_restored(self, values: dict[str, Any]) -> None:
+        super()._check_restored(values)
+        _check_constant_factor(values["factor"])
 
     def get_lr(self) -> list[float]:
         groups = self.optimizer.param_groups
@@ -481,6 +501,15 @@ class ConstantLR(LRScheduler):
     def _get_closed_form_lr(self) -> list[float]:
         done = self.last_epoch >= self.total_iters
         return [base * (self.factor + done * (1 - self.factor)) for base in self.base_lrs]
+
+
+def _check_linear_factors(start_factor: float, end_factor: float) -> None:
+    if not 0 < start_factor <= 1.0:
+        raise ValueError(
+            "Starting multiplicative factor expected to be greater than 0 and less or equal to 1."
+        )
+    if not 0 <= end_factor <= 1.0:
+        raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
 
 
 class LinearLR(LRScheduler):
@@ -508,15 +537,13 @@ class LinearLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        if start_factor > 1.0 or start_factor <= 0:
-            raise ValueError(
-                "Starting multiplicative factor expected to be greater than 0 and less or "
-                "equal to 1."
-            )
-        if end_factor > 1.0 or end_factor < 0:
-            raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
+        _check_linear_factors(start_factor, end_factor)
         self.start_factor, self.end_factor, self.total_iters = start_factor, end_factor, total_iters
         super().__init__(optimizer, last_epoch)
+
+    def _check_restored(self, values: dict[str, Any]) -> None:
+        super()._check_restored(values)
+        _check_linear_factors(values["start_factor"], values["end_factor"])
 
     def get_lr(self) -> list[float]:
         groups = self.optimizer.param_groups
@@ -644,6 +671,13 @@ class CosineAnnealingLR(LRScheduler):
         return [self.eta_min + (base - self.eta_min) * cosine for base in self.base_lrs]
 
 
+def _check_restart_periods(T_0: int, T_mult: int) -> None:  # noqa: N803 (torch's names)
+    if isinstance(T_0, bool) or not isinstance(T_0, int) or T_0 <= 0:
+        raise ValueError(f"Expected positive integer T_0, but got {T_0}")
+    if isinstance(T_mult, bool) or not isinstance(T_mult, int) or T_mult < 1:
+        raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
+
+
 class CosineAnnealingWarmRestarts(LRScheduler):
     """Cosine annealing restarted every ``T_0`` epochs, each period ``T_mult`` times longer.
 
@@ -669,13 +703,18 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         eta_min: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        if T_0 <= 0 or not isinstance(T_0, int):
-            raise ValueError(f"Expected positive integer T_0, but got {T_0}")
-        if T_mult < 1 or not isinstance(T_mult, int):
-            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
+        _check_restart_periods(T_0, T_mult)
         self.T_0, self.T_i, self.T_mult, self.eta_min = T_0, T_0, T_mult, eta_min
         self.T_cur: float = last_epoch
         super().__init__(optimizer, last_epoch)
+
+    def _check_restored(self, values: dict[str, Any]) -> None:
+        super()._check_restored(values)
+        _check_restart_periods(values["T_0"], values["T_mult"])
+        if isinstance(values["T_i"], bool) or not isinstance(values["T_i"], int):
+            raise TypeError(f"T_i must be an int, got {values['T_i']!r}")
+        if values["T_i"] < values["T_0"]:
+            raise ValueError(f"T_i must be at least T_0 ({values['T_0']}), got {values['T_i']}")
 
     def get_lr(self) -> list[float]:
         cosine = (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
@@ -1104,6 +1143,15 @@ class ChainedScheduler(_NestingScheduler):
         return f"ChainedScheduler([{', '.join(map(repr, self._schedulers))}])"
 
 
+def _check_plateau_options(factor: float, mode: str, threshold_mode: str) -> None:
+    if not factor < 1.0:
+        raise ValueError("Factor should be < 1.0.")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode {mode} is unknown!")
+    if threshold_mode not in ("rel", "abs"):
+        raise ValueError(f"threshold mode {threshold_mode} is unknown!")
+
+
 class ReduceLROnPlateau(LRScheduler):
     """Cut the rate by ``factor`` when a metric has stopped improving for ``patience`` epochs.
 
@@ -1144,12 +1192,7 @@ class ReduceLROnPlateau(LRScheduler):
         eps: float = 1e-8,
     ) -> None:
         _check_optimizer(optimizer)
-        if factor >= 1.0:
-            raise ValueError("Factor should be < 1.0.")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode {mode} is unknown!")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold mode {threshold_mode} is unknown!")
+        _check_plateau_options(factor, mode, threshold_mode)
         self.optimizer = optimizer
         self.factor, self.patience, self.cooldown, self.eps = factor, patience, cooldown, eps
         self.min_lrs = _per_group(min_lr, optimizer, "min_lr")
@@ -1159,6 +1202,10 @@ class ReduceLROnPlateau(LRScheduler):
         self.cooldown_counter = 0
         self.last_epoch = 0
         self._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def _check_restored(self, values: dict[str, Any]) -> None:
+        super()._check_restored(values)
+        _check_plateau_options(values["factor"], values["mode"], values["threshold_mode"])
 
     def is_better(self, a: float, best: float) -> bool:
         """Whether metric ``a`` improves on ``best`` by more than the threshold."""

@@ -176,6 +176,19 @@ impl fmt::Display for TensorError {
                 like.describe()
             ),
             TensorError::Shape {
+                role: role @ (Role::ExpAvgScale | Role::ExpInfScale),
+                got,
+                expected,
+            } => write!(
+                f,
+                "{} has shape {} but 8-bit state has one scale per block of {} elements of the \
+                 parameter: shape {}",
+                role.describe(),
+                shape_text(got),
+                crate::kernel::blockwise::BLOCK,
+                shape_text(expected)
+            ),
+            TensorError::Shape {
                 role,
                 got,
                 expected,
