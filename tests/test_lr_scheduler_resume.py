@@ -361,7 +361,8 @@ def test_an_attribute_that_is_not_a_json_value_is_named():
 @pytest.mark.parametrize(
     "build, key, value, error, message",
     [
-        (lambda o: S.StepLR(o, 3), "last_epoch", 5.5, TypeError, "last_epoch must be an int"),
+        (lambda o: S.StepLR(o, 3), "last_epoch", math.nan, ValueError, "must be finite"),
+        (lambda o: S.StepLR(o, 3), "last_epoch", math.inf, ValueError, "must be finite"),
         (lambda o: S.StepLR(o, 3), "last_epoch", True, TypeError, "got a bool"),
         (lambda o: S.ReduceLROnPlateau(o), "mode", "foo", ValueError, "mode foo is unknown"),
         (lambda o: S.ReduceLROnPlateau(o), "threshold_mode", "x", ValueError, "threshold mode"),
@@ -385,3 +386,24 @@ def test_load_refuses_what_the_constructor_refuses(build, key, value, error, mes
     with pytest.raises(error, match=message):
         scheduler.load_state_dict(saved)
     assert repr(scheduler.state_dict()) == before
+
+
+@pytest.mark.parametrize(
+    "build, epochs",
+    [
+        (lambda o: S.StepLR(o, 2), np.arange(1, 6)),
+        (lambda o: S.ExponentialLR(o, 0.9), [1, 2.5, 4]),
+        (lambda o: S.CosineAnnealingWarmRestarts(o, 3, 2), [0.5, 1.25, 7.75]),
+    ],
+)
+def test_states_made_by_step_with_an_epoch_load_back(build, epochs):
+    # step(epoch) keeps what it is given (numpy ints, fractional epochs); the state it makes
+    # must load back, into the same scheduler and a fresh one.
+    scheduler = build(make_optimizer())
+    for epoch in epochs:
+        scheduler.step(epoch)
+    saved = scheduler.state_dict()
+    scheduler.load_state_dict(saved)
+    fresh = build(make_optimizer())
+    fresh.load_state_dict(json.loads(json.dumps(saved, default=float)))
+    assert fresh.get_last_lr() == scheduler.get_last_lr()

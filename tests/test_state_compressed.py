@@ -971,3 +971,27 @@ def test_a_short_scale_array_is_described_by_its_blocks(rng):
             exp_avg_scales=[state["exp_avg_scale"]], exp_inf_scales=[state["exp_inf_scale"]],
             lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8,
         )  # fmt: skip
+
+
+def test_a_reversed_parameter_keeps_float32_state_under_8bit(rng):
+    # Codes are made with zeros_like (positive strides): a reversed parameter was told it
+    # fits 8-bit state, then refused at its first step. It keeps float32 state, as strided
+    # parameters do, and steps like the reference.
+    init = rng.standard_normal(2 * N).astype(np.float32)
+    grad = rng.standard_normal(2 * N).astype(np.float32)
+    data = init.copy()
+    p = Parameter(data[::-1])
+    assert not _core.blockwise_fits(p.data)
+    opt = Adamax([p], state_dtype="8bit", lr=0.01)
+    p.grad = grad[::-1].copy()
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == np.float32
+    expected, _, _ = adamax_reference_step(
+        init[::-1].copy(),
+        grad[::-1].copy(),
+        np.zeros(2 * N, np.float32),
+        np.zeros(2 * N, np.float32),
+        1,
+        lr=0.01,
+    )
+    np.testing.assert_array_equal(p.data, expected)

@@ -326,11 +326,13 @@ class LRScheduler:
 
     def _check_restored(self, values: dict[str, Any]) -> None:
         """Refuse restored attributes the constructor would have refused (a kind check alone
-        lets ``last_epoch=5.5`` or ``mode="foo"`` through, and the schedule goes wrong later,
+        lets ``last_epoch=nan`` or ``mode="foo"`` through, and the schedule goes wrong later,
         silently or with a ZeroDivisionError). Subclasses add their own arguments' checks."""
+        # An int, or any real number `step(epoch)` was given (numpy ints, fractional epochs),
+        # but finite: NaN or infinity would freeze the schedule.
         epoch = values.get("last_epoch")
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-            raise TypeError(f"last_epoch must be an int, got {epoch!r}")
+        if epoch is not None and not math.isfinite(epoch):
+            raise ValueError(f"last_epoch must be finite, got {epoch!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(last_epoch={self.last_epoch}, last_lr={self._last_lr})"

@@ -53,31 +53,39 @@ pub fn element_of(dtype: &Bound<'_, PyArrayDescr>) -> Option<Element> {
     (dtype.itemsize() == element.size()).then_some(element)
 }
 
-/// Whether the user-defined type `num` of `dtype` is ml_dtypes' bfloat16.
+/// Whether the user-defined type `num` of `dtype` is a bfloat16 (ml_dtypes' is the one in use):
+/// its scalar type is named `bfloat16`.
 ///
 /// This runs no Python code: it is called between reads of a step's array headers, and code run
 /// there (a profiler hook, or another thread given the GIL) could move memory already read. The
-/// dtype's name (`dtype.str`) is computed in Python, so the dtype's scalar type is compared
-/// instead with `bfloat16` from the dictionary of the `ml_dtypes` module, which must already be
-/// imported for such an array to exist; both lookups are C dictionary reads.
+/// dtype's own name (`dtype.str`) is computed in Python, so the scalar type's `__name__` is read
+/// instead, and only from a type whose metatype is exactly `type`, where that attribute is C
+/// code (a metaclass could make it a Python property).
 fn is_bfloat16(dtype: &Bound<'_, PyArrayDescr>, num: i32) -> bool {
     let known = BFLOAT16_TYPE_NUM.load(Ordering::Relaxed);
     if known >= 0 {
         return num == known;
     }
-    // SAFETY: the GIL is held (`dtype` is bound to it). `PyImport_GetModuleDict` and
-    // `PyModule_GetDict` return borrowed references to dictionaries that outlive this call,
-    // `PyDict_GetItemString` a borrowed reference (or null, with no exception set) compared here
-    // only by address, and `as_dtype_ptr` the live descriptor, whose `typeobj` numpy sets for
-    // every dtype.
+    // SAFETY: the GIL is held (`dtype` is bound to it); `as_dtype_ptr` is the live descriptor,
+    // whose `typeobj` (the first field after the object header in numpy 1 and 2 alike) numpy
+    // sets for every dtype and keeps alive with it. `PyType_Type` is the interpreter's static
+    // `type`. The attribute read returns a new reference (released below) or null with an
+    // exception set, which is cleared: no exception was pending, since this runs only while
+    // headers are read, between calls that return `Result`s.
     let found = unsafe {
-        let modules = ffi::PyImport_GetModuleDict();
-        let module = ffi::PyDict_GetItemString(modules, c"ml_dtypes".as_ptr());
-        if module.is_null() || ffi::PyModule_Check(module) == 0 {
+        let scalar = (*dtype.as_dtype_ptr()).typeobj.cast::<ffi::PyObject>();
+        if scalar.is_null() || ffi::Py_TYPE(scalar) != std::ptr::addr_of_mut!(ffi::PyType_Type) {
             return false;
         }
-        let scalar = ffi::PyDict_GetItemString(ffi::PyModule_GetDict(module), c"bfloat16".as_ptr());
-        !scalar.is_null() && scalar == (*dtype.as_dtype_ptr()).typeobj.cast::<ffi::PyObject>()
+        let name = ffi::PyObject_GetAttrString(scalar, c"__name__".as_ptr());
+        if name.is_null() {
+            ffi::PyErr_Clear();
+            return false;
+        }
+        let named = ffi::PyUnicode_Check(name) != 0
+            && ffi::PyUnicode_CompareWithASCIIString(name, c"bfloat16".as_ptr()) == 0;
+        ffi::Py_DECREF(name);
+        named
     };
     if found {
         BFLOAT16_TYPE_NUM.store(num, Ordering::Relaxed);

@@ -119,11 +119,14 @@ impl StatePolicy {
 }
 
 /// Whether 8-bit block state applies to `param`: real, dense (its elements fill its memory in
-/// one order, which the codes then follow), and not small.
+/// one order, which the codes then follow), with no negative stride (codes are made with
+/// `zeros_like`, whose strides are positive, so a reversed parameter's codes would run the
+/// other way and be refused at the first step), and not small.
 pub fn blockwise_fits(param: &RawArray) -> bool {
     param.element.real_part().is_none()
         && param.len().is_some_and(|n| n >= BLOCKWISE_MIN_ELEMENTS)
         && param.is_dense()
+        && param.strides.iter().all(|&stride| stride >= 0)
 }
 
 /// The state kind an optimizer was asked for: `None`, "float32", "float64", "bfloat16" or
