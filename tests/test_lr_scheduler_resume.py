@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -400,8 +401,10 @@ def test_states_made_by_step_with_an_epoch_load_back(build, epochs):
     # step(epoch) keeps what it is given (numpy ints, fractional epochs); the state it makes
     # must load back, into the same scheduler and a fresh one.
     scheduler = build(make_optimizer())
-    for epoch in epochs:
-        scheduler.step(epoch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "passing an epoch to step", DeprecationWarning)
+        for epoch in epochs:
+            scheduler.step(epoch)
     saved = scheduler.state_dict()
     scheduler.load_state_dict(saved)
     fresh = build(make_optimizer())
