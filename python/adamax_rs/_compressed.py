@@ -11,6 +11,8 @@ they sit in memory. The helpers here keep to that order for any dense layout.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import _core
@@ -37,22 +39,15 @@ def block_count(size: int) -> int:
     return -(-size // BLOCK)
 
 
-def axis_order(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, ...]:
+def axis_order(shape: Sequence[int], strides: Sequence[int]) -> tuple[int, ...]:
     """The axes longer than 1, from the slowest to the fastest in memory.
 
     A block of 8-bit state holds elements that follow each other in memory, so codes can be
-    read into a parameter only if both have the same axis order. An array whose strides are
-    all 0 (one value broadcast) has every order.
+    read into a parameter only if both have the same axis order (numpy arrays and torch
+    tensors alike: pass ``tensor.shape, tensor.stride()``).
     """
-    if not any(strides):
-        return ()
     axes = sorted(range(len(shape)), key=lambda axis: -strides[axis])
     return tuple(axis for axis in axes if shape[axis] > 1)
-
-
-def same_axis_order(codes: tuple[int, ...], param: tuple[int, ...]) -> bool:
-    """Whether codes of axis order ``codes`` (:func:`axis_order`) fit a parameter's."""
-    return codes == () or codes == param
 
 
 def memory_order(array: np.ndarray) -> np.ndarray:

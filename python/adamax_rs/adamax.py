@@ -343,10 +343,11 @@ class Adamax(Optimizer):
                     f"{where}: {key!r} has shape {value.shape}, "
                     f"the parameter has shape {data.shape}"
                 )
-            if not _compressed.same_axis_order(
-                _compressed.axis_order(value.shape, value.strides),
-                _compressed.axis_order(data.shape, data.strides),
-            ):
+            # Codes whose strides are all 0 (one value broadcast, or a checkpoint's stand-in)
+            # are the same in every order.
+            if any(value.strides) and _compressed.axis_order(
+                value.shape, value.strides
+            ) != _compressed.axis_order(data.shape, data.strides):
                 raise ValueError(
                     f"{where}: {key!r} (8-bit codes) has another memory layout (strides "
                     f"{value.strides}) than the parameter (strides {data.strides}), so which "

@@ -86,13 +86,6 @@ _STEP_SIZE_DTYPES: dict[torch.dtype, _StepSizeDtype] = {
 }
 
 
-def _axis_order(tensor: torch.Tensor) -> tuple[int, ...]:
-    """The axes of ``tensor`` longer than 1, from the slowest to the fastest in memory."""
-    strides = tensor.stride()
-    axes = sorted(range(tensor.dim()), key=lambda axis: -strides[axis])
-    return tuple(axis for axis in axes if tensor.shape[axis] > 1)
-
-
 def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A CPU tensor's values as a numpy array laid out as the tensor (bfloat16 as float32)."""
     tensor = tensor.detach().cpu()
@@ -420,10 +413,13 @@ class Adamax(Optimizer):
             # that the codes were re-laid out (made contiguous to be written somewhere): the
             # blocks could follow either order, and the wrong one scrambles the state silently.
             for key in ("exp_avg", "exp_inf"):
-                if _axis_order(saved[key]) != _axis_order(like):
+                stored = saved[key]
+                if _compressed.axis_order(stored.shape, stored.stride()) != (
+                    _compressed.axis_order(like.shape, like.stride())
+                ):
                     raise ValueError(
                         f"{key!r} (8-bit codes) has another memory layout (strides "
-                        f"{tuple(saved[key].stride())}) than the parameter (strides "
+                        f"{tuple(stored.stride())}) than the parameter (strides "
                         f"{tuple(like.stride())}), so which elements each block of "
                         f"{_compressed.BLOCK} holds is ambiguous: load it into a parameter "
                         "laid out as the one it was saved from, and keep the codes laid out "

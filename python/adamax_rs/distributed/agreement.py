@@ -33,7 +33,7 @@ from .errors import OtherRankError, OtherRankTypeError, OtherRankValueError
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = ["agree", "checked_root", "describe_root"]
+__all__ = ["agree", "checked_root", "describe_root", "shape_row"]
 
 _OK, _TYPE, _VALUE, _OTHER, _INTERRUPTED = 0, 1, 2, 3, 4
 _PEER_ERRORS: dict[int, type[OtherRankError]] = {
@@ -54,11 +54,6 @@ def _code(error: BaseException | None) -> int:
     if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit, GeneratorExit
         return _INTERRUPTED
     return _OTHER
-
-
-def _name_digest(operation: str) -> int:
-    raw = hashlib.blake2b(operation.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(raw, "little") >> 1
 
 
 def _text_row(text: str) -> np.ndarray:
@@ -134,7 +129,7 @@ def agree(
     size = comm.Get_size()
     local = np.array(
         [
-            _name_digest(operation),
+            digest(_text_row(operation)),
             _code(error),
             digest(shared) if shared is not None and error is None else 0,
         ],
@@ -173,11 +168,18 @@ def agree(
 def checked_root(root: object, comm: MPI.Intracomm) -> int:
     """``root`` if it is a rank of ``comm``: a ``TypeError`` unless an int, else a
     ``ValueError`` unless in ``[0, size)``."""
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+    if isinstance(root, bool) or not isinstance(root, int):
         raise TypeError(f"root must be an int, got {type(root).__name__}")
     if not 0 <= root < comm.Get_size():
         raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root}")
-    return int(root)
+    return root
+
+
+def shape_row(shape: tuple[int, ...]) -> list[int]:
+    """A shape as 9 values for a row that the ranks compare: the number of axes, a digest of
+    the whole shape, and the first 7 sizes (padded with -1) for messages."""
+    first = list(shape)[:7] + [-1] * (7 - min(7, len(shape)))
+    return [len(shape), digest(np.array(shape, np.int64)), *first]
 
 
 def describe_root(rows: list[np.ndarray]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..adamax import Adamax
-from .agreement import digest
+from .agreement import digest, shape_row
 from .layout import ShardLayout, Slot
 from .shard import FLAG_KEYS, HYPERPARAMETER_KEYS, NUMERIC_KEYS
 
@@ -59,9 +59,7 @@ def layout_row(layout: ShardLayout, options: dict[str, Any]) -> np.ndarray:
     row += [len(layout.group_sizes), *layout.group_sizes]
     for slot in layout.slots:
         code = _text_code(slot.dtype.str)
-        whole = digest(np.array(slot.shape, np.int64))
-        shape = list(slot.shape)[:7] + [-1] * (7 - min(7, len(slot.shape)))
-        row.extend([slot.size, code, ord(slot.order), len(slot.shape), whole, *shape])
+        row.extend([slot.size, code, ord(slot.order), *shape_row(slot.shape)])
     return np.array(row, np.int64)
 
 

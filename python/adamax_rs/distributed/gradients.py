@@ -12,7 +12,7 @@ import numpy as np
 from .._gradient_check import check_gradient_fits
 from ..dtypes import describe_supported, is_supported
 from ._mpi import communicator
-from .agreement import agree, digest
+from .agreement import agree, checked_root, shape_row
 from .layout import real_dtype, transport_dtype
 from .mean import mean_in_place
 
@@ -100,9 +100,8 @@ def _signature(
     for array, data in zip(arrays, datas):
         name = data.dtype.name
         kind = _DTYPE_NAMES.index(name) if name in _DTYPE_NAMES else -1
-        whole = digest(np.array(data.shape, np.int64))
-        shape = list(data.shape)[:7] + [-1] * (7 - min(7, data.ndim))
-        rows.append([int(array is not None), kind, data.ndim, int(data.size), whole, *shape])
+        ndim, whole, *shape = shape_row(data.shape)
+        rows.append([int(array is not None), kind, ndim, int(data.size), whole, *shape])
     return np.concatenate([[setting], np.array(rows, np.int64).reshape(-1)]).astype(np.int64)
 
 
@@ -271,10 +270,7 @@ def broadcast_parameters(params: Any, comm: Any = None, *, root: int = 0) -> Non
         labels: list[str] = []
         shared = None
         try:
-            if isinstance(root, bool) or not isinstance(root, int):
-                raise TypeError(f"root must be an int, got {type(root).__name__}")
-            if not 0 <= root < comm.Get_size():
-                raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root}")
+            root = checked_root(root, comm)
             items = _param_list(params)
             labels = [_label(i, p) for i, p in enumerate(items)]
             datas = [_checked_data(i, p) for i, p in enumerate(items)]
