@@ -864,3 +864,79 @@ def test_a_step_after_rebinding_to_another_layout_matches_the_reference(rng):
     ref2 = adamax_reference_step(ref.params[0].T, grad, ref.state[0][1], ref.state[0][2], 2,
                                  **HYPER)  # fmt: skip
     assert np.ascontiguousarray(p.data).tobytes() == np.ascontiguousarray(ref2[0]).tobytes()
+
+
+def test_a_key_compared_while_a_later_groups_options_are_read_cannot_move_a_checked_buffer():
+    # Found by review: reading group 1's options looks up "betas" in its dict; an extra key with
+    # the same hash has its __eq__ called by that lookup, even in an exact dict. That ran after
+    # group 0's arrays were read on the fast path (which runs no Python code), so nothing
+    # checked them again, and the update wrote the buffer __eq__ had freed. Every group's
+    # options are now read before any array.
+    n = 4096
+    base = np.full(n, 0.5, np.float32)  # the memory parameter 0 views, kept alive
+    p0 = Parameter(np.ones(n, np.float32))
+    p0.grad = np.ones(n, np.float32)
+    p1 = Parameter(np.ones(4, np.float32))
+    p1.grad = np.ones(4, np.float32)
+    opt = Adamax([{"params": [p0]}, {"params": [p1]}], lr=0.1)
+    opt.step()
+    p0.data = base[:]
+    opt.step()  # the caches now hold the view of `base`: the next step takes the fast path
+    armed = []
+
+    class CollidesWithBetas:
+        def __hash__(self):
+            return hash("betas")
+
+        def __eq__(self, other):
+            if armed:
+                armed.clear()
+                p0.data.__setstate__((1, (n,), np.dtype(np.float32), False, bytes(4 * n)))
+            return False
+
+    opt.param_groups[1][CollidesWithBetas()] = None
+    base_before = base.copy()
+    armed.append(True)
+    opt.step()
+    assert not armed, "the lookup did not compare the colliding key"
+    np.testing.assert_array_equal(base, base_before)  # the old memory was not written
+    # The step updated the memory the parameter holds now: zeros, stepped once by lr.
+    np.testing.assert_allclose(p0.data, np.full(n, -0.1, np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["moved", "read-only", "retyped"])
+def test_a_state_array_changed_in_place_between_steps_is_checked_again(change):
+    # Found by review: between steps the fast path compared only the parameter's header and
+    # trusted the state's version for its state arrays, which an in-place change of an array
+    # keeps. A moved buffer was written after it was freed; a read-only or retyped exp_avg was
+    # written as it was checked before.
+    n = 4096
+    base = np.zeros(n, np.float32)
+    p = Parameter(np.ones(n, np.float32))
+    p.grad = np.ones(n, np.float32)
+    opt = Adamax([p], lr=0.1)
+    opt.step()
+    opt.state[p]["exp_avg"] = base[:]
+    opt.step()  # cached: the next step takes the fast path
+    exp_avg = opt.state[p]["exp_avg"]
+    if change == "moved":
+        base_before = base.copy()
+        exp_avg.__setstate__((1, (n,), np.dtype(np.float32), False, bytes(4 * n)))
+        opt.step()
+        np.testing.assert_array_equal(base, base_before)  # the old memory was not written
+        assert opt.state[p]["step"] == 3
+        # exp_avg was zeros when the step began: 0.9 * 0 + 0.1 * 1.
+        np.testing.assert_allclose(exp_avg, np.full(n, 0.1, np.float32), rtol=1e-6)
+        return
+    if change == "read-only":
+        exp_avg.flags.writeable = False
+        error, message = ValueError, "group 0, parameter 0: exp_avg is read-only"
+    else:
+        exp_avg.dtype = np.float16  # the same memory seen as twice as many float16
+        error, message = TypeError, "group 0, parameter 0: .*exp_avg has dtype float16"
+    before = p.data.copy(), np.copy(opt.state[p]["exp_inf"]), opt.state[p]["step"]
+    with pytest.raises(error, match=message):
+        opt.step()
+    np.testing.assert_array_equal(p.data, before[0])
+    np.testing.assert_array_equal(opt.state[p]["exp_inf"], before[1])
+    assert opt.state[p]["step"] == before[2]

@@ -618,3 +618,36 @@ def test_a_step_re_entered_from_inside_a_step_says_so(hook):
     with pytest.raises(RuntimeError, match="a step of this optimizer is already running on this"):
         opt.step()
     assert_unchanged(before, opt)
+
+
+@pytest.mark.parametrize("role", ["parameter", "gradient"])
+def test_a_tensor_without_memory_of_its_own_is_refused(role):
+    # Found by review: a wrapper subclass (torch's _make_wrapper_subclass, as tensor-subclass
+    # libraries make them) has elements but data_ptr() 0, and DLPack still describes it. The
+    # kernel read and wrote near address 0 (a crash).
+    class Wrapper(torch.Tensor):
+        @staticmethod
+        def __new__(cls, elem):
+            t = torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype)
+            t.elem = elem
+            return t
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            def unwrap(a):
+                return a.elem if isinstance(a, Wrapper) else a
+
+            kwargs = {k: unwrap(v) for k, v in (kwargs or {}).items()}
+            return func(*map(unwrap, args), **kwargs)
+
+    if role == "parameter":
+        p = Wrapper(torch.zeros(4))
+        p.grad = torch.ones(4)
+    else:
+        p = nn.Parameter(torch.zeros(4))
+        p.grad = Wrapper(torch.ones(4))
+    assert p.data_ptr() == 0 if role == "parameter" else p.grad.data_ptr() == 0
+    opt = Adamax([p], lr=0.1)
+    with pytest.raises(TypeError, match=f"group 0, parameter 0: the {role} has no memory"):
+        opt.step()
+    assert not opt.state

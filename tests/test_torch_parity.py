@@ -552,3 +552,34 @@ def test_16_bit_parameters_with_float64_state():
     train_against_wider_reference(
         make_mlp(torch.bfloat16), torch.float64, {"lr": 0.01}, torch.float64
     )
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("step_dtype", [torch.float32, torch.float64])
+def test_step_counts_past_2_to_the_24_count_as_torch_does(foreach, step_dtype):
+    # Found by review: torch adds 1 to the step tensor in its own type, so a float32 count stops
+    # at 2**24, and its bias correction uses 2**24 from then on. adamax_rs wrote the same
+    # rounded count but used 2**24 + 1 for the coefficients: with beta1 close to 1 the steps
+    # differed. A float64 count keeps counting, on both sides.
+    torch.manual_seed(0)
+    start = torch.randn(1000, dtype=torch.float64)
+    ours_p, theirs_p = (torch.nn.Parameter(start.clone()) for _ in range(2))
+    options = dict(lr=1e-3, betas=(0.9999999, 0.999))
+    ours = Adamax([ours_p], foreach=foreach, **options)
+    theirs = torch.optim.Adamax([theirs_p], foreach=foreach, **options)
+    state = {
+        "step": torch.tensor(2.0**24 - 2, dtype=step_dtype),
+        "exp_avg": torch.randn(1000, dtype=torch.float64) * 1e-3,
+        "exp_inf": torch.rand(1000, dtype=torch.float64) + 0.5,
+    }
+    for opt, p in ((ours, ours_p), (theirs, theirs_p)):
+        opt.state[p] = {k: v.clone() for k, v in state.items()}
+    for _ in range(4):  # 2**24 - 1, 2**24, then stuck (float32) or 2**24 + 2 (float64)
+        grad = torch.randn(1000, dtype=torch.float64)
+        ours_p.grad, theirs_p.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+        assert ours.state[ours_p]["step"].item() == theirs.state[theirs_p]["step"].item()
+        assert torch.equal(ours_p.detach(), theirs_p.detach())
+    expected = 2.0**24 if step_dtype == torch.float32 else 2.0**24 + 2
+    assert ours.state[ours_p]["step"].item() == expected

@@ -85,6 +85,8 @@ pub enum TensorProblem {
     Dtype(String),
     /// Sparse, or a layout DLPack cannot describe: the error torch gave.
     Layout(PyErr),
+    /// Elements but no memory (its data pointer is 0).
+    NoMemory,
 }
 
 fn element_of(dtype: DLDataType) -> Option<Element> {
@@ -175,10 +177,17 @@ impl TensorReader {
         if !self.is_tensor(obj) {
             return Err(TensorProblem::NotATensor(super::ndarray::type_name(obj)));
         }
-        match self.from_object {
+        let raw = match self.from_object {
             Some(function) => self.describe_exchanged(obj, function),
             None => describe_from_python(obj),
+        }?;
+        // A tensor with elements at address 0: a wrapper subclass (`_make_wrapper_subclass`)
+        // whose values live in another tensor it holds. DLPack still describes it, and the kernel
+        // would read and write near address 0.
+        if raw.address == 0 && raw.shape.iter().all(|&n| n > 0) {
+            return Err(TensorProblem::NoMemory);
         }
+        Ok(raw)
     }
 
     fn describe_exchanged(

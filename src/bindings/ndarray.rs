@@ -204,12 +204,15 @@ pub fn header_matches(obj: &Bound<'_, PyAny>, raw: &RawArray) -> bool {
         if nd > 0 {
             let dims = std::slice::from_raw_parts((*ptr).dimensions, nd);
             let strides = std::slice::from_raw_parts((*ptr).strides, nd);
-            if !dims
+            // Element by element: a slice comparison calls memcmp, which for the one or two axes
+            // of most arrays costs more than the comparison (this runs for every array of every
+            // tensor of a step).
+            let same_layout = dims
                 .iter()
-                .zip(&raw.shape)
-                .all(|(&d, &n)| d >= 0 && d as usize == n)
-                || strides != &raw.strides[..]
-            {
+                .zip(strides)
+                .zip(raw.shape.iter().zip(raw.strides.iter()))
+                .all(|((&d, &s), (&n, &t))| d >= 0 && d as usize == n && s == t);
+            if !same_layout {
                 return false;
             }
         }

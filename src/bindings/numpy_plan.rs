@@ -180,6 +180,29 @@ fn params_of<'py>(group: &Bound<'py, PyAny>, g: usize) -> PyResult<Vec<Bound<'py
     )))
 }
 
+/// Whether the held state arrays' headers are still those `state` checked: an array moved,
+/// retyped or made read-only in place between steps (`resize(refcheck=False)`,
+/// `ndarray.__setstate__`, assigning `.dtype` or `.flags.writeable`) keeps the state's version,
+/// and is read and checked again instead. A few loads per array.
+fn held_headers_match(py: Python<'_>, held: &HeldState, state: &TensorState) -> bool {
+    let master_same = match (&held.master, state.master()) {
+        (Some(obj), Some(raw)) => header_matches(obj.bind(py), raw),
+        (None, None) => true,
+        _ => false,
+    };
+    let scales_same = match (&held.scales, state.scales()) {
+        (Some([a, b]), Some([ra, rb])) => {
+            header_matches(a.bind(py), ra) && header_matches(b.bind(py), rb)
+        }
+        (None, None) => true,
+        _ => false,
+    };
+    master_same
+        && scales_same
+        && header_matches(held.exp_avg.bind(py), state.exp_avg())
+        && header_matches(held.exp_inf.bind(py), state.exp_inf())
+}
+
 /// The arrays of a held state, as objects.
 fn held_objects<'py>(
     py: Python<'py>,
@@ -316,7 +339,7 @@ fn prepare<'py>(
             (same_data, context.relookup, &cache.held, &cache.state)
         {
             let data = cache.data.as_ref().expect("compared above").bind(py);
-            if header_matches(data, state.param()) {
+            if header_matches(data, state.param()) && held_headers_match(py, held, state) {
                 grads.push(read_grad(place, data, &grad, state.param())?);
                 return Ok(Some(Stepped {
                     place,
@@ -550,16 +573,29 @@ impl StepPlan {
         grads: &mut Vec<GradRead>,
     ) -> PyResult<()> {
         let state_ref = context.state;
-        // Whether Python code may have run since the first array was read (see 1b).
-        let mut python_may_have_run = false;
-        for (g, group) in groups.iter().enumerate() {
-            let cache = &mut self.groups[g];
-            let (h, read_again) = from_group(&group, g, &mut cache.values)?;
+        // 1a. Every group's hyperparameters and parameter list, before the first array is read:
+        //     reading them may run Python code (a value's `__float__`, a dict subclass's
+        //     `__getitem__`, or a key's `__eq__` when a lookup meets a colliding hash, even in an
+        //     exact dict), which could move or free an array already read. The parameter caches
+        //     of positions that went away are dropped here too, for the finalizers that runs.
+        let mut lists = Vec::with_capacity(self.groups.len());
+        // (Groups added by such code wait for the next step; `run` sized the caches.)
+        for (group, (g, cache)) in groups.iter().zip(self.groups.iter_mut().enumerate()) {
+            let (h, _) = from_group(&group, g, &mut cache.values)?;
             hyperparameters.push(context.policy.apply(h));
-            // A dict subclass's `__getitem__` runs for `group["params"]`.
-            python_may_have_run |= read_again || !group.is_exact_instance_of::<PyDict>();
             let params = params_of(&group, g)?;
-            // Caches dropped here may hold the last references to Python objects.
+            cache.params.truncate(params.len());
+            lists.push(params);
+        }
+        // Whether Python code may have run since the first array was read (see 1b): a list
+        // shortened by Python code run after 1a makes a position's cache go away below.
+        let mut python_may_have_run = false;
+        for (g, params) in lists.into_iter().enumerate() {
+            let Some(cache) = self.groups.get_mut(g) else {
+                return Err(super::errors::internal(
+                    "a parameter group without its cache",
+                ));
+            };
             python_may_have_run |= cache.params.len() > params.len();
             cache.params.resize_with(params.len(), ParamCache::default);
             cache.params.truncate(params.len());

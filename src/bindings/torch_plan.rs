@@ -138,6 +138,11 @@ fn problem_error(place: Place, role: Role, problem: TensorProblem) -> PyErr {
             role.describe()
         )),
         TensorProblem::Layout(error) => error,
+        TensorProblem::NoMemory => place.type_error(format_args!(
+            "{} has no memory of its own (its data_ptr() is 0, as for a tensor subclass that \
+             wraps another tensor); pass the tensor that holds the values",
+            role.describe()
+        )),
     }
 }
 
@@ -242,7 +247,13 @@ fn step_counter(
     if !(value >= 0.0 && value.fract() == 0.0 && value < MAX_STEP as f64) {
         return Err(bad());
     }
-    Ok((counter, value as u64 + 1))
+    // torch counts in the tensor's own type (`step_t += 1`): a float32 count stops at 2**24,
+    // and the bias correction uses the count it stopped at. So does this one.
+    let next = match raw.element {
+        Element::Float32 => f64::from(value as f32 + 1.0),
+        _ => value + 1.0,
+    };
+    Ok((counter, next as u64))
 }
 
 /// A parameter's state tensors, read from its entry of `optimizer.state`: Python code may run
