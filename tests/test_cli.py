@@ -191,3 +191,83 @@ def test_demo_shows_a_progress_bar_on_a_terminal():
     assert process.wait(timeout=300) == 0
     text = b"".join(chunks).decode(errors="replace")
     assert re.search(r"\d+%\|", text), text  # tqdm's bar
+
+
+BAD_VALUES = [
+    # (command and options, the option the one-line error names)
+    (["demo", "--epochs", "0"], "--epochs"),
+    (["demo", "--epochs", "-1"], "--epochs"),
+    (["demo", "--hidden", "0"], "--hidden"),
+    (["demo", "--layers", "-1"], "--layers"),
+    (["demo", "--batch-size", "0"], "--batch-size"),
+    (["demo", "--every", "0"], "--every"),
+    (["demo", "--samples", "1"], "--samples"),
+    (["demo", "--noise", "-1"], "--noise"),
+    (["demo", "--noise", "nan"], "--noise"),
+    (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--lr", "-0.1"], "--lr"),
+    (["demo", "--lr", "inf"], "--lr"),
+    (["demo", "--beta2", "1"], "--beta2"),
+    (["demo", "--beta2", "nan"], "--beta2"),
+    (["bench", "--seconds", "0"], "--seconds"),
+    (["bench", "--seconds", "nan"], "--seconds"),
+    (["bench", "--seed", "-1"], "--seed"),
+    (["bench", "--threads", "100000"], "--threads"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), BAD_VALUES, ids=lambda v: " ".join(v))
+def test_a_bad_option_value_is_a_one_line_usage_error(argv, option, capsys):
+    # Found by review: these ran into ZeroDivisionError, IndexError or numpy tracebacks, or
+    # trained on NaN (--noise nan, --samples 1), or printed "a -1x8 MLP" and exited 0.
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--task", "charlm", "--epochs", "3"], "--task charlm trains a fixed model"),
+        (["--task", "charlm", "--lr", "100", "--hidden", "4"], "takes no --hidden, --lr"),
+        (["--distributed", "--task", "charlm"], "--distributed trains the spirals"),
+        (["--distributed", "--state-dtype", "8bit"], "--distributed trains the spirals"),
+    ],
+)
+def test_demo_options_the_run_would_ignore_are_refused(argv, says, capsys):
+    # Found by review: charlm has fixed sizes and ignored these options silently, and the
+    # distributed demo trained the spirals with float32 state whatever was asked.
+    assert cli.main(["demo", *argv]) == 2
+    captured = capsys.readouterr()
+    assert says in captured.err
+    assert captured.out == ""
+
+
+def test_a_one_epoch_demo_is_not_called_a_failure():
+    # Found by review: with one epoch the first and last losses are the same value, and the
+    # demo said "the loss did not fall: something is wrong" and exited 1.
+    out = run("demo", "--epochs", "1", "--samples", "200", "--quiet", "--no-compare")
+    assert "did not fall" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--only", "10000 x 16"], "matches no workload"),
+        (["--implementations", "nope"], "no implementation's name contains 'nope'"),
+    ],
+)
+def test_bench_options_that_select_nothing_are_errors(argv, says):
+    # Found by review: they printed an empty report and exited 0.
+    done = subprocess.run(
+        [sys.executable, "-m", "adamax_rs", "bench", "--quick", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert says in done.stderr
+    assert "| workload |" not in done.stdout

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._cli_values import finite_float, integer_at_least, seed
 from ._plot import prepare_plot, save_figure
 from .adamax import Adamax
 from .lr_scheduler import CosineAnnealingLR
@@ -159,34 +160,95 @@ def plot_losses(path: str, ours: list[float], baseline: list[float] | None) -> N
     print(f"loss curve written to {path}")
 
 
+#: The defaults of the spirals task's options. The character-level model (``--task charlm``)
+#: has its own fixed sizes and takes none of them.
+DEFAULTS: dict[str, Any] = {
+    "epochs": 100,
+    "samples": 2000,
+    "noise": 0.02,
+    "hidden": 64,
+    "layers": 2,
+    "batch_size": 64,
+    "lr": 0.02,
+    "every": 10,
+}
+
+
+def options_error(args: argparse.Namespace) -> str | None:
+    """Why these options do not go together, or ``None``: options that the chosen run would
+    ignore are refused rather than silently dropped."""
+    if args.task == "charlm":
+        given = [name for name, value in DEFAULTS.items() if getattr(args, name) != value]
+        if given:
+            names = ", ".join("--" + name.replace("_", "-") for name in given)
+            return (
+                f"--task charlm trains a fixed model (1500 steps, lr 0.01, 256 hidden units) "
+                f"and takes no {names}; it takes --seed, --beta2, --state-dtype and --plot"
+            )
+    if args.distributed and (args.task != "spirals" or args.state_dtype != "float32"):
+        return (
+            "--distributed trains the spirals with float32 state only (ShardedAdamax); "
+            "leave out --task and --state-dtype"
+        )
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
     parser.add_argument(
-        "--epochs", type=int, default=100, help="passes over the data (default 100)"
+        "--epochs",
+        type=integer_at_least(1),
+        default=DEFAULTS["epochs"],
+        help="passes over the data (default 100)",
     )
     parser.add_argument(
-        "--samples", type=int, default=2000, help="points in the data set (default 2000)"
+        "--samples",
+        type=integer_at_least(2),
+        default=DEFAULTS["samples"],
+        help="points in the data set (default 2000)",
     )
     parser.add_argument(
-        "--noise", type=float, default=0.02, help="noise added to the spirals (default 0.02)"
+        "--noise",
+        type=finite_float(at_least=0.0),
+        default=DEFAULTS["noise"],
+        help="noise added to the spirals (default 0.02)",
     )
     parser.add_argument(
-        "--hidden", type=int, default=64, help="units per hidden layer (default 64)"
+        "--hidden",
+        type=integer_at_least(1),
+        default=DEFAULTS["hidden"],
+        help="units per hidden layer (default 64)",
     )
-    parser.add_argument("--layers", type=int, default=2, help="hidden layers (default 2)")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default 64)")
     parser.add_argument(
-        "--lr", type=float, default=0.02, help="initial Adamax learning rate (default 0.02)"
+        "--layers",
+        type=integer_at_least(1),
+        default=DEFAULTS["layers"],
+        help="hidden layers (default 2)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=integer_at_least(1),
+        default=DEFAULTS["batch_size"],
+        help="examples per step (default 64)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=finite_float(above=0.0),
+        default=DEFAULTS["lr"],
+        help="initial Adamax learning rate (default 0.02)",
     )
     parser.add_argument(
         "--beta2",
-        type=float,
+        type=finite_float(at_least=0.0, below=1.0),
         default=0.999,
         help="decay rate of the infinity norm exp_inf (default 0.999)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--every", type=int, default=10, help="print progress every N epochs (default 10)"
+        "--every",
+        type=integer_at_least(1),
+        default=DEFAULTS["every"],
+        help="print progress every N epochs (default 10)",
     )
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the run with the numpy baseline"
@@ -201,7 +263,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         choices=["spirals", "charlm"],
         default="spirals",
-        help="spirals (default), or charlm: a character-level language model (harder)",
+        help="spirals (default), or charlm: a character-level language model (harder; fixed "
+        "sizes, and every state dtype unless --state-dtype names one)",
     )
     parser.add_argument(
         "--state-dtype",
@@ -228,6 +291,10 @@ def main(args: argparse.Namespace) -> int:
     PlotError
         If ``--plot`` was given and the plot cannot be made (checked before training).
     """
+    problem = options_error(args)
+    if problem is not None:
+        print(f"python -m adamax_rs demo: error: {problem}", file=sys.stderr)
+        return 2
     if args.distributed:
         from .distributed.demo import main as distributed_main
 
@@ -286,7 +353,8 @@ def main(args: argparse.Namespace) -> int:
         )
     if args.plot:
         plot_losses(args.plot, ours["losses"], None if base is None else base["losses"])
-    if not ours["losses"][-1] < ours["losses"][0]:
+    # (One epoch has nothing to compare with.)
+    if len(ours["losses"]) > 1 and not ours["losses"][-1] < ours["losses"][0]:
         print("the loss did not fall: something is wrong")
         return 1
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
+from .._cli_values import MAX_THREADS, finite_float, seed
 from .implementations import IMPLEMENTATIONS, Implementation, select
 from .models import MODELS
 from .parallel import time_parallel_optimizers
@@ -54,6 +55,10 @@ def _thread_counts(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"thread counts must be positive (a single 0: all cores), got {text!r}"
         )
+    if any(n > MAX_THREADS for n in counts):
+        raise argparse.ArgumentTypeError(
+            f"thread counts must be at most {MAX_THREADS}, got {text!r}"
+        )
     return counts
 
 
@@ -81,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seconds",
-        type=float,
+        type=finite_float(above=0.0),
         default=None,
         help="time per workload (default 3, quick 1); at least 5 rounds are run whatever it is",
     )
@@ -124,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.png",
         help="draw each implementation's time relative to adamax_rs, workload by workload",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed")
 
 
 def choose_workloads(args: argparse.Namespace, thread_table: bool = False) -> list[Workload]:
@@ -169,6 +174,17 @@ def main(args: argparse.Namespace) -> int:
     """Run the benchmark; returns the process exit code."""
     thread_table = len(args.threads) > 1
     names = args.implementations or (THREAD_IMPLEMENTATIONS if thread_table else "")
+    unknown = [
+        name.strip()
+        for name in names.split(",")
+        if name.strip() and not any(name.strip() in impl.name for impl in IMPLEMENTATIONS)
+    ]
+    if unknown:
+        known = ", ".join(impl.name for impl in IMPLEMENTATIONS)
+        raise SystemExit(
+            f"python -m adamax_rs bench: error: --implementations: no implementation's name "
+            f"contains {unknown[0]!r} (known: {known})"
+        )
     impls = select(names, include_numpy=not args.no_numpy)
     torch_version = _import_torch_if_used(impls)
     if not thread_table:
@@ -178,6 +194,11 @@ def main(args: argparse.Namespace) -> int:
     if busy:
         print(busy)
     workloads = choose_workloads(args, thread_table)
+    if not workloads and not (args.only and "threads" in args.only):
+        raise SystemExit(
+            f"python -m adamax_rs bench: error: --only {args.only!r} matches no workload "
+            "(names are printed in the tables, for example '10,000 x 16'; see --models too)"
+        )
     seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
     if thread_table:
         tables = []

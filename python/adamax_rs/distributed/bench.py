@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import get_num_threads, set_num_threads
+from .._cli_values import integer_at_least, thread_count
 from ..adamax import Adamax
 from ..parameter import Parameter
 from ._mpi import communicator
@@ -84,10 +85,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", action="append", choices=list(WORKLOADS), help="run only this workload"
     )
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="adamax_rs threads per rank (default: all cores)"
+        "--steps", type=integer_at_least(1), default=10, help="timed steps (default 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=integer_at_least(0), default=2, help="untimed steps first (default 2)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=thread_count,
+        default=0,
+        help="adamax_rs threads per rank (default: all cores)",
     )
 
 

@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     state = np.empty(ranks, np.int64)
     comm.Allgather(np.array([optimizer.local_state_bytes()], np.int64), state)
     if rank != 0:
-        return 0 if losses[-1] < losses[0] else 1
+        return 0 if len(losses) == 1 or losses[-1] < losses[0] else 1
     _, accuracy = model.loss_and_grads(x, y)
     steps = batches * args.epochs
     print(
@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
             f"one process on the same global batches: final loss {alone['losses'][-1]:.4f}; "
             f"largest loss difference from one process: {difference:.2e}"
         )
-    if not losses[-1] < losses[0]:
+    if len(losses) > 1 and not losses[-1] < losses[0]:
         print("the loss did not fall: something is wrong")
         return 1
     return 0
