@@ -73,7 +73,7 @@ def bfloat16_dtype() -> np.dtype:
         import ml_dtypes
     except ImportError:
         raise ImportError(
-            "bfloat16 arrays need the ml_dtypes package: pip install 'adamax_rs[bfloat16]'"
+            "bfloat16 arrays need the ml_dtypes package: pip install ml_dtypes"
         ) from None
     dtype: np.dtype = np.dtype(ml_dtypes.bfloat16)
     return dtype
