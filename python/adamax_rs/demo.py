@@ -174,6 +174,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: ``--beta2``'s default, torch's.
+BETA2_DEFAULT = 0.999
+
+
 def options_error(args: argparse.Namespace) -> str | None:
     """Why these options do not go together, or ``None``: options that the chosen run would
     ignore are refused rather than silently dropped."""
@@ -185,10 +189,15 @@ def options_error(args: argparse.Namespace) -> str | None:
                 f"--task charlm trains a fixed model (1500 steps, lr 0.01, 256 hidden units) "
                 f"and takes no {names}; it takes --seed, --beta2, --state-dtype and --plot"
             )
-    if args.distributed and (args.task != "spirals" or args.state_dtype != "float32"):
+    if args.distributed and (
+        args.task != "spirals"
+        or args.state_dtype != "float32"
+        or args.beta2 != BETA2_DEFAULT
+        or args.plot
+    ):
         return (
-            "--distributed trains the spirals with float32 state only (ShardedAdamax); "
-            "leave out --task and --state-dtype"
+            "--distributed trains the spirals with float32 state and the default betas, and "
+            "plots nothing (ShardedAdamax); leave out --task, --state-dtype, --beta2 and --plot"
         )
     return None
 
@@ -240,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--beta2",
         type=finite_float(at_least=0.0, below=1.0),
-        default=0.999,
+        default=BETA2_DEFAULT,
         help="decay rate of the infinity norm exp_inf (default 0.999)",
     )
     parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")

@@ -587,8 +587,9 @@ impl StepPlan {
             cache.params.truncate(params.len());
             lists.push(params);
         }
-        // Whether Python code may have run since the first array was read (see 1b): a list
-        // shortened by Python code run after 1a makes a position's cache go away below.
+        // Whether Python code may have run since the first array was read (see 1b). The step
+        // goes over the lists as 1a read them: a parameter that Python code run later removes
+        // from its group is still stepped, as if the removal came just after the step.
         let mut python_may_have_run = false;
         for (g, params) in lists.into_iter().enumerate() {
             let Some(cache) = self.groups.get_mut(g) else {
@@ -596,9 +597,7 @@ impl StepPlan {
                     "a parameter group without its cache",
                 ));
             };
-            python_may_have_run |= cache.params.len() > params.len();
             cache.params.resize_with(params.len(), ParamCache::default);
-            cache.params.truncate(params.len());
             for (index, (param, slot)) in
                 params.into_iter().zip(cache.params.iter_mut()).enumerate()
             {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 
 from .._cli_values import MAX_THREADS, finite_float, seed
 from .implementations import IMPLEMENTATIONS, Implementation, select
@@ -170,6 +171,12 @@ def _import_torch_if_used(impls: list[Implementation]) -> str | None:
     return version("torch")
 
 
+def _usage_error(message: str) -> int:
+    """Print a usage error as argparse does; its exit code."""
+    print(f"python -m adamax_rs bench: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark; returns the process exit code."""
     thread_table = len(args.threads) > 1
@@ -181,9 +188,15 @@ def main(args: argparse.Namespace) -> int:
     ]
     if unknown:
         known = ", ".join(impl.name for impl in IMPLEMENTATIONS)
-        raise SystemExit(
-            f"python -m adamax_rs bench: error: --implementations: no implementation's name "
-            f"contains {unknown[0]!r} (known: {known})"
+        return _usage_error(
+            f"--implementations: no implementation's name contains {unknown[0]!r} (known: {known})"
+        )
+    workloads = choose_workloads(args, thread_table)
+    # `--only threads` alone times the parallel-optimizers line, which the thread table has not.
+    if not workloads and (thread_table or "threads" not in args.only):
+        return _usage_error(
+            f"--only {args.only!r} matches no workload (names are printed in the tables, for "
+            "example '10,000 x 16'; see --models too)"
         )
     impls = select(names, include_numpy=not args.no_numpy)
     torch_version = _import_torch_if_used(impls)
@@ -193,12 +206,6 @@ def main(args: argparse.Namespace) -> int:
     busy = busy_line()
     if busy:
         print(busy)
-    workloads = choose_workloads(args, thread_table)
-    if not workloads and not (args.only and "threads" in args.only):
-        raise SystemExit(
-            f"python -m adamax_rs bench: error: --only {args.only!r} matches no workload "
-            "(names are printed in the tables, for example '10,000 x 16'; see --models too)"
-        )
     seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
     if thread_table:
         tables = []
