@@ -139,21 +139,39 @@ pub fn state_and_grad(
 /// Whether `state` still describes the tensor's parameter and state arrays (their headers are
 /// unchanged since it was checked).
 pub fn still_describes(state: &TensorState, objects: &TensorObjects<'_>) -> bool {
-    let master_same = match (&objects.master, state.master()) {
+    header_matches(&objects.data, state.param())
+        && state_arrays_still_described(
+            state,
+            &objects.exp_avg,
+            &objects.exp_inf,
+            objects.master.as_ref(),
+            objects.scales.as_ref().map(|[a, b]| [a, b]),
+        )
+}
+
+/// Whether `state` still describes these state arrays: [`still_describes`] without the
+/// parameter, for a step that holds the state arrays apart from the other objects.
+pub fn state_arrays_still_described(
+    state: &TensorState,
+    exp_avg: &Bound<'_, PyAny>,
+    exp_inf: &Bound<'_, PyAny>,
+    master: Option<&Bound<'_, PyAny>>,
+    scales: Option<[&Bound<'_, PyAny>; 2]>,
+) -> bool {
+    let master_same = match (master, state.master()) {
         (Some(obj), Some(raw)) => header_matches(obj, raw),
         (None, None) => true,
         _ => false,
     };
-    let scales_same = match (&objects.scales, state.scales()) {
+    let scales_same = match (scales, state.scales()) {
         (Some([a, b]), Some([ra, rb])) => header_matches(a, ra) && header_matches(b, rb),
         (None, None) => true,
         _ => false,
     };
     master_same
         && scales_same
-        && header_matches(&objects.data, state.param())
-        && header_matches(&objects.exp_avg, state.exp_avg())
-        && header_matches(&objects.exp_inf, state.exp_inf())
+        && header_matches(exp_avg, state.exp_avg())
+        && header_matches(exp_inf, state.exp_inf())
 }
 
 /// A gradient as read for one step: usually laid out like its parameter, when only its address

@@ -27,7 +27,8 @@ use crate::kernel::blockwise::BLOCK;
 use crate::kernel::{Adamax, MAX_STEP};
 
 use super::arrays::{
-    problem_error, read_grad, state_and_grad, still_describes, GradRead, TensorObjects,
+    problem_error, read_grad, state_and_grad, state_arrays_still_described, still_describes,
+    GradRead, TensorObjects,
 };
 use super::errors::{conflict_error, guarded, Place};
 use super::hyperparameters::{from_group, GroupValues};
@@ -185,22 +186,13 @@ fn params_of<'py>(group: &Bound<'py, PyAny>, g: usize) -> PyResult<Vec<Bound<'py
 /// `ndarray.__setstate__`, assigning `.dtype` or `.flags.writeable`) keeps the state's version,
 /// and is read and checked again instead. A few loads per array.
 fn held_headers_match(py: Python<'_>, held: &HeldState, state: &TensorState) -> bool {
-    let master_same = match (&held.master, state.master()) {
-        (Some(obj), Some(raw)) => header_matches(obj.bind(py), raw),
-        (None, None) => true,
-        _ => false,
-    };
-    let scales_same = match (&held.scales, state.scales()) {
-        (Some([a, b]), Some([ra, rb])) => {
-            header_matches(a.bind(py), ra) && header_matches(b.bind(py), rb)
-        }
-        (None, None) => true,
-        _ => false,
-    };
-    master_same
-        && scales_same
-        && header_matches(held.exp_avg.bind(py), state.exp_avg())
-        && header_matches(held.exp_inf.bind(py), state.exp_inf())
+    state_arrays_still_described(
+        state,
+        held.exp_avg.bind(py),
+        held.exp_inf.bind(py),
+        held.master.as_ref().map(|m| m.bind(py)),
+        held.scales.as_ref().map(|[a, b]| [a.bind(py), b.bind(py)]),
+    )
 }
 
 /// The arrays of a held state, as objects.

@@ -17,7 +17,7 @@ import importlib.util
 import sys
 
 from .._cli_values import MAX_THREADS, finite_float, seed
-from .implementations import IMPLEMENTATIONS, Implementation, select
+from .implementations import IMPLEMENTATIONS, Implementation, select, unmatched
 from .models import MODELS
 from .parallel import time_parallel_optimizers
 from .report import (
@@ -181,11 +181,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the benchmark; returns the process exit code."""
     thread_table = len(args.threads) > 1
     names = args.implementations or (THREAD_IMPLEMENTATIONS if thread_table else "")
-    unknown = [
-        name.strip()
-        for name in names.split(",")
-        if name.strip() and not any(name.strip() in impl.name for impl in IMPLEMENTATIONS)
-    ]
+    unknown = unmatched(names)
     if unknown:
         known = ", ".join(impl.name for impl in IMPLEMENTATIONS)
         return _usage_error(

@@ -267,10 +267,21 @@ IMPLEMENTATIONS = [
 ]
 
 
+def _wanted(names: str) -> list[str]:
+    """The comma-separated ``names``, stripped, empty ones left out."""
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def unmatched(names: str) -> list[str]:
+    """Those of the comma-separated ``names`` that no row's name contains (by :func:`select`'s
+    rule)."""
+    return [w for w in _wanted(names) if not any(w in impl.name for impl in IMPLEMENTATIONS)]
+
+
 def select(names: str = "", include_numpy: bool = True) -> list[Implementation]:
     """The registry's rows whose name contains one of the comma-separated ``names`` (all when
     empty), adamax_rs always first: the tables give every time relative to it."""
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    wanted = _wanted(names)
     chosen = [
         impl
         for impl in IMPLEMENTATIONS
