@@ -25,16 +25,20 @@ all: test
 
 # pip shows each package it fetches (one line each, no progress bars to fill a log).
 # A dropped connection must not fail a build: a CI run once lost torch's triton wheel at 170 MB
-# of 286 six times in a row. So pip resumes a cut download up to 30 times, and if it still
-# fails, the whole install is tried again after a pause (wheels fetched in full are in pip's cache).
+# of 286 six times in a row, and another got torch's wheel cut at 530.8 MB of 539.1 on every
+# resume for three minutes. So pip resumes a cut download up to 30 times, and if it still
+# fails, the whole install is tried again after a pause that doubles each time (30 s to 8 min,
+# 15.5 min in all: an outage of the package index outlasts a fixed minute; wheels fetched in
+# full stay in pip's cache).
 PIP_INSTALL := pip install --progress-bar off --retries 10
 PIP_RESUME := --resume-retries 30
-# $(call pip_retrying,PYTHON,ARGUMENTS): run `PYTHON -m pip install ARGUMENTS`, 4 tries, 60 s apart.
+# $(call pip_retrying,PYTHON,ARGUMENTS): run `PYTHON -m pip install ARGUMENTS`, 6 tries.
 # (Make echoes no recipe line that calls it: the loop prints the pip command itself.)
-pip_retrying = for try in 1 2 3 4; do echo '$(1) -m $(PIP_INSTALL) $(2)'; \
+pip_retrying = pause=30; for try in 1 2 3 4 5 6; do echo '$(1) -m $(PIP_INSTALL) $(2)'; \
 	$(1) -m $(PIP_INSTALL) $(2) && break; \
-	if [ $$try = 4 ]; then echo ">>> pip failed 4 times: giving up"; exit 1; fi; \
-	echo ">>> pip failed (try $$try of 4): trying again in 60 s"; sleep 60; done
+	if [ $$try = 6 ]; then echo ">>> pip failed 6 times: giving up"; exit 1; fi; \
+	echo ">>> pip failed (try $$try of 6): trying again in $$pause s"; sleep $$pause; \
+	pause=$$((pause * 2)); done
 
 $(VENV)/.ready: pyproject.toml Makefile
 	@echo ">>> Making $(VENV) with the dev packages: about 1 min with a warm pip cache, 5 GB and several minutes without (torch)"
