@@ -74,12 +74,14 @@ bench: build
 	$(PY) -m adamax_rs bench $(ARGS)
 	cargo bench --bench kernel
 
-lint: venv
+# stubtest imports the built extension and compares _core.pyi with what it really has.
+lint: build
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check --no-cache python tests
 	$(VENV)/bin/ruff format --no-cache --check python tests
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest adamax_rs._core
 
 format: venv
 	cargo fmt
