@@ -324,7 +324,46 @@ def breakages():
             "exp_inf": torch.zeros(2, 6),
         }
 
+    # A step count is memory the step writes: one shared with anything else of the step would
+    # be written over (or would write over it).
+    def step_count_in_the_parameter(model, opt):
+        model[2].bias.data[1] = 3.0  # a valid count, so only the sharing is wrong
+        opt.state[model[2].bias]["step"] = model[2].bias.data[1:2]
+
+    def step_count_in_the_gradient(model, opt):
+        model[2].weight.grad[0, 0] = 3.0
+        opt.state[model[2].weight]["step"] = model[2].weight.grad[0, 0]
+
+    def step_count_in_another_parameters_state(model, opt):
+        opt.state[model[4].bias]["exp_avg"][0] = 3.0
+        opt.state[model[0].weight]["step"] = opt.state[model[4].bias]["exp_avg"][:1]
+
+    def one_step_count_for_two_parameters(model, opt):
+        opt.state[model[4].weight]["step"] = opt.state[model[4].bias]["step"]
+
     return {
+        "step count in the parameter": (
+            step_count_in_the_parameter,
+            ValueError,
+            "group 0, parameter 3: the parameter shares memory with state['step']",
+        ),
+        "step count in the gradient": (
+            step_count_in_the_gradient,
+            ValueError,
+            "group 0, parameter 2: the gradient shares memory with state['step']",
+        ),
+        "step count in another parameter's state": (
+            step_count_in_another_parameters_state,
+            ValueError,
+            "group 0, parameter 0: state['step'] shares memory with exp_avg of group 0, "
+            "parameter 5",
+        ),
+        "one step count for two parameters": (
+            one_step_count_for_two_parameters,
+            ValueError,
+            "group 0, parameter 4: state['step'] shares memory with state['step'] of group 0, "
+            "parameter 5",
+        ),
         "parameter reshaped": (reshape_last, ValueError, "group 0, parameter 5:"),
         "parameter retyped": (retype_middle, TypeError, "group 0, parameter 2:"),
         "parameter on meta": (move_to_meta, ValueError, "group 0, parameter 3 is on meta;"),

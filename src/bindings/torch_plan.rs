@@ -13,9 +13,9 @@
 //! runs that could free or move memory already read.
 //!
 //! A step never creates state: it returns the parameters that have a gradient but no state yet,
-//! having changed nothing, and the Python front end creates their state and steps again. The step
-//! counts are written into the `step` tensors right after the update, with no Python code in
-//! between.
+//! having changed nothing, and the Python front end creates their state and steps again. The
+//! `step` tensors are memory the step writes, like the others (see `engine::counter`): claimed
+//! with them, and written when the update has run, before their claims are released.
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -23,6 +23,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
+use crate::engine::counter::StepCounter;
 use crate::engine::memory::{Element, RawArray};
 use crate::engine::step::{check_gradient, CheckedTensor, Role, StepMemory, TensorState};
 use crate::kernel::{Adamax, Hyperparameters, MAX_STEP};
@@ -59,9 +60,9 @@ struct TorchObjects<'py> {
     scales: Option<[Bound<'py, PyAny>; 2]>,
 }
 
-/// What was read from one parameter's objects.
-struct TorchRead {
-    step_at: StepCounter,
+/// What was read from one parameter's objects, `'a` the borrow of those objects.
+struct TorchRead<'a> {
+    counter: StepCounter<'a>,
     grad: GradRead,
     step: u64,
 }
@@ -74,39 +75,6 @@ type Found<'py> = (
     Bound<'py, PyAny>,
     Bound<'py, PyAny>,
 );
-
-/// Where a `step` tensor's value is, and its type.
-#[derive(Clone, Copy)]
-struct StepCounter {
-    address: usize,
-    element: Element,
-}
-
-impl StepCounter {
-    /// # Safety
-    /// `address` must be the aligned address of a live element of type `element`.
-    unsafe fn read(self) -> f64 {
-        // SAFETY: the caller's contract.
-        unsafe {
-            match self.element {
-                Element::Float64 => *(self.address as *const f64),
-                _ => f64::from(*(self.address as *const f32)),
-            }
-        }
-    }
-
-    /// # Safety
-    /// As `read`, and nothing else may access the element meanwhile.
-    unsafe fn write(self, value: f64) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            match self.element {
-                Element::Float64 => *(self.address as *mut f64) = value,
-                _ => *(self.address as *mut f32) = value as f32,
-            }
-        }
-    }
-}
 
 /// TorchStepPlan(*, state_dtype=None, stochastic_rounding=None)
 /// --
@@ -210,11 +178,11 @@ fn tell_autograd(py: Python<'_>, params: &[&Bound<'_, PyAny>]) -> PyResult<()> {
 }
 
 /// The step count in a state's `step` tensor: where it is and the next step number.
-fn step_counter(
+fn step_counter<'a>(
     reader: &TensorReader,
-    obj: &Bound<'_, PyAny>,
+    obj: &'a Bound<'_, PyAny>,
     place: Place,
-) -> PyResult<(StepCounter, u64)> {
+) -> PyResult<(StepCounter<'a>, u64)> {
     let bad = || {
         place.value_error(
             "its state's 'step' must be a tensor of one float32 or float64 element on the CPU \
@@ -222,10 +190,7 @@ fn step_counter(
         )
     };
     let raw = reader.describe(obj).map_err(|_| bad())?;
-    if raw.len() != Some(1)
-        || !matches!(raw.element, Element::Float32 | Element::Float64)
-        || !raw.is_aligned()
-    {
+    if raw.len() != Some(1) {
         return Err(bad());
     }
     // A negated view's memory holds minus its value: refused, as any lazy state tensor is.
@@ -238,12 +203,11 @@ fn step_counter(
             bit.operation()
         )));
     }
-    let counter = StepCounter {
-        address: raw.address,
-        element: raw.element,
-    };
-    // SAFETY: a one-element float32/float64 tensor, aligned, held alive by the caller.
-    let value = unsafe { counter.read() };
+    // SAFETY: the address of the one element of the tensor `obj`, which the caller holds alive
+    // for 'a, and, as for all tensors the step uses, keeps un-moved (no Python code runs on this
+    // thread until the step has run; other threads are the documented limit).
+    let counter = unsafe { StepCounter::new(raw.address, raw.element) }.ok_or_else(bad)?;
+    let value = counter.read();
     if !(value >= 0.0 && value.fract() == 0.0 && value < MAX_STEP as f64) {
         return Err(bad());
     }
@@ -304,12 +268,12 @@ impl TorchStepPlan {
     /// while the descriptions are unchanged. Runs no Python code while torch function is off,
     /// except in raising an error. `Ok(None)`: the gradient is a lazily negated or conjugated
     /// view, to be resolved by the caller (only when `lazy_grad_allowed`; else it is an error).
-    fn read_objects(
+    fn read_objects<'a>(
         &mut self,
         reader: &TensorReader,
-        o: &TorchObjects<'_>,
+        o: &'a TorchObjects<'_>,
         lazy_grad_allowed: bool,
-    ) -> PyResult<Option<TorchRead>> {
+    ) -> PyResult<Option<TorchRead<'a>>> {
         let place = o.place;
         let param_raw = describe(reader, &o.param, place, Role::Param)?;
         refuse_lazy(&o.param, &param_raw, place, Role::Param)?;
@@ -355,7 +319,7 @@ impl TorchStepPlan {
             ]),
             None => None,
         };
-        let (step_at, step) = step_counter(reader, &o.step_tensor, place)?;
+        let (counter, step) = step_counter(reader, &o.step_tensor, place)?;
         let cache = &mut self.groups[place.group][place.index];
         let unchanged = cache.state.as_ref().is_some_and(|s| {
             s.param() == &param_raw
@@ -392,7 +356,7 @@ impl TorchStepPlan {
             cache.state = Some(state);
         }
         Ok(Some(TorchRead {
-            step_at,
+            counter,
             grad: grad_layout,
             step,
         }))
@@ -604,23 +568,20 @@ impl TorchStepPlan {
             // any torch kernel, the step assumes no other thread resizes or re-points them
             // meanwhile.
             let one = unsafe { CheckedTensor::new(state, grad, o.place.group, read.step) };
-            checked.push(one.map_err(|e| o.place.tensor_error(e))?);
+            checked.push(
+                one.map_err(|e| o.place.tensor_error(e))?
+                    .counting_in(read.counter),
+            );
         }
         let places: Vec<Place> = objects.iter().map(|o| o.place).collect();
         let step = StepMemory::new(checked, &hyperparameters, &mut self.buffers)
             .map_err(|c| conflict_error(&places, c))?;
 
-        // 3. Claim the memory, run, release.
+        // 4. Claim the memory, run, write the step counts, release.
         let ran = run_step(py, &step, Adamax, &mut self.buffers);
         step.finish(&mut self.buffers);
         ran?;
 
-        // 4. Commit the step counts, without running any Python code.
-        for read in &reads {
-            // SAFETY: `step_at` is the one aligned float element of the `step` tensor that
-            // `objects` holds, checked by `step_counter`; the GIL is held.
-            unsafe { read.step_at.write(read.step as f64) };
-        }
         // Then tell autograd the parameters changed in place, as torch's own in-place updates do.
         if !objects.is_empty() {
             let params: Vec<&Bound<'_, PyAny>> = objects.iter().map(|o| &o.param).collect();

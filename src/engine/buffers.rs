@@ -6,6 +6,7 @@
 //! reuses its allocations.
 
 use super::claims::WriteSetCache;
+use super::counter::StepCounter;
 use super::job::Job;
 use super::memory::Extent;
 use super::step::CheckedTensor;
@@ -30,6 +31,7 @@ pub struct StepBuffers {
     pub(super) coefficient_of: Vec<u32>,
     pub(super) jobs: Vec<Job<'static>>,
     pub(super) split: Vec<Job<'static>>,
+    pub(super) counters: Vec<(StepCounter<'static>, u64)>,
     tensors: Vec<CheckedTensor<'static>>,
 }
 

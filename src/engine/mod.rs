@@ -6,6 +6,7 @@
 //! - [`memory`]: arrays as plain descriptions (address, element type, shape, strides);
 //! - [`step`]: checking a tensor's arrays, gathering a step, and turning it into jobs;
 //! - [`claims`]: exclusive access to memory, within a step and across threads;
+//! - [`counter`]: a step count kept in memory (torch's `state["step"]`), written by the step;
 //! - [`job`]: the supported precisions and the typed work on one tensor;
 //! - [`schedule`]: splitting a step's jobs across the pool; [`prefetch`]: hiding the memory
 //!   latency of many small tensors;
@@ -14,6 +15,7 @@
 
 pub mod buffers;
 pub mod claims;
+pub mod counter;
 pub mod fork;
 pub mod job;
 pub mod memory;

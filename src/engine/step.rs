@@ -25,6 +25,7 @@ use crate::kernel::{
 
 use super::buffers::{recycle, StepBuffers};
 use super::claims::{Conflict, Registration, StepClaims};
+use super::counter::StepCounter;
 use super::job::{with_precision_types, Job, Precision, Work};
 use super::memory::{Dims, Element, Extent, LayoutError, RawArray};
 use super::schedule;
@@ -41,10 +42,12 @@ pub enum Role {
     ExpAvgScale,
     /// The block scales of 8-bit `exp_inf`.
     ExpInfScale,
+    /// The step count kept in memory (torch's `state["step"]`), see [`StepCounter`].
+    Step,
 }
 
 /// Arrays per tensor (the number of [`Role`]s).
-pub const ROLES: usize = 7;
+pub const ROLES: usize = 8;
 
 /// The roles of the arrays a step writes, in the order [`TensorState`] keeps their extents.
 const WRITTEN_ROLES: [Role; 6] = [
@@ -67,6 +70,7 @@ impl Role {
             Role::Master,
             Role::ExpAvgScale,
             Role::ExpInfScale,
+            Role::Step,
         ];
         (tag / ROLES, ALL[tag % ROLES])
     }
@@ -81,6 +85,7 @@ impl Role {
             Role::Master => "the master copy",
             Role::ExpAvgScale => "exp_avg_scale",
             Role::ExpInfScale => "exp_inf_scale",
+            Role::Step => "state['step']",
         }
     }
 }
@@ -537,9 +542,20 @@ pub struct CheckedTensor<'o> {
     id: u64,
     group: usize,
     step: u64,
+    /// Where the step number is written when the update has run (see [`Self::counting_in`]).
+    counter: Option<StepCounter<'o>>,
 }
 
 impl<'o> CheckedTensor<'o> {
+    /// Has the step write its number into `counter` when the update has run, with the step's
+    /// memory still claimed; the counter is claimed with the arrays the step writes.
+    pub fn counting_in(self, counter: StepCounter<'o>) -> Self {
+        CheckedTensor {
+            counter: Some(counter),
+            ..self
+        }
+    }
+
     /// Checks `grad` against the parameter of `state` for a step number `step` (>= 1) with the
     /// hyperparameters of group `group`.
     ///
@@ -631,6 +647,7 @@ impl<'o> CheckedTensor<'o> {
             id: state.id,
             group,
             step,
+            counter: None,
         }
     }
 }
@@ -710,7 +727,11 @@ impl<'o> StepMemory<'o> {
         }
         // The written arrays are those of the tensors' checked states: the same sequence of states
         // as the last step (by id) means the same written set, which is then not rebuilt.
-        let ids = tensors.iter().map(|t| t.id);
+        // Two ids a tensor: its state's, and its counter's (0 for none), which the state's id
+        // does not determine.
+        let ids = tensors
+            .iter()
+            .flat_map(|t| [t.id, t.counter.map_or(0, StepCounter::id)]);
         let claims =
             match StepClaims::check(ids, || written_extents(&tensors), read, &mut buffers.writes) {
                 Ok(claims) => claims,
@@ -806,10 +827,18 @@ impl<'o> StepMemory<'o> {
                 }
             );
         }
+        let mut counters: Vec<(StepCounter<'_>, u64)> =
+            recycle(std::mem::take(&mut buffers.counters));
+        counters.extend(
+            self.tensors
+                .iter()
+                .filter_map(|t| Some((t.counter?, t.step))),
+        );
         let scratch = recycle(std::mem::take(&mut buffers.split));
         Ok(Registered {
             jobs,
             scratch,
+            counters,
             registration,
         })
     }
@@ -830,6 +859,9 @@ fn written_extents(tensors: &[CheckedTensor<'_>]) -> Vec<(Extent, usize)> {
             if let Some(extent) = extent {
                 written.push((*extent, ROLES * index + role as usize));
             }
+        }
+        if let Some(counter) = t.counter {
+            written.push((counter.extent(), ROLES * index + Role::Step as usize));
         }
     }
     written
@@ -944,6 +976,8 @@ unsafe fn quantized_work<'s, P>(t: &CheckedTensor<'s>) -> Option<QuantizedSlices
 pub struct Registered<'s> {
     jobs: Vec<Job<'s>>,
     scratch: Vec<Job<'s>>,
+    /// The counters to write, and the step number each gets.
+    counters: Vec<(StepCounter<'s>, u64)>,
     registration: Registration,
 }
 
@@ -951,6 +985,7 @@ pub struct Registered<'s> {
 pub struct Spent {
     jobs: Vec<Job<'static>>,
     scratch: Vec<Job<'static>>,
+    counters: Vec<(StepCounter<'static>, u64)>,
 }
 
 impl Spent {
@@ -958,6 +993,7 @@ impl Spent {
     pub fn keep(self, buffers: &mut StepBuffers) {
         buffers.jobs = self.jobs;
         buffers.split = self.scratch;
+        buffers.counters = self.counters;
     }
 }
 
@@ -967,13 +1003,89 @@ impl Registered<'_> {
         let Registered {
             mut jobs,
             mut scratch,
+            counters,
             registration,
         } = self;
         schedule::run_jobs(&mut jobs, &mut scratch, rule);
+        // Claimed with the step's written arrays: no other step uses them until the release.
+        for &(counter, step) in &counters {
+            counter.write(step);
+        }
         drop(registration);
         Spent {
             jobs: recycle(jobs),
             scratch: recycle(scratch),
+            counters: recycle(counters),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{Adamax, Hyperparameters};
+    use smallvec::smallvec;
+
+    fn raw(values: &mut [f32]) -> RawArray {
+        RawArray {
+            address: values.as_mut_ptr() as usize,
+            element: Element::Float32,
+            shape: smallvec![values.len()],
+            strides: smallvec![4],
+            writeable: true,
+        }
+    }
+
+    /// Steps four float32 parameters with their count at `count`; the count's conflict, if any.
+    fn step_counting_in(
+        param: &mut [f32; 4],
+        grad: &mut [f32; 4],
+        count: usize,
+    ) -> Result<(), Conflict> {
+        let (mut exp_avg, mut exp_inf) = ([0.0f32; 4], [0.0f32; 4]);
+        let state =
+            TensorState::check(raw(param), raw(&mut exp_avg), raw(&mut exp_inf), None, None)
+                .unwrap();
+        let grad = raw(grad);
+        let mut buffers = StepBuffers::default();
+        // SAFETY: every array lives on this stack frame until the end of the function, and only
+        // this step accesses them meanwhile.
+        let tensor = unsafe {
+            let counter = StepCounter::new(count, Element::Float32).unwrap();
+            CheckedTensor::new(&state, GradArray::Other(&grad), 0, 1)
+                .unwrap()
+                .counting_in(counter)
+        };
+        let step = StepMemory::new(vec![tensor], &[Hyperparameters::default()], &mut buffers)?;
+        let registration = Registration::try_new(step.claims()).unwrap();
+        let registered = step.jobs(registration, &mut buffers).ok().unwrap();
+        registered.run(Adamax).keep(&mut buffers);
+        step.finish(&mut buffers);
+        Ok(())
+    }
+
+    #[test]
+    fn a_count_is_written_with_the_update_and_refused_inside_the_steps_arrays() {
+        let (mut param, mut grad, mut count) = ([1.0f32; 4], [0.5f32; 4], [0.0f32]);
+        step_counting_in(&mut param, &mut grad, count.as_mut_ptr() as usize).unwrap();
+        assert_eq!(count, [1.0]);
+        assert!(param.iter().all(|&p| p < 1.0), "{param:?}");
+
+        // In the parameter (written) and in the gradient (read): refused, nothing written.
+        let before = (param, grad);
+        let inside_param = param.as_mut_ptr() as usize + 8;
+        let error = step_counting_in(&mut param, &mut grad, inside_param).unwrap_err();
+        assert!(matches!(error, Conflict::WithinStep { .. }), "{error:?}");
+        let inside_grad = grad.as_mut_ptr() as usize + 4;
+        let error = step_counting_in(&mut param, &mut grad, inside_grad).unwrap_err();
+        let Conflict::WithinStep { first, second } = error else {
+            panic!("{error:?}")
+        };
+        let roles = [Role::of_tag(first).1, Role::of_tag(second).1];
+        assert!(
+            roles.contains(&Role::Step) && roles.contains(&Role::Grad),
+            "{roles:?}"
+        );
+        assert_eq!((param, grad), before);
     }
 }
