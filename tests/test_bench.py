@@ -348,6 +348,9 @@ def test_summary_compares_with_the_probe_and_torch(capsys):
     report.print_summary([(small, results)])
     out = capsys.readouterr().out
     assert "probe" not in out and "4.0x faster" in out
+    # With nothing to compare with, the line ends with adamax_rs's time.
+    report.print_summary([(small, results[:1])])
+    assert capsys.readouterr().out == "- small: adamax_rs 1.00 ms\n"
 
 
 def test_summary_gives_the_torch_adapters_overhead_per_tensor(capsys):

@@ -132,6 +132,23 @@ def test_foreach_is_accepted_and_kept_in_the_groups():
         assert opt.param_groups[0]["foreach"] is foreach
 
 
+def test_torch_tensors_given_to_the_numpy_front_end_point_to_the_torch_one():
+    import adamax_rs
+    import adamax_rs.functional
+
+    model = nn.Linear(3, 2)
+    with pytest.raises(
+        TypeError, match=r"got Tensor; for torch tensors use adamax_rs\.torch\.Adamax"
+    ):
+        adamax_rs.Adamax(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"got Parameter; for torch tensors use adamax_rs\.torch"):
+        adamax_rs.functional.new_state(model.weight)
+    # Anything else gets no such hint.
+    with pytest.raises(TypeError) as error:
+        adamax_rs.functional.new_state([1.0])
+    assert "torch" not in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # What adamax_rs refuses and torch does not
 

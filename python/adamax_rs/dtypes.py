@@ -28,6 +28,7 @@ __all__ = [
     "is_half",
     "is_supported",
     "state_dtype_for",
+    "torch_hint",
 ]
 
 _REAL = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
@@ -55,6 +56,14 @@ def is_half(dtype: np.dtype) -> bool:
 def describe_supported() -> str:
     """The supported dtypes, for error messages."""
     return "float16, bfloat16 (ml_dtypes), float32, float64, complex64 or complex128"
+
+
+def torch_hint(obj: object) -> str:
+    """The end of a message refusing ``obj`` where a numpy array was expected: where a torch
+    tensor goes instead (empty for anything else). Does not import torch."""
+    if type(obj).__module__.split(".")[0] == "torch":
+        return "; for torch tensors use adamax_rs.torch.Adamax"
+    return ""
 
 
 #: The ``state_dtype`` value of 8-bit block-wise state.

@@ -17,6 +17,7 @@ from .dtypes import (
     is_half,
     is_supported,
     state_dtype_for,
+    torch_hint,
 )
 
 __all__ = ["adamax", "new_state"]
@@ -56,7 +57,9 @@ def new_state(
         If ``state_dtype`` names an unsupported type.
     """
     if not isinstance(param, np.ndarray):
-        raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
+        raise TypeError(
+            f"param must be a numpy.ndarray, got {type(param).__name__}{torch_hint(param)}"
+        )
     if not is_supported(param.dtype):
         raise TypeError(
             f"param has dtype {param.dtype}, which is not supported ({describe_supported()})"

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._core import ParameterState, StateEntry
 from ._fork import track
-from .dtypes import describe_supported, is_supported
+from .dtypes import describe_supported, is_supported, torch_hint
 from .flat import FlatParameter
 
 __all__ = ["Optimizer", "ParameterState", "StateEntry"]
@@ -46,7 +46,9 @@ def _check_parameter(param: Any, where: str) -> None:
         )
     data = param.data
     if not isinstance(data, np.ndarray):
-        raise TypeError(f"{where}: .data must be a numpy.ndarray, got {_describe(data)}")
+        raise TypeError(
+            f"{where}: .data must be a numpy.ndarray, got {_describe(data)}{torch_hint(data)}"
+        )
     if not is_supported(data.dtype):
         raise TypeError(
             f"{where}: dtype {data.dtype} is not supported ({describe_supported()}, "

@@ -237,7 +237,7 @@ def print_summary(rows: Rows) -> None:
         if "torch fused Adam" in by_name:
             fused = by_name["torch fused Adam"] / ours
             parts.append(f"torch fused Adam takes {fused:.1f}x as long")
-        print(f"- {workload.name}: adamax_rs {format_time(ours)}, " + ", ".join(parts))
+        print(f"- {workload.name}: " + ", ".join([f"adamax_rs {format_time(ours)}", *parts]))
         adapter = _adapter_overhead(workload, results)
         if adapter is not None:
             print(
