@@ -25,9 +25,6 @@ struct Member {
     grad_header: RawArray,
 }
 
-/// FlatMembers(members, data_views, grad_views, /)
-/// --
-///
 /// The members of a ``FlatParameter`` (exact ``adamax_rs.Parameter`` objects) and the views of
 /// its buffers each is to hold: ``bind()`` gives them their views, ``check()`` verifies that
 /// they still hold them, unchanged.
@@ -92,9 +89,6 @@ impl FlatMembers {
         })
     }
 
-    /// bind()
-    /// --
-    ///
     /// Sets every member's ``data`` and ``grad`` to its views, with no Python code in between
     /// (an interrupt lands before all of them or after).
     fn bind(&self, py: Python<'_>) -> PyResult<()> {
@@ -116,9 +110,6 @@ impl FlatMembers {
         })
     }
 
-    /// check()
-    /// --
-    ///
     /// Raises ``ValueError`` naming the first member whose ``data`` or ``grad`` is no longer
     /// its view, or whose view was changed in place.
     fn check(&self, py: Python<'_>) -> PyResult<()> {

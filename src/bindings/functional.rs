@@ -170,9 +170,6 @@ fn arrays_step<'py, U: Update>(
     run_step(py, &step, rule, &mut buffers)
 }
 
-/// adamax_arrays(params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters=None, exp_avg_scales=None, exp_inf_scales=None, stochastic_rounding=True)
-/// --
-///
 /// One Adamax step in place over lists of arrays (see ``adamax_rs.functional.adamax``).
 #[pyfunction]
 #[pyo3(signature = (params, grads, exp_avgs, exp_infs, steps, *, hyperparameters, masters = None, exp_avg_scales = None, exp_inf_scales = None, stochastic_rounding = true))]
@@ -207,9 +204,6 @@ pub fn adamax_arrays(
     guarded(|| arrays_step(py, lists, h, Adamax))
 }
 
-/// bandwidth_probe(params, grads, exp_avgs, exp_infs, /, *, exp_avg_scales=None, exp_inf_scales=None)
-/// --
-///
 /// Moves exactly the memory an Adamax step over these arrays moves, with trivial arithmetic
 /// (a benchmark tool: its time is the floor for a one-pass optimizer on this machine).
 #[pyfunction]

@@ -31,10 +31,20 @@ use pyo3::prelude::*;
 use crate::engine::{fork, pool};
 use crate::simd;
 
-/// set_num_threads(n, /)
-/// --
+/// Set the number of threads a step may use, for every optimizer of the process.
 ///
-/// Sets the number of threads a step may use (at most 1024); 0 restores the default.
+/// Parameters
+/// ----------
+/// n : int
+///     The thread count, at most 1024; ``0`` restores the default (``RAYON_NUM_THREADS`` if
+///     set, else every core available to the process). Steps that start afterwards use it.
+///
+/// Raises
+/// ------
+/// TypeError
+///     If ``n`` is not an int (a bool is refused).
+/// ValueError
+///     If ``n`` is negative or above 1024.
 #[pyfunction]
 fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
     let limit = pool::MAX_THREADS;
@@ -59,19 +69,25 @@ fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
     pool::set_num_threads(count).map_err(|_| PyValueError::new_err(message()))
 }
 
-/// get_num_threads()
-/// --
-///
 /// The number of threads a step may use.
+///
+/// Returns
+/// -------
+/// int
+///     The count set by :func:`set_num_threads`, or the default: ``RAYON_NUM_THREADS`` if
+///     set, else every core available to the process.
 #[pyfunction]
 fn get_num_threads() -> usize {
     pool::num_threads()
 }
 
-/// simd_level()
-/// --
+/// The vector instruction set the kernel uses on this CPU.
 ///
-/// The vector instruction set the kernel uses on this CPU: "avx512", "avx2" or "baseline".
+/// Returns
+/// -------
+/// str
+///     ``"avx512"``, ``"avx2"`` or ``"baseline"`` (portable code, which the compiler may
+///     still vectorize). Results are the same bits whichever is used.
 #[pyfunction]
 fn simd_level() -> &'static str {
     simd::detected().name()

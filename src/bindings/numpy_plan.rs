@@ -98,9 +98,6 @@ struct Slots {
     exp_inf_scale: Option<usize>,
 }
 
-/// StepPlan(*, state_dtype=None, master_weights=False, stochastic_rounding=None)
-/// --
-///
 /// The cached step of a numpy optimizer (``adamax_rs.Adamax`` keeps one).
 /// ``step(param_groups, state)`` updates every parameter that has a gradient.
 #[pyclass(module = "adamax_rs._core", name = "StepPlan")]
@@ -445,9 +442,6 @@ impl StepPlan {
         self.policy.stochastic_rounding
     }
 
-    /// step(param_groups, state)
-    /// --
-    ///
     /// One Adamax step over every parameter of ``param_groups`` (a list of group dicts) that has
     /// a gradient, with state in ``state`` (a ``ParameterState``). Raises ``TypeError`` or
     /// ``ValueError`` naming the group and parameter, and then nothing has changed.

@@ -31,9 +31,6 @@ fn as_float_array<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> 
     Ok(array)
 }
 
-/// Parameter(data, *, name=None)
-/// --
-///
 /// A trainable array: the values in ``data`` and their gradient in ``grad``.
 ///
 /// Parameters

@@ -15,9 +15,6 @@ fn contiguous<'a>(array: &'a PyReadonlyArray1<'_, f64>, what: &str) -> PyResult<
         .map_err(|_| PyValueError::new_err(format!("{what} must be a contiguous 1-D array")))
 }
 
-/// quantize_moments(exp_avg, exp_inf, /)
-/// --
-///
 /// The 8-bit form of flat float64 moments: ``(exp_avg codes, exp_avg scales, exp_inf codes,
 /// exp_inf scales)``, encoded exactly as a step encodes them (``exp_avg`` truncated toward zero,
 /// ``exp_inf`` rounded up; one float32 scale per block of 256).
@@ -63,9 +60,6 @@ pub fn quantize_moments<'py>(
     })
 }
 
-/// dequantize_moments(exp_avg_codes, exp_avg_scales, exp_inf_codes, exp_inf_scales, /)
-/// --
-///
 /// The float32 values that 8-bit moments stand for (what a step reads from them): ``(exp_avg,
 /// exp_inf)``, flat.
 #[pyfunction]
@@ -112,9 +106,6 @@ pub fn dequantize_moments<'py>(
     })
 }
 
-/// blockwise_fits(array, /)
-/// --
-///
 /// Whether an optimizer with ``state_dtype="8bit"`` keeps 8-bit state for a parameter whose data
 /// is ``array`` (a numpy array or a torch tensor): real, at least 4096 elements, and dense (its
 /// elements fill its memory in one order). Other parameters keep float32 state.

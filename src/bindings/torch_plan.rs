@@ -76,9 +76,6 @@ type Found<'py> = (
     Bound<'py, PyAny>,
 );
 
-/// TorchStepPlan(*, state_dtype=None, stochastic_rounding=None)
-/// --
-///
 /// The cached step of ``adamax_rs.torch.Adamax``. ``step(param_groups, state, hyperparameters)``
 /// updates every parameter that has a gradient and returns ``None``, or, changing nothing, the
 /// list of ``(group, index)`` of parameters that have a gradient but no state yet.
@@ -383,9 +380,6 @@ impl TorchStepPlan {
         self.policy.stochastic_rounding
     }
 
-    /// step(param_groups, state, hyperparameters)
-    /// --
-    ///
     /// One Adamax step over every parameter of ``param_groups`` that has a gradient, with the
     /// state in ``state`` (``optimizer.state``) and ``hyperparameters[g]`` for group ``g``.
     /// Returns ``None``; or, when some parameters with a gradient have no state yet, their
