@@ -143,6 +143,18 @@ def test_torch_tensors_given_to_the_numpy_front_end_point_to_the_torch_one():
         adamax_rs.Adamax(model.parameters(), lr=0.1)
     with pytest.raises(TypeError, match=r"got Parameter; for torch tensors use adamax_rs\.torch"):
         adamax_rs.functional.new_state(model.weight)
+    with pytest.raises(TypeError, match=r"got Parameter; for torch tensors use adamax_rs\.torch"):
+        adamax_rs.functional.adamax(
+            [model.weight],
+            [model.weight.detach()],
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 3)],
+            [1],
+            lr=0.1,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+        )
     # Anything else gets no such hint.
     with pytest.raises(TypeError) as error:
         adamax_rs.functional.new_state([1.0])

@@ -226,3 +226,27 @@ def test_a_copied_optimizer_steps_like_torch_copied(copier, state_dtype):
             p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
         opt.step()
     assert_same_training(twin, ours, "after copying")
+
+
+@pytest.mark.parametrize("saver", [TORCH, OURS], ids=["from-torch", "from-ours"])
+def test_a_loaded_state_counts_on_its_own_step_tensors(saver):
+    # torch's loader keeps the step tensors it is given: loading a live state dict (no file in
+    # between) would share the source's counts, and one tensor given for two parameters would
+    # be refused at the next step as memory written twice.
+    model = make_mlp()
+    source = saver(model.parameters(), lr=0.01)
+    train(model, source, 3, skip_bias=False)
+    saved = source.state_dict()
+    shared = saved["state"][0]["step"]
+    saved["state"][1]["step"] = shared  # one count for parameters 0 and 1
+    loaded = OURS(model.parameters(), lr=0.01)
+    loaded.load_state_dict(saved)
+    counts = [loaded.state[p]["step"] for p in model.parameters()]
+    source_counts = [source.state[p]["step"] for p in model.parameters()]
+    assert all(
+        c.untyped_storage().data_ptr() != shared.untyped_storage().data_ptr() for c in counts
+    )
+    assert len({c.untyped_storage().data_ptr() for c in counts}) == len(counts)
+    train(model, loaded, 2, start=3, skip_bias=False)
+    assert [c.item() for c in counts] == [5.0] * len(counts)
+    assert [c.item() for c in source_counts] == [3.0] * len(counts)

@@ -339,6 +339,13 @@ class Adamax(Optimizer):
                 for key in _compressed.SCALE_KEYS:
                     entry.pop(key, None)
                 entry.update(tensors)
+            # torch's loader keeps the `step` tensors it is given: the source optimizer's own
+            # (o2.load_state_dict(o1.state_dict())), or one tensor for several parameters.
+            # Each parameter gets a count of its own, which its steps alone write.
+            for entry in self.state.values():
+                step = entry.get("step")
+                if isinstance(step, torch.Tensor):
+                    entry["step"] = step.clone()
 
         with self._lock:
             # Registered last among the pre-hooks and first among the post-hooks.

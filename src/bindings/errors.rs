@@ -62,9 +62,14 @@ pub fn conflict_error(places: &[Place], conflict: Conflict) -> PyErr {
             } else {
                 format!("{} of {}", b.1.describe(), b.0)
             };
+            let remedy = if a.1 == Role::Step || b.1 == Role::Step {
+                " (give it one: state['step'] = state['step'].clone())"
+            } else {
+                ""
+            };
             a.0.value_error(format_args!(
                 "{} shares memory with {other}; each parameter, gradient and state array written \
-                 in a step needs memory of its own",
+                 in a step needs memory of its own{remedy}",
                 a.1.describe()
             ))
         }

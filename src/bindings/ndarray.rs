@@ -101,6 +101,21 @@ pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// `obj`'s type name, and where a torch tensor goes instead of a numpy array (the numpy front
+/// ends' messages end with it, as `dtypes.torch_hint` does in Python).
+fn type_name_with_torch_hint(obj: &Bound<'_, PyAny>) -> String {
+    let name = type_name(obj);
+    let from_torch = obj
+        .get_type()
+        .module()
+        .is_ok_and(|m| m.to_string().split('.').next() == Some("torch"));
+    if from_torch {
+        format!("{name}; for torch tensors use adamax_rs.torch.Adamax")
+    } else {
+        name
+    }
+}
+
 /// The builtin dtypes' descriptors (numpy's singletons, kept alive here), so that an array's
 /// element type is usually found by comparing one pointer.
 fn builtin_descrs(py: Python<'_>) -> &'static [(usize, Element)] {
@@ -157,7 +172,7 @@ fn header(obj: &Bound<'_, PyAny>) -> Option<*mut PyArrayObject> {
 /// `obj`'s header as a [`RawArray`].
 pub fn read_array(obj: &Bound<'_, PyAny>) -> Result<RawArray, ArrayProblem> {
     let Some(ptr) = header(obj) else {
-        return Err(ArrayProblem::NotAnArray(type_name(obj)));
+        return Err(ArrayProblem::NotAnArray(type_name_with_torch_hint(obj)));
     };
     // SAFETY: `ptr` is the PyArrayObject that `obj` (a live, type-checked ndarray) is; reading its
     // fields is what numpy's own PyArray_DATA/NDIM/DIMS/STRIDES/DESCR/FLAGS macros do, and

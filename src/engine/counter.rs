@@ -70,8 +70,11 @@ impl<'o> StepCounter<'o> {
 
     /// The count now, as a float64 (a float32 count is exact in it).
     pub fn read(self) -> f64 {
-        // SAFETY: `new`'s contract: an aligned live element of this type for `'o`, which other
-        // code uses only through steps or atomically, so an atomic access races with nothing.
+        // SAFETY: `new`'s contract: an aligned live element of this type for `'o`. Other steps
+        // write a count atomically, under their claims. The torch front end reads a count before
+        // its step is registered; that read could meet plain stores only if the count lay inside
+        // an array another thread's step writes, which takes a state built by hand to share an
+        // optimizer's memory (docs/guarantees.md, "Not promised").
         unsafe {
             if self.is_double() {
                 f64::from_bits(
