@@ -208,56 +208,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=integer_at_least(1),
         default=DEFAULTS["epochs"],
-        help="passes over the data (default 100)",
+        help="passes over the data (default %(default)s)",
     )
     parser.add_argument(
         "--samples",
         type=integer_at_least(2),
         default=DEFAULTS["samples"],
-        help="points in the data set (default 2000)",
+        help="points in the data set (default %(default)s)",
     )
     parser.add_argument(
         "--noise",
         type=finite_float(at_least=0.0),
         default=DEFAULTS["noise"],
-        help="noise added to the spirals (default 0.02)",
+        help="noise added to the spirals (default %(default)s)",
     )
     parser.add_argument(
         "--hidden",
         type=integer_at_least(1),
         default=DEFAULTS["hidden"],
-        help="units per hidden layer (default 64)",
+        help="units per hidden layer (default %(default)s)",
     )
     parser.add_argument(
         "--layers",
         type=integer_at_least(1),
         default=DEFAULTS["layers"],
-        help="hidden layers (default 2)",
+        help="hidden layers (default %(default)s)",
     )
     parser.add_argument(
         "--batch-size",
         type=integer_at_least(1),
         default=DEFAULTS["batch_size"],
-        help="examples per step (default 64)",
+        help="examples per step (default %(default)s)",
     )
     parser.add_argument(
         "--lr",
         type=finite_float(above=0.0),
         default=DEFAULTS["lr"],
-        help="initial Adamax learning rate (default 0.02)",
+        help="initial Adamax learning rate (default %(default)s)",
     )
     parser.add_argument(
         "--beta2",
         type=finite_float(at_least=0.0, below=1.0),
         default=BETA2_DEFAULT,
-        help="decay rate of the infinity norm exp_inf (default 0.999)",
+        help="decay rate of the infinity norm exp_inf (default %(default)s)",
     )
-    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default %(default)s)")
     parser.add_argument(
         "--every",
         type=integer_at_least(1),
         default=DEFAULTS["every"],
-        help="print progress every N epochs (default 10)",
+        help="print progress every N epochs (default %(default)s)",
     )
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the run with the numpy baseline"
