@@ -169,6 +169,39 @@ def test_one_optimizer_shared_by_threads_counts_every_step():
     assert_same_training(opt, ref, "after 24 steps")
 
 
+def test_two_optimizers_sharing_one_step_tensor_on_two_threads_count_every_step():
+    """A state built by hand to share one ``step`` tensor between two optimizers: their steps
+    are serialised on it, and each reads the count only once it holds it, so no step is lost
+    (read before, both would count the same step: 21 here instead of 41)."""
+    params = [nn.Parameter(torch.zeros(BIG // 8)) for _ in range(2)]
+    for p in params:
+        p.grad = torch.ones(BIG // 8)
+    opts = [Adamax([p], lr=1e-3) for p in params]
+    for opt in opts:
+        opt.step()
+    shared = opts[0].state[params[0]]["step"]
+    opts[1].state[params[1]]["step"] = shared
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work(opt):
+        try:
+            start.wait()
+            for _ in range(20):
+                opt.step()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(opt,)) for opt in opts]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert shared.item() == 41
+    assert opts[1].state[params[1]]["step"] is shared
+
+
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 def test_an_interrupt_lands_between_steps_never_inside():
     """KeyboardInterrupt raised by a timer, again and again, while steps run: at every

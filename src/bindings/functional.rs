@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBool;
 
 use crate::engine::buffers::StepBuffers;
-use crate::engine::step::{CheckedTensor, GradArray, StepMemory};
+use crate::engine::step::{CheckedTensor, GradArray, StepMemory, StepNumber};
 use crate::kernel::{Adamax, Hyperparameters, Update, MAX_STEP};
 use crate::probe::BandwidthProbe;
 
@@ -160,14 +160,21 @@ fn arrays_step<'py, U: Update>(
     for (o, (state, grad)) in objects.iter().zip(&described) {
         // SAFETY: `state` and `grad` were read just above from the headers of the arrays in `o`,
         // which `objects` keeps alive until this function returns, after the step has run.
-        let checked = unsafe { CheckedTensor::new(state, GradArray::Other(grad), o.group, o.step) };
+        let checked = unsafe {
+            CheckedTensor::new(
+                state,
+                GradArray::Other(grad),
+                o.group,
+                StepNumber::Given(o.step),
+            )
+        };
         tensors.push(checked.map_err(|e| o.place.tensor_error(e))?);
     }
     let places: Vec<Place> = objects.iter().map(|o| o.place).collect();
     let mut buffers = StepBuffers::default();
-    let step = StepMemory::new(tensors, &[hyperparameters], &mut buffers)
+    let mut step = StepMemory::new(tensors, &[hyperparameters], &mut buffers)
         .map_err(|c| conflict_error(&places, c))?;
-    run_step(py, &step, rule, &mut buffers)
+    Ok(run_step(py, &mut step, rule, &mut buffers)?)
 }
 
 /// One Adamax step in place over lists of arrays (see ``adamax_rs.functional.adamax``).

@@ -22,7 +22,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
 use crate::engine::memory::Element;
-use crate::engine::step::{CheckedTensor, Role, StepMemory, TensorState};
+use crate::engine::step::{CheckedTensor, Role, StepMemory, StepNumber, TensorState};
 use crate::kernel::blockwise::BLOCK;
 use crate::kernel::{Adamax, MAX_STEP};
 
@@ -650,17 +650,23 @@ impl StepPlan {
             // meanwhile; and a state buffer moved between steps with numpy's unsafe
             // `resize(refcheck=False)` or `ndarray.__setstate__` is outside what a step that runs
             // no Python code can see.)
-            let checked =
-                unsafe { CheckedTensor::new(state, grad.as_array(), s.place.group, s.step) };
+            let checked = unsafe {
+                CheckedTensor::new(
+                    state,
+                    grad.as_array(),
+                    s.place.group,
+                    StepNumber::Given(s.step),
+                )
+            };
             tensors.push(checked.map_err(|e| s.place.tensor_error(e))?);
         }
         self.places.clear();
         self.places.extend(stepped.iter().map(|s| s.place));
-        let step = StepMemory::new(tensors, hyperparameters, &mut self.buffers)
+        let mut step = StepMemory::new(tensors, hyperparameters, &mut self.buffers)
             .map_err(|c| conflict_error(&self.places, c))?;
 
         // 3. Claim the memory, run, release.
-        let ran = run_step(py, &step, Adamax, &mut self.buffers);
+        let ran = run_step(py, &mut step, Adamax, &mut self.buffers);
         step.finish(&mut self.buffers);
         ran?;
 

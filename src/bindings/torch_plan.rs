@@ -15,7 +15,8 @@
 //! A step never creates state: it returns the parameters that have a gradient but no state yet,
 //! having changed nothing, and the Python front end creates their state and steps again. The
 //! `step` tensors are memory the step writes, like the others (see `engine::counter`): claimed
-//! with them, and written when the update has run, before their claims are released.
+//! with them, read only once claimed, and written when the update has run, before their claims
+//! are released.
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,9 +25,11 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::buffers::StepBuffers;
 use crate::engine::counter::StepCounter;
-use crate::engine::memory::{Element, RawArray};
-use crate::engine::step::{check_gradient, CheckedTensor, Role, StepMemory, TensorState};
-use crate::kernel::{Adamax, Hyperparameters, MAX_STEP};
+use crate::engine::memory::RawArray;
+use crate::engine::step::{
+    check_gradient, CheckedTensor, Role, StepMemory, StepNumber, TensorState,
+};
+use crate::kernel::{Adamax, Hyperparameters};
 
 use super::arrays::GradRead;
 use super::dlpack::{reader, TensorProblem, TensorReader};
@@ -36,7 +39,7 @@ use super::lazy_bits::lazy_bit;
 use super::ndarray::type_name;
 use super::policy::{state_kind, StatePolicy};
 use super::reentry::one_step_at_a_time;
-use super::run::run_step;
+use super::run::{run_step, RunError};
 use super::state_cursor::StateCursor;
 use super::torch_function::TorchFunctionOff;
 use super::torch_state_entry::TorchStateTensors;
@@ -64,7 +67,6 @@ struct TorchObjects<'py> {
 struct TorchRead<'a> {
     counter: StepCounter<'a>,
     grad: GradRead,
-    step: u64,
 }
 
 /// A parameter found with a gradient and a state: its place, the tensor, its gradient and its
@@ -174,21 +176,25 @@ fn tell_autograd(py: Python<'_>, params: &[&Bound<'_, PyAny>]) -> PyResult<()> {
     }
 }
 
-/// The step count in a state's `step` tensor: where it is and the next step number.
+/// The refusal of a state's `step` that cannot hold a count.
+fn not_a_count(place: Place) -> PyErr {
+    place.value_error(
+        "its state's 'step' must be a tensor of one float32 or float64 element on the CPU \
+         holding a whole number between 0 and 2**53",
+    )
+}
+
+/// Where the step count in a state's `step` tensor is. Its value is read by the engine once the
+/// step's memory is claimed (`StepCounter::next_step`), where no other step can change it before
+/// it is written back.
 fn step_counter<'a>(
     reader: &TensorReader,
     obj: &'a Bound<'_, PyAny>,
     place: Place,
-) -> PyResult<(StepCounter<'a>, u64)> {
-    let bad = || {
-        place.value_error(
-            "its state's 'step' must be a tensor of one float32 or float64 element on the CPU \
-             holding a whole number between 0 and 2**53",
-        )
-    };
-    let raw = reader.describe(obj).map_err(|_| bad())?;
+) -> PyResult<StepCounter<'a>> {
+    let raw = reader.describe(obj).map_err(|_| not_a_count(place))?;
     if raw.len() != Some(1) {
-        return Err(bad());
+        return Err(not_a_count(place));
     }
     // A negated view's memory holds minus its value: refused, as any lazy state tensor is.
     if let Some(bit) = lazy_bit(obj, raw.element)? {
@@ -203,18 +209,7 @@ fn step_counter<'a>(
     // SAFETY: the address of the one element of the tensor `obj`, which the caller holds alive
     // for 'a, and, as for all tensors the step uses, keeps un-moved (no Python code runs on this
     // thread until the step has run; other threads are the documented limit).
-    let counter = unsafe { StepCounter::new(raw.address, raw.element) }.ok_or_else(bad)?;
-    let value = counter.read();
-    if !(value >= 0.0 && value.fract() == 0.0 && value < MAX_STEP as f64) {
-        return Err(bad());
-    }
-    // torch counts in the tensor's own type (`step_t += 1`): a float32 count stops at 2**24,
-    // and the bias correction uses the count it stopped at. So does this one.
-    let next = match raw.element {
-        Element::Float32 => f64::from(value as f32 + 1.0),
-        _ => value + 1.0,
-    };
-    Ok((counter, next as u64))
+    unsafe { StepCounter::new(raw.address, raw.element) }.ok_or_else(|| not_a_count(place))
 }
 
 /// A parameter's state tensors, read from its entry of `optimizer.state`: Python code may run
@@ -316,7 +311,7 @@ impl TorchStepPlan {
             ]),
             None => None,
         };
-        let (counter, step) = step_counter(reader, &o.step_tensor, place)?;
+        let counter = step_counter(reader, &o.step_tensor, place)?;
         let cache = &mut self.groups[place.group][place.index];
         let unchanged = cache.state.as_ref().is_some_and(|s| {
             s.param() == &param_raw
@@ -355,7 +350,6 @@ impl TorchStepPlan {
         Ok(Some(TorchRead {
             counter,
             grad: grad_layout,
-            step,
         }))
     }
 }
@@ -561,20 +555,27 @@ impl TorchStepPlan {
             // while they are read (torch's `is_neg` releases it) and while the update runs: like
             // any torch kernel, the step assumes no other thread resizes or re-points them
             // meanwhile.
-            let one = unsafe { CheckedTensor::new(state, grad, o.place.group, read.step) };
-            checked.push(
-                one.map_err(|e| o.place.tensor_error(e))?
-                    .counting_in(read.counter),
-            );
+            let one = unsafe {
+                CheckedTensor::new(
+                    state,
+                    grad,
+                    o.place.group,
+                    StepNumber::Counted(read.counter),
+                )
+            };
+            checked.push(one.map_err(|e| o.place.tensor_error(e))?);
         }
         let places: Vec<Place> = objects.iter().map(|o| o.place).collect();
-        let step = StepMemory::new(checked, &hyperparameters, &mut self.buffers)
+        let mut step = StepMemory::new(checked, &hyperparameters, &mut self.buffers)
             .map_err(|c| conflict_error(&places, c))?;
 
-        // 4. Claim the memory, run, write the step counts, release.
-        let ran = run_step(py, &step, Adamax, &mut self.buffers);
+        // 4. Claim the memory, read the step counts, run, write the counts, release.
+        let ran = run_step(py, &mut step, Adamax, &mut self.buffers);
         step.finish(&mut self.buffers);
-        ran?;
+        ran.map_err(|error| match error {
+            RunError::NotACount { index } => not_a_count(places[index]),
+            RunError::Python(error) => error,
+        })?;
 
         // Then tell autograd the parameters changed in place, as torch's own in-place updates do.
         if !objects.is_empty() {

@@ -3,16 +3,18 @@
 //!
 //! The count is memory the step writes, so it is claimed with the step's other written arrays:
 //! a count that shares memory with a parameter, a state array or another count is refused, and a
-//! step on another thread that uses it is waited for. It is written when the update has run,
-//! while the step's memory is still claimed. Reads and writes are atomic: a count is read before
-//! its step is registered (the step number decides the coefficients), when a step on another
-//! thread that shares the state could be writing it.
+//! step on another thread that uses it is waited for. It is read only once the step's memory is
+//! claimed ([`StepCounter::next_step`], in `StepMemory::jobs`), so the count a step uses is the
+//! one no other step can change before it is written back, when the update has run and before
+//! the claims are released. Two optimizers whose states share one count, stepped at once from
+//! two threads, therefore count each step once, in the order their claims are granted.
 
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::memory::{Element, Extent};
+use crate::kernel::MAX_STEP;
 
 /// Where a step count is, and its type, for `'o`: one word, its lowest bit set for float64 (an
 /// aligned float's address has it clear), so that an `Option` of it takes no more room in a
@@ -69,12 +71,14 @@ impl<'o> StepCounter<'o> {
     }
 
     /// The count now, as a float64 (a float32 count is exact in it).
+    ///
+    /// Read only while the step that holds this counter has its memory claimed (or, in tests,
+    /// with no step running): no other step writes the count then, nor any array that holds it.
     pub fn read(self) -> f64 {
-        // SAFETY: `new`'s contract: an aligned live element of this type for `'o`. Other steps
-        // write a count atomically, under their claims. The torch front end reads a count before
-        // its step is registered; that read could meet plain stores only if the count lay inside
-        // an array another thread's step writes, which takes a state built by hand to share an
-        // optimizer's memory (docs/guarantees.md, "Not promised").
+        // SAFETY: `new`'s contract: an aligned live element of this type for `'o`, which other
+        // code uses only through steps or atomically. The caller holds this step's claims, which
+        // cover the count's bytes, so no other step writes them meanwhile (and steps write counts
+        // atomically in any case).
         unsafe {
             if self.is_double() {
                 f64::from_bits(
@@ -86,6 +90,23 @@ impl<'o> StepCounter<'o> {
                 ))
             }
         }
+    }
+
+    /// The number of the step that this count starts, read now: the count plus one, added in
+    /// the counter's own type as torch's `step_t += 1` adds it (a float32 count stops at 2**24,
+    /// and the bias correction then uses the count it stopped at). `None` unless the count is a
+    /// whole number from 0 to below [`MAX_STEP`].
+    pub fn next_step(self) -> Option<u64> {
+        let count = self.read();
+        if !(count >= 0.0 && count.fract() == 0.0 && count < MAX_STEP as f64) {
+            return None;
+        }
+        let next = if self.is_double() {
+            count + 1.0
+        } else {
+            f64::from(count as f32 + 1.0)
+        };
+        Some(next as u64)
     }
 
     /// Stores `count`, rounded to the counter's type.
@@ -128,6 +149,38 @@ mod tests {
         assert_eq!(a.extent().end - a.extent().start, 4);
         assert_eq!(b.extent().end - b.extent().start, 8);
         assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn the_next_step_is_counted_in_the_counters_type_and_only_from_a_count() {
+        let mut single = [0.0f32];
+        let mut double = [0.0f64];
+        let (ps, pd) = (single.as_mut_ptr(), double.as_mut_ptr());
+        // SAFETY: both live and aligned for the test's whole
+        // body, accessed only through these pointers, with no step running beside.
+        let (a, b) = unsafe {
+            (
+                StepCounter::new(ps as usize, Element::Float32).unwrap(),
+                StepCounter::new(pd as usize, Element::Float64).unwrap(),
+            )
+        };
+        assert_eq!((a.next_step(), b.next_step()), (Some(1), Some(1)));
+        // 2**24 + 1 is not a float32: torch's float32 count stays at 2**24, and so does this one.
+        // SAFETY: as above.
+        unsafe {
+            ps.write(16_777_216.0);
+            pd.write(16_777_216.0);
+        }
+        assert_eq!(a.next_step(), Some(1 << 24));
+        assert_eq!(b.next_step(), Some((1 << 24) + 1));
+        for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY, (1u64 << 53) as f64] {
+            // SAFETY: as above.
+            unsafe { pd.write(bad) };
+            assert_eq!(b.next_step(), None, "{bad}");
+        }
+        // SAFETY: as above.
+        unsafe { ps.write(-0.0) };
+        assert_eq!(a.next_step(), Some(1));
     }
 
     #[test]

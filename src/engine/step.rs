@@ -525,6 +525,26 @@ pub enum GradArray<'o> {
     Other(&'o RawArray),
 }
 
+/// Which step of its tensor a step is: given by the front end, or read from the count kept in
+/// memory once the step's memory is claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepNumber<'o> {
+    /// This number (>= 1), which the front end keeps and advances itself.
+    Given(u64),
+    /// The count in this counter plus one ([`StepCounter::next_step`]), read in
+    /// [`StepMemory::jobs`] and written back when the update has run, under the step's claims.
+    Counted(StepCounter<'o>),
+}
+
+impl<'o> StepNumber<'o> {
+    fn counter(self) -> Option<StepCounter<'o>> {
+        match self {
+            StepNumber::Given(_) => None,
+            StepNumber::Counted(counter) => Some(counter),
+        }
+    }
+}
+
 /// A tensor whose arrays passed every check, for one step.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckedTensor<'o> {
@@ -541,23 +561,13 @@ pub struct CheckedTensor<'o> {
     cost: usize,
     id: u64,
     group: usize,
-    step: u64,
-    /// Where the step number is written when the update has run (see [`Self::counting_in`]).
-    counter: Option<StepCounter<'o>>,
+    step: StepNumber<'o>,
 }
 
 impl<'o> CheckedTensor<'o> {
-    /// Has the step write its number into `counter` when the update has run, with the step's
-    /// memory still claimed; the counter is claimed with the arrays the step writes.
-    pub fn counting_in(self, counter: StepCounter<'o>) -> Self {
-        CheckedTensor {
-            counter: Some(counter),
-            ..self
-        }
-    }
-
-    /// Checks `grad` against the parameter of `state` for a step number `step` (>= 1) with the
-    /// hyperparameters of group `group`.
+    /// Checks `grad` against the parameter of `state` for the step `step` with the
+    /// hyperparameters of group `group`. A counted step's counter is claimed with the arrays the
+    /// step writes.
     ///
     /// # Safety
     /// For `'o`, `state` and `grad` must describe the current memory of live arrays: the caller
@@ -567,7 +577,7 @@ impl<'o> CheckedTensor<'o> {
         state: &'o TensorState,
         grad: GradArray<'o>,
         group: usize,
-        step: u64,
+        step: StepNumber<'o>,
     ) -> Result<Self, TensorError> {
         let grad = match grad {
             GradArray::LikeParam { address } => {
@@ -634,7 +644,7 @@ impl<'o> CheckedTensor<'o> {
         grad_extent: Option<Extent>,
         flat: bool,
         group: usize,
-        step: u64,
+        step: StepNumber<'o>,
     ) -> Self {
         CheckedTensor {
             state,
@@ -647,7 +657,6 @@ impl<'o> CheckedTensor<'o> {
             id: state.id,
             group,
             step,
-            counter: None,
         }
     }
 }
@@ -663,6 +672,15 @@ pub type StepError = Conflict;
 struct StepCoefficients {
     single: Coefficients<f32>,
     double: Coefficients<f64>,
+}
+
+impl StepCoefficients {
+    fn new(hyperparameters: &Hyperparameters, step: u64) -> Self {
+        StepCoefficients {
+            single: hyperparameters.coefficients(step),
+            double: hyperparameters.coefficients(step),
+        }
+    }
 }
 
 /// Picks the coefficients of one compute type.
@@ -682,12 +700,25 @@ impl CachedCoefficients for f64 {
     }
 }
 
+/// Why [`StepMemory::jobs`] made no jobs (having released the registration it was given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobsRefused {
+    /// The registration was for other claims.
+    OtherClaims,
+    /// The count of the tensor at this index of the step is not a count (see
+    /// [`StepCounter::next_step`]): nothing was written.
+    NotACount { index: usize },
+}
+
 /// Every checked tensor of a step, the coefficients they use, and the step's claims.
 pub struct StepMemory<'o> {
     tensors: Vec<CheckedTensor<'o>>,
+    /// The groups' hyperparameters, kept for the coefficients of counted steps, whose numbers
+    /// are known only under the claims (empty when the step counts none).
+    hyperparameters: Vec<Hyperparameters>,
     /// One entry per run of tensors sharing a group and a step number.
     coefficients: Vec<StepCoefficients>,
-    /// For each tensor, its entry in `coefficients`.
+    /// For each tensor, its entry in `coefficients` (for a counted step, set in `jobs`).
     coefficient_of: Vec<u32>,
     claims: Arc<StepClaims>,
     cost: usize,
@@ -709,21 +740,23 @@ impl<'o> StepMemory<'o> {
         coefficient_of.clear();
         let mut last_key = None;
         let mut cost = 0;
+        let mut counted = false;
         for (index, t) in tensors.iter().enumerate() {
             if let Some(extent) = t.grad_extent {
                 read.push((extent, ROLES * index + Role::Grad as usize));
             }
-            let key = (t.group, t.step);
+            cost += t.cost;
+            let StepNumber::Given(step) = t.step else {
+                counted = true;
+                coefficient_of.push(u32::MAX);
+                continue;
+            };
+            let key = (t.group, step);
             if last_key != Some(key) {
-                let h = &hyperparameters[t.group];
-                coefficients.push(StepCoefficients {
-                    single: h.coefficients(t.step),
-                    double: h.coefficients(t.step),
-                });
+                coefficients.push(StepCoefficients::new(&hyperparameters[t.group], step));
                 last_key = Some(key);
             }
             coefficient_of.push((coefficients.len() - 1) as u32);
-            cost += t.cost;
         }
         // The written arrays are those of the tensors' checked states: the same sequence of states
         // as the last step (by id) means the same written set, which is then not rebuilt.
@@ -731,7 +764,7 @@ impl<'o> StepMemory<'o> {
         // does not determine.
         let ids = tensors
             .iter()
-            .flat_map(|t| [t.id, t.counter.map_or(0, StepCounter::id)]);
+            .flat_map(|t| [t.id, t.step.counter().map_or(0, StepCounter::id)]);
         let claims =
             match StepClaims::check(ids, || written_extents(&tensors), read, &mut buffers.writes) {
                 Ok(claims) => claims,
@@ -742,6 +775,11 @@ impl<'o> StepMemory<'o> {
             };
         Ok(StepMemory {
             tensors,
+            hyperparameters: if counted {
+                hyperparameters.to_vec()
+            } else {
+                Vec::new()
+            },
             coefficients,
             coefficient_of,
             claims: Arc::new(claims),
@@ -785,19 +823,48 @@ impl<'o> StepMemory<'o> {
     }
 
     /// The typed jobs of this step, usable while `registration` (of exactly this step's claims)
-    /// is held. Gives the registration back if it is for other claims.
+    /// is held. The counts of counted steps are read here, under the claims, which no other step
+    /// can change before this one writes them back. On refusal the registration is released and
+    /// nothing has been written.
     pub fn jobs(
-        &self,
+        &mut self,
         registration: Registration,
         buffers: &mut StepBuffers,
-    ) -> Result<Registered<'_>, Registration> {
+    ) -> Result<Registered<'_>, JobsRefused> {
         if !registration.covers(&self.claims) {
-            return Err(registration);
+            return Err(JobsRefused::OtherClaims);
         }
+        let mut counters: Vec<(StepCounter<'_>, u64)> =
+            recycle(std::mem::take(&mut buffers.counters));
+        let mut last: Option<((usize, u64), u32)> = None;
+        for (index, t) in self.tensors.iter().enumerate() {
+            let Some(counter) = t.step.counter() else {
+                continue;
+            };
+            let Some(step) = counter.next_step() else {
+                buffers.counters = recycle(counters);
+                return Err(JobsRefused::NotACount { index });
+            };
+            let key = (t.group, step);
+            let k = match last {
+                Some((known, k)) if known == key => k,
+                _ => {
+                    self.coefficients
+                        .push(StepCoefficients::new(&self.hyperparameters[t.group], step));
+                    let k = (self.coefficients.len() - 1) as u32;
+                    last = Some((key, k));
+                    k
+                }
+            };
+            self.coefficient_of[index] = k;
+            counters.push((counter, step));
+        }
+        // From here on the step memory is only read, for as long as the jobs borrow it.
+        let this: &Self = self;
         let mut jobs: Vec<Job<'_>> = recycle(std::mem::take(&mut buffers.jobs));
-        jobs.reserve(self.tensors.len());
-        for (t, &k) in self.tensors.iter().zip(&self.coefficient_of) {
-            let coefficients = &self.coefficients[k as usize];
+        jobs.reserve(this.tensors.len());
+        for (t, &k) in this.tensors.iter().zip(&this.coefficient_of) {
+            let coefficients = &this.coefficients[k as usize];
             // SAFETY (both calls below): `registration` covers this step's claims (checked
             // above), which were computed in `new` from these very descriptions: no array written
             // overlaps any other array of the step or of another running step, and it stays so
@@ -827,13 +894,6 @@ impl<'o> StepMemory<'o> {
                 }
             );
         }
-        let mut counters: Vec<(StepCounter<'_>, u64)> =
-            recycle(std::mem::take(&mut buffers.counters));
-        counters.extend(
-            self.tensors
-                .iter()
-                .filter_map(|t| Some((t.counter?, t.step))),
-        );
         let scratch = recycle(std::mem::take(&mut buffers.split));
         Ok(Registered {
             jobs,
@@ -860,7 +920,7 @@ fn written_extents(tensors: &[CheckedTensor<'_>]) -> Vec<(Extent, usize)> {
                 written.push((*extent, ROLES * index + role as usize));
             }
         }
-        if let Some(counter) = t.counter {
+        if let Some(counter) = t.step.counter() {
             written.push((counter.extent(), ROLES * index + Role::Step as usize));
         }
     }
@@ -1036,12 +1096,15 @@ mod tests {
         }
     }
 
-    /// Steps four float32 parameters with their count at `count`; the count's conflict, if any.
+    /// Steps four float32 parameters with their count at `count`, after `meanwhile` has run
+    /// between the checks and the registration; the count's conflict, if any, or why no jobs were
+    /// made.
     fn step_counting_in(
         param: &mut [f32; 4],
         grad: &mut [f32; 4],
         count: usize,
-    ) -> Result<(), Conflict> {
+        meanwhile: impl FnOnce(),
+    ) -> Result<Result<(), JobsRefused>, Conflict> {
         let (mut exp_avg, mut exp_inf) = ([0.0f32; 4], [0.0f32; 4]);
         let state =
             TensorState::check(raw(param), raw(&mut exp_avg), raw(&mut exp_inf), None, None)
@@ -1049,35 +1112,57 @@ mod tests {
         let grad = raw(grad);
         let mut buffers = StepBuffers::default();
         // SAFETY: every array lives on this stack frame until the end of the function, and only
-        // this step accesses them meanwhile.
+        // this step (and `meanwhile`, before the step is registered) accesses them meanwhile.
         let tensor = unsafe {
             let counter = StepCounter::new(count, Element::Float32).unwrap();
-            CheckedTensor::new(&state, GradArray::Other(&grad), 0, 1)
-                .unwrap()
-                .counting_in(counter)
+            CheckedTensor::new(
+                &state,
+                GradArray::Other(&grad),
+                0,
+                StepNumber::Counted(counter),
+            )
+            .unwrap()
         };
-        let step = StepMemory::new(vec![tensor], &[Hyperparameters::default()], &mut buffers)?;
+        let mut step = StepMemory::new(vec![tensor], &[Hyperparameters::default()], &mut buffers)?;
+        meanwhile();
         let registration = Registration::try_new(step.claims()).unwrap();
-        let registered = step.jobs(registration, &mut buffers).ok().unwrap();
-        registered.run(Adamax).keep(&mut buffers);
+        let ran = match step.jobs(registration, &mut buffers) {
+            Ok(registered) => {
+                registered.run(Adamax).keep(&mut buffers);
+                Ok(())
+            }
+            Err(refused) => Err(refused),
+        };
         step.finish(&mut buffers);
-        Ok(())
+        Ok(ran)
+    }
+
+    /// The first update of Adamax (zero moments) with the default hyperparameters (eps outside
+    /// the max) at step number `t`, by the textbook formula in float64.
+    fn first_update(param: f32, grad: f32, t: i32) -> f32 {
+        let h = Hyperparameters::default();
+        let g = f64::from(grad);
+        let m = (1.0 - h.beta1) * g;
+        let u = g.abs();
+        (f64::from(param) - h.lr / (1.0 - h.beta1.powi(t)) * m / (u + h.eps)) as f32
     }
 
     #[test]
     fn a_count_is_written_with_the_update_and_refused_inside_the_steps_arrays() {
         let (mut param, mut grad, mut count) = ([1.0f32; 4], [0.5f32; 4], [0.0f32]);
-        step_counting_in(&mut param, &mut grad, count.as_mut_ptr() as usize).unwrap();
+        step_counting_in(&mut param, &mut grad, count.as_mut_ptr() as usize, || ())
+            .unwrap()
+            .unwrap();
         assert_eq!(count, [1.0]);
         assert!(param.iter().all(|&p| p < 1.0), "{param:?}");
 
         // In the parameter (written) and in the gradient (read): refused, nothing written.
         let before = (param, grad);
         let inside_param = param.as_mut_ptr() as usize + 8;
-        let error = step_counting_in(&mut param, &mut grad, inside_param).unwrap_err();
+        let error = step_counting_in(&mut param, &mut grad, inside_param, || ()).unwrap_err();
         assert!(matches!(error, Conflict::WithinStep { .. }), "{error:?}");
         let inside_grad = grad.as_mut_ptr() as usize + 4;
-        let error = step_counting_in(&mut param, &mut grad, inside_grad).unwrap_err();
+        let error = step_counting_in(&mut param, &mut grad, inside_grad, || ()).unwrap_err();
         let Conflict::WithinStep { first, second } = error else {
             panic!("{error:?}")
         };
@@ -1087,5 +1172,40 @@ mod tests {
             "{roles:?}"
         );
         assert_eq!((param, grad), before);
+    }
+
+    #[test]
+    fn a_count_is_read_under_the_claims_and_a_bad_one_changes_nothing() {
+        // The count changes between the checks and the registration (as another step sharing it
+        // would change it): the step uses the count it finds registered, 4, so it is step 5.
+        let (mut param, mut grad, mut count) = ([1.0f32; 4], [0.5f32; 4], [0.0f32]);
+        let at = count.as_mut_ptr();
+        // SAFETY (the write in the closure): `count` lives for the whole test and no step is
+        // registered while the closure runs.
+        step_counting_in(&mut param, &mut grad, at as usize, || unsafe {
+            at.write(4.0)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(count, [5.0]);
+        let expected = first_update(1.0, 0.5, 5);
+        assert!(
+            param.iter().all(|&p| (p - expected).abs() <= 1e-6),
+            "{param:?} against {expected}"
+        );
+        assert!((first_update(1.0, 0.5, 1) - expected).abs() > 1e-4);
+
+        // A count that is no longer a count: refused under the claims, nothing written.
+        let before = (param, grad);
+        for bad in [f32::NAN, -1.0, 2.5] {
+            // SAFETY: as above.
+            let ran = step_counting_in(&mut param, &mut grad, at as usize, || unsafe {
+                at.write(bad)
+            })
+            .unwrap();
+            assert_eq!(ran, Err(JobsRefused::NotACount { index: 0 }));
+            assert_eq!((param, grad), before);
+            assert_eq!(count[0].to_bits(), bad.to_bits());
+        }
     }
 }
