@@ -229,6 +229,22 @@ def test_missing_file_is_file_not_found(tmp_path, trained):
         load_checkpoint(trained[0], tmp_path / "nope.safetensors")
 
 
+def test_saving_where_no_file_can_be_created_names_the_file_as_open_does(tmp_path, trained):
+    """A missing folder, or a path through a file: the error is open()'s, for the path given,
+    not for the temporary file the save writes first."""
+    blocker = tmp_path / "a_file"
+    blocker.write_bytes(b"")
+    for path in [tmp_path / "missing" / "opt.safetensors", blocker / "opt.safetensors"]:
+        with pytest.raises(OSError) as expected:
+            open(path, "wb")  # noqa: SIM115 - only its error is wanted
+        with pytest.raises(type(expected.value)) as raised:
+            save_checkpoint(trained[0], path)
+        assert raised.value.errno == expected.value.errno
+        assert raised.value.filename == str(path)
+        assert str(raised.value) == str(expected.value)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_not_an_optimizer_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match="Optimizer"):
         save_checkpoint(object(), tmp_path / "x")  # type: ignore[arg-type]

@@ -65,7 +65,14 @@ def replace_file(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
         mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = None
-    handle, temporary = _create_temporary(target.parent, target.name)
+    try:
+        handle, temporary = _create_temporary(target.parent, target.name)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        # Named as open(path, "w") would name it: the caller never asked for the temporary
+        # file, whose name would only puzzle them (a missing or read-only folder, say).
+        raise type(error)(error.errno, error.strerror, os.fspath(path)) from None
     try:
         with os.fdopen(handle, "wb") as file:
             if mode is not None:
