@@ -202,6 +202,60 @@ def test_two_optimizers_sharing_one_step_tensor_on_two_threads_count_every_step(
     assert opts[1].state[params[1]]["step"] is shared
 
 
+def test_a_count_refused_while_waiting_for_another_threads_step_changes_nothing():
+    """B shares A's count on its first parameter and has a count that is not one on its second:
+    B's steps wait for A's (often: A's steps are long and release the GIL), then are refused
+    under the claims, changing nothing and releasing them, so A counts on undisturbed."""
+    a, b, b_small = (nn.Parameter(torch.zeros(n)) for n in (BIG // 8, BIG // 8, 5))
+    for p in (a, b, b_small):
+        p.grad = torch.ones_like(p)
+    opt_a, opt_b = Adamax([a], lr=1e-3), Adamax([b, b_small], lr=1e-3)
+    opt_a.step()
+    opt_b.step()
+    shared = opt_a.state[a]["step"]
+    opt_b.state[b]["step"] = shared
+    opt_b.state[b_small]["step"] = torch.tensor(float("nan"))
+    before = [t.clone() for t in (b, b_small)]
+    before += [opt_b.state[p][k].clone() for p in (b, b_small) for k in ("exp_avg", "exp_inf")]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+    refusals: list[str] = []
+
+    def step_a():
+        try:
+            start.wait()
+            for _ in range(20):
+                opt_a.step()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    def step_b():
+        try:
+            start.wait()
+            for _ in range(20):
+                with pytest.raises(ValueError) as refused:
+                    opt_b.step()
+                refusals.append(str(refused.value))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=step_a), threading.Thread(target=step_b)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a refused step kept its claims"
+    assert errors == []
+    assert len(refusals) == 20
+    assert all(r.startswith("group 0, parameter 1: its state's 'step' must be") for r in refusals)
+    assert shared.item() == 21
+    after = [b, b_small]
+    after += [opt_b.state[p][k] for p in (b, b_small) for k in ("exp_avg", "exp_inf")]
+    for old, new in zip(before, after):
+        assert torch.equal(old, new)
+    assert opt_b.state[b_small]["step"].isnan()
+
+
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 def test_an_interrupt_lands_between_steps_never_inside():
     """KeyboardInterrupt raised by a timer, again and again, while steps run: at every

@@ -72,13 +72,13 @@ impl<'o> StepCounter<'o> {
 
     /// The count now, as a float64 (a float32 count is exact in it).
     ///
-    /// Read only while the step that holds this counter has its memory claimed (or, in tests,
-    /// with no step running): no other step writes the count then, nor any array that holds it.
-    pub fn read(self) -> f64 {
+    /// # Safety
+    /// As for [`Self::next_step`].
+    unsafe fn read(self) -> f64 {
         // SAFETY: `new`'s contract: an aligned live element of this type for `'o`, which other
-        // code uses only through steps or atomically. The caller holds this step's claims, which
-        // cover the count's bytes, so no other step writes them meanwhile (and steps write counts
-        // atomically in any case).
+        // code uses only through steps or atomically. The caller holds claims that cover the
+        // count's bytes, so no other step writes them meanwhile, neither as a count (atomically)
+        // nor as part of an array (with plain stores).
         unsafe {
             if self.is_double() {
                 f64::from_bits(
@@ -96,8 +96,13 @@ impl<'o> StepCounter<'o> {
     /// the counter's own type as torch's `step_t += 1` adds it (a float32 count stops at 2**24,
     /// and the bias correction then uses the count it stopped at). `None` unless the count is a
     /// whole number from 0 to below [`MAX_STEP`].
-    pub fn next_step(self) -> Option<u64> {
-        let count = self.read();
+    ///
+    /// # Safety
+    /// The caller holds a registration of claims that cover the count (those of the step that
+    /// counts in it), or knows that no step runs that could write it.
+    pub unsafe fn next_step(self) -> Option<u64> {
+        // SAFETY: this function's contract.
+        let count = unsafe { self.read() };
         if !(count >= 0.0 && count.fract() == 0.0 && count < MAX_STEP as f64) {
             return None;
         }
@@ -110,8 +115,11 @@ impl<'o> StepCounter<'o> {
     }
 
     /// Stores `count`, rounded to the counter's type.
-    pub fn write(self, count: u64) {
-        // SAFETY: as in `read`.
+    ///
+    /// # Safety
+    /// As for [`Self::next_step`].
+    pub unsafe fn write(self, count: u64) {
+        // SAFETY: as in `read`, whose contract this function's is.
         unsafe {
             if self.is_double() {
                 (*AtomicU64::from_ptr(self.address() as *mut u64))
@@ -139,11 +147,14 @@ mod tests {
                 StepCounter::new(double.as_mut_ptr() as usize, Element::Float64).unwrap(),
             )
         };
-        assert_eq!(a.read(), 7.0);
-        assert_eq!(b.read(), 3.0);
-        // A float32 count rounds as torch's float32 `step += 1` does past 2**24.
-        a.write((1 << 24) + 1);
-        b.write((1 << 53) - 1);
+        // SAFETY (the reads and writes below): no step runs in this test.
+        unsafe {
+            assert_eq!(a.read(), 7.0);
+            assert_eq!(b.read(), 3.0);
+            // A float32 count rounds as torch's float32 `step += 1` does past 2**24.
+            a.write((1 << 24) + 1);
+            b.write((1 << 53) - 1);
+        }
         assert_eq!(single, [0.0, 16_777_216.0, 0.0]);
         assert_eq!(double, [9_007_199_254_740_991.0]);
         assert_eq!(a.extent().end - a.extent().start, 4);
@@ -156,31 +167,25 @@ mod tests {
         let mut single = [0.0f32];
         let mut double = [0.0f64];
         let (ps, pd) = (single.as_mut_ptr(), double.as_mut_ptr());
-        // SAFETY: both live and aligned for the test's whole
-        // body, accessed only through these pointers, with no step running beside.
-        let (a, b) = unsafe {
-            (
-                StepCounter::new(ps as usize, Element::Float32).unwrap(),
-                StepCounter::new(pd as usize, Element::Float64).unwrap(),
-            )
-        };
-        assert_eq!((a.next_step(), b.next_step()), (Some(1), Some(1)));
-        // 2**24 + 1 is not a float32: torch's float32 count stays at 2**24, and so does this one.
-        // SAFETY: as above.
+        // SAFETY: both live and aligned for the test's whole body, accessed only through these
+        // pointers and counters, and no step runs in this test.
         unsafe {
+            let a = StepCounter::new(ps as usize, Element::Float32).unwrap();
+            let b = StepCounter::new(pd as usize, Element::Float64).unwrap();
+            assert_eq!((a.next_step(), b.next_step()), (Some(1), Some(1)));
+            // 2**24 + 1 is not a float32: torch's float32 count stays at 2**24, and so does
+            // this one.
             ps.write(16_777_216.0);
             pd.write(16_777_216.0);
+            assert_eq!(a.next_step(), Some(1 << 24));
+            assert_eq!(b.next_step(), Some((1 << 24) + 1));
+            for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY, (1u64 << 53) as f64] {
+                pd.write(bad);
+                assert_eq!(b.next_step(), None, "{bad}");
+            }
+            ps.write(-0.0);
+            assert_eq!(a.next_step(), Some(1));
         }
-        assert_eq!(a.next_step(), Some(1 << 24));
-        assert_eq!(b.next_step(), Some((1 << 24) + 1));
-        for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY, (1u64 << 53) as f64] {
-            // SAFETY: as above.
-            unsafe { pd.write(bad) };
-            assert_eq!(b.next_step(), None, "{bad}");
-        }
-        // SAFETY: as above.
-        unsafe { ps.write(-0.0) };
-        assert_eq!(a.next_step(), Some(1));
     }
 
     #[test]

@@ -841,7 +841,9 @@ impl<'o> StepMemory<'o> {
             let Some(counter) = t.step.counter() else {
                 continue;
             };
-            let Some(step) = counter.next_step() else {
+            // SAFETY: `registration` covers this step's claims (checked above), which include
+            // the count's bytes (`written_extents`), and is held until the count is read.
+            let Some(step) = (unsafe { counter.next_step() }) else {
                 buffers.counters = recycle(counters);
                 return Err(JobsRefused::NotACount { index });
             };
@@ -1067,9 +1069,10 @@ impl Registered<'_> {
             registration,
         } = self;
         schedule::run_jobs(&mut jobs, &mut scratch, rule);
-        // Claimed with the step's written arrays: no other step uses them until the release.
         for &(counter, step) in &counters {
-            counter.write(step);
+            // SAFETY: claimed with the step's written arrays, by the registration held until
+            // the line after this loop: no other step uses the count until the release.
+            unsafe { counter.write(step) };
         }
         drop(registration);
         Spent {
