@@ -11,7 +11,8 @@
 //!    hands the registration to [`StepMemory::jobs`]. Only then can the typed slices exist: the
 //!    jobs borrow the step memory (so the descriptions, and the objects that the caller keeps
 //!    alive as long as it, outlive them) and carry the registration (so no other step touches
-//!    that memory while they run).
+//!    that memory while they run). Step counts kept in memory ([`StepNumber::Counted`]) are read
+//!    there too, under the registration, and written back before it is released.
 
 use std::fmt;
 use std::sync::Arc;
