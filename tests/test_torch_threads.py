@@ -29,6 +29,28 @@ nn = torch.nn
 BIG = 1 << 23  # 8M float32 elements: a step of some milliseconds
 
 
+def run_together(*targets, timeout=120):
+    """Runs each target on a thread of its own, released together, and fails on any error one
+    raised, or if one is still running after ``timeout`` seconds (a step that kept its claims)."""
+    start = threading.Barrier(len(targets))
+    errors: list[BaseException] = []
+
+    def run(target):
+        try:
+            start.wait()
+            target()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in targets]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=timeout)
+    assert not any(w.is_alive() for w in workers), "a thread is still running"
+    assert errors == []
+
+
 def test_import_adamax_rs_does_not_import_torch():
     code = (
         "import sys, adamax_rs, adamax_rs.optimizer, adamax_rs.lr_scheduler\n"
@@ -144,23 +166,14 @@ def test_one_optimizer_shared_by_threads_counts_every_step():
     params = [nn.Parameter(init.clone()), nn.Parameter(small_init.clone())]
     params[0].grad, params[1].grad = grad, small_grad
     opt = Adamax(params, lr=1e-3)
-    errors: list[BaseException] = []
 
     def work():
-        try:
-            for k in range(6):
-                opt.step()
-                if k % 2:
-                    opt.state_dict()
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        for k in range(6):
+            opt.step()
+            if k % 2:
+                opt.state_dict()
 
-    workers = [threading.Thread(target=work) for _ in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert errors == []
+    run_together(work, work, work, work)
     refs = [nn.Parameter(init.clone()), nn.Parameter(small_init.clone())]
     refs[0].grad, refs[1].grad = grad, small_grad
     ref = torch.optim.Adamax(refs, lr=1e-3)
@@ -181,23 +194,15 @@ def test_two_optimizers_sharing_one_step_tensor_on_two_threads_count_every_step(
         opt.step()
     shared = opts[0].state[params[0]]["step"]
     opts[1].state[params[1]]["step"] = shared
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
 
-    def work(opt):
-        try:
-            start.wait()
+    def twenty_steps(opt):
+        def run():
             for _ in range(20):
                 opt.step()
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
 
-    workers = [threading.Thread(target=work, args=(opt,)) for opt in opts]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert errors == []
+        return run
+
+    run_together(*(twenty_steps(opt) for opt in opts))
     assert shared.item() == 41
     assert opts[1].state[params[1]]["step"] is shared
 
@@ -217,35 +222,19 @@ def test_a_count_refused_while_waiting_for_another_threads_step_changes_nothing(
     opt_b.state[b_small]["step"] = torch.tensor(float("nan"))
     before = [t.clone() for t in (b, b_small)]
     before += [opt_b.state[p][k].clone() for p in (b, b_small) for k in ("exp_avg", "exp_inf")]
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
     refusals: list[str] = []
 
     def step_a():
-        try:
-            start.wait()
-            for _ in range(20):
-                opt_a.step()
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        for _ in range(20):
+            opt_a.step()
 
     def step_b():
-        try:
-            start.wait()
-            for _ in range(20):
-                with pytest.raises(ValueError) as refused:
-                    opt_b.step()
-                refusals.append(str(refused.value))
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        for _ in range(20):
+            with pytest.raises(ValueError) as refused:
+                opt_b.step()
+            refusals.append(str(refused.value))
 
-    workers = [threading.Thread(target=step_a), threading.Thread(target=step_b)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=120)
-    assert not any(w.is_alive() for w in workers), "a refused step kept its claims"
-    assert errors == []
+    run_together(step_a, step_b)
     assert len(refusals) == 20
     assert all(r.startswith("group 0, parameter 1: its state's 'step' must be") for r in refusals)
     assert shared.item() == 21

@@ -684,6 +684,35 @@ impl StepCoefficients {
     }
 }
 
+/// Finds each tensor's entry of a step's coefficients. Tensors of one group and step number come
+/// in runs (a group's tensors are consecutive, and usually share their count), so a tensor with
+/// the key of the one before reuses its entry, and any other key pushes a new one.
+#[derive(Default)]
+struct CoefficientRuns {
+    last: Option<((usize, u64), u32)>,
+}
+
+impl CoefficientRuns {
+    fn entry(
+        &mut self,
+        coefficients: &mut Vec<StepCoefficients>,
+        hyperparameters: &[Hyperparameters],
+        group: usize,
+        step: u64,
+    ) -> u32 {
+        let key = (group, step);
+        match self.last {
+            Some((known, k)) if known == key => k,
+            _ => {
+                coefficients.push(StepCoefficients::new(&hyperparameters[group], step));
+                let k = (coefficients.len() - 1) as u32;
+                self.last = Some((key, k));
+                k
+            }
+        }
+    }
+}
+
 /// Picks the coefficients of one compute type.
 trait CachedCoefficients: Float {
     fn pick(c: &StepCoefficients) -> &Coefficients<Self>;
@@ -739,7 +768,7 @@ impl<'o> StepMemory<'o> {
         let mut coefficients: Vec<StepCoefficients> = Vec::new();
         let mut coefficient_of = std::mem::take(&mut buffers.coefficient_of);
         coefficient_of.clear();
-        let mut last_key = None;
+        let mut runs = CoefficientRuns::default();
         let mut cost = 0;
         let mut counted = false;
         for (index, t) in tensors.iter().enumerate() {
@@ -752,12 +781,7 @@ impl<'o> StepMemory<'o> {
                 coefficient_of.push(u32::MAX);
                 continue;
             };
-            let key = (t.group, step);
-            if last_key != Some(key) {
-                coefficients.push(StepCoefficients::new(&hyperparameters[t.group], step));
-                last_key = Some(key);
-            }
-            coefficient_of.push((coefficients.len() - 1) as u32);
+            coefficient_of.push(runs.entry(&mut coefficients, hyperparameters, t.group, step));
         }
         // The written arrays are those of the tensors' checked states: the same sequence of states
         // as the last step (by id) means the same written set, which is then not rebuilt.
@@ -837,7 +861,7 @@ impl<'o> StepMemory<'o> {
         }
         let mut counters: Vec<(StepCounter<'_>, u64)> =
             recycle(std::mem::take(&mut buffers.counters));
-        let mut last: Option<((usize, u64), u32)> = None;
+        let mut runs = CoefficientRuns::default();
         for (index, t) in self.tensors.iter().enumerate() {
             let Some(counter) = t.step.counter() else {
                 continue;
@@ -848,18 +872,8 @@ impl<'o> StepMemory<'o> {
                 buffers.counters = recycle(counters);
                 return Err(JobsRefused::NotACount { index });
             };
-            let key = (t.group, step);
-            let k = match last {
-                Some((known, k)) if known == key => k,
-                _ => {
-                    self.coefficients
-                        .push(StepCoefficients::new(&self.hyperparameters[t.group], step));
-                    let k = (self.coefficients.len() - 1) as u32;
-                    last = Some((key, k));
-                    k
-                }
-            };
-            self.coefficient_of[index] = k;
+            self.coefficient_of[index] =
+                runs.entry(&mut self.coefficients, &self.hyperparameters, t.group, step);
             counters.push((counter, step));
         }
         // From here on the step memory is only read, for as long as the jobs borrow it.
